@@ -1,0 +1,39 @@
+/**
+ * The one interface every image format implements. A reader presents the guest-visible bytes
+ * of a virtual disk (what `qemu-img convert -O raw` would write), following backing chains.
+ * Readers are cheap to open and are opened once per scan worker thread, so they hold no
+ * state that must be shared.
+ */
+export type ImageFormat = 'raw' | 'qcow2';
+
+/** Where an image is and how to interpret it; plain data so it can cross to a worker thread. */
+export interface ImageSpec {
+  path: string;
+  /** Omitted: detected from the file (qcow2 magic, else raw). */
+  format?: ImageFormat;
+}
+
+export interface Extent {
+  offset: number;
+  length: number;
+  /** 'zero': known to read as zeros without reading data (hole, unallocated, zero flag). */
+  kind: 'data' | 'zero';
+}
+
+export interface ImageReader {
+  readonly path: string;
+  readonly format: ImageFormat;
+  /** Guest-visible size in bytes. */
+  readonly virtualSize: number;
+  /**
+   * Fills `buf` entirely with the guest-visible bytes starting at `offset`.
+   * `offset + buf.byteLength` must not exceed `virtualSize`.
+   */
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Describes [offset, offset + length) as consecutive, non-overlapping extents covering it
+   * exactly. A reader may report 'data' for regions it cannot prove are zero.
+   */
+  extents(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,83 @@
+/**
+ * Every error blockrep raises on purpose carries a stable `code`; callers, the CLI's exit-code
+ * table and (later) the HTTP status table match on the code, never on the message text.
+ * The message says what is wrong and, where it can, what to do about it.
+ */
+export const errorCodes = [
+  // usage and configuration
+  'USAGE', // bad command-line arguments
+  'INVALID_DISK_ID',
+  'INVALID_VERSION_ID',
+  'INVALID_SIZE',
+  // images
+  'IMAGE_NOT_FOUND',
+  'IMAGE_UNREADABLE',
+  'IMAGE_UNSUPPORTED', // a valid image using a feature blockrep refuses (encryption, external data...)
+  'IMAGE_CORRUPT', // an image whose structure is damaged or truncated
+  'BACKING_LOOP',
+  // repository
+  'REPO_NOT_FOUND',
+  'REPO_FORMAT', // repository or manifest from another (older/newer) format version
+  'REPO_CORRUPT', // stored data that fails its checks
+  'REPO_LOCKED',
+  'DISK_NOT_FOUND',
+  'VERSION_NOT_FOUND',
+  'CHUNK_MISSING',
+  'CHUNK_CORRUPT',
+  'VERIFY_FAILED',
+  'RESTORE_TARGET', // the restore target cannot be written as asked
+  'NO_SPACE',
+  'IO',
+  'INTERNAL',
+] as const;
+
+export type ErrorCode = (typeof errorCodes)[number];
+
+export class BlockrepError extends Error {
+  readonly code: ErrorCode;
+  /** Extra facts for `--json` output and logs; never secrets. */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BlockrepError';
+    this.code = code;
+    this.details = options?.details;
+  }
+}
+
+export function isBlockrepError(err: unknown): err is BlockrepError {
+  return err instanceof BlockrepError;
+}
+
+/** Node system errors (ENOENT, ENOSPC, ...) carry a string `code`. */
+export function systemErrorCode(err: unknown): string | undefined {
+  if (typeof err === 'object' && err !== null && 'code' in err) {
+    const code = (err as { code: unknown }).code;
+    return typeof code === 'string' ? code : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * Turns an unexpected system error met while doing `what` into a BlockrepError with a code
+ * that says what the user can do (ENOSPC → NO_SPACE), keeping the original as `cause`.
+ */
+export function wrapSystemError(err: unknown, what: string): BlockrepError {
+  if (isBlockrepError(err)) return err;
+  const sys = systemErrorCode(err);
+  const text = err instanceof Error ? err.message : String(err);
+  switch (sys) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new BlockrepError('NO_SPACE', `${what}: no space left on the device (${text}); free space and run again`, { cause: err });
+    case 'ENOENT':
+      return new BlockrepError('IO', `${what}: file not found (${text})`, { cause: err });
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new BlockrepError('IO', `${what}: permission denied (${text})`, { cause: err });
+    default:
+      return new BlockrepError('IO', `${what}: ${text}`, { cause: err });
+  }
+}
