@@ -26,8 +26,11 @@ export const errorCodes = [
   'CHUNK_CORRUPT',
   'VERIFY_FAILED',
   'RESTORE_TARGET', // the restore target cannot be written as asked
+  'NOT_FOUND', // a backend object that does not exist
+  'EXISTS', // an exclusive write found the object already there
   'NO_SPACE',
   'IO',
+  'INTERRUPTED', // stopped by a signal; nothing half-done was published
   'INTERNAL',
 ] as const;
 

@@ -1,0 +1,206 @@
+import { openImage } from '../image/open-image.js';
+import type { ImageFormat } from '../image/image-reader.js';
+import { ManifestWriter } from '../manifest/manifest-writer.js';
+import { ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader } from '../manifest/manifest-reader.js';
+import type { Repository } from '../repository/repository.js';
+import { scanImage } from '../scan/scan-image.js';
+import { BlockrepError } from '../shared/blockrep-error.js';
+import { assertDiskId } from '../shared/disk-id.js';
+import { TaskPool } from '../shared/task-pool.js';
+import { newVersionId } from '../shared/version-id.js';
+import type { ProgressListener } from './progress.js';
+
+export interface BackupImageRequest {
+  path: string;
+  format?: ImageFormat;
+  diskId: string;
+  blockSize: number;
+  source?: { kind: 'image' | 'live'; vm?: string };
+}
+
+export interface DiskBackupReport {
+  disk: string;
+  version: string;
+  parentVersion: string | null;
+  imageBytes: number;
+  blockSize: number;
+  blocks: number;
+  changedBlocks: number;
+  zeroBlocks: number;
+  /** Bytes read from the image (regions known to be zero are not read). */
+  bytesRead: number;
+  /** Every byte written to (or, remote, sent to) the repository for this disk. */
+  bytesSent: number;
+  /** New chunks stored, and chunks the repository already held. */
+  newChunks: number;
+  reusedChunks: number;
+  durationMs: number;
+}
+
+export interface BackupImageOptions {
+  workers?: number;
+  compress?: boolean;
+  signal?: AbortSignal;
+  onProgress?: ProgressListener;
+  /** Chunk writes in flight at once. */
+  writeConcurrency?: number;
+}
+
+/**
+ * Backs up one disk image into the repository as a new version: scans it against the latest
+ * version's block hashes, stores the chunks of changed blocks the repository does not hold,
+ * then publishes the manifest last. Any failure leaves no version behind (chunks already
+ * stored stay, so a retry does not send them again).
+ */
+export async function backupImage(repo: Repository, req: BackupImageRequest, options: BackupImageOptions = {}): Promise<DiskBackupReport> {
+  const started = Date.now();
+  const diskId = assertDiskId(req.diskId);
+  checkBlockSize(req.blockSize);
+
+  const probe = await openImage({ path: req.path, ...(req.format ? { format: req.format } : {}) });
+  const imageBytes = probe.virtualSize;
+  const format = probe.format;
+  await probe.close();
+
+  const lock = await repo.lockDisk(diskId, 'backup');
+  let parent: ManifestReader | undefined;
+  let writer: ManifestWriter | undefined;
+  const pool = new TaskPool(options.writeConcurrency ?? 8);
+  try {
+    const parentVersion = await repo.latestVersion(diskId);
+    if (parentVersion !== undefined) {
+      const candidate = await repo.openManifest(diskId, parentVersion);
+      // A parent with another block size cannot be compared block by block; chunks still dedup.
+      if (candidate.header.blockSize === req.blockSize) parent = candidate;
+    }
+    const versionId = newVersionId(Date.now(), parentVersion);
+    writer = await ManifestWriter.create({
+      blockSize: req.blockSize,
+      imageBytes,
+      createdMs: Date.now(),
+      meta: {
+        diskId,
+        versionId,
+        parentVersionId: parentVersion ?? null,
+        source: { kind: req.source?.kind ?? 'image', path: req.path, format, ...(req.source?.vm ? { vm: req.source.vm } : {}) },
+      },
+    });
+
+    const parentEntries = new ParentEntries(parent);
+    const inFlight = new Set<string>();
+    const totals = { changedBlocks: 0, zeroBlocks: 0, bytesRead: 0, bytesSent: 0, storedBytes: 0, newChunks: 0, reusedChunks: 0, blocksDone: 0 };
+    const blocks = writer.blockCount;
+
+    const scan = scanImage({
+      image: { path: req.path, format },
+      blockSize: req.blockSize,
+      ...(options.workers !== undefined ? { workers: options.workers } : {}),
+      ...(options.compress !== undefined ? { compress: options.compress } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(parent ? { parentHashes: (start: number, count: number) => parentEntries.hashes(start, count) } : {}),
+    });
+
+    for await (const batch of scan) {
+      const ids = Buffer.alloc(batch.count * 32);
+      const prev = parent ? await parentEntries.take(batch.startBlock, batch.count) : undefined;
+      for (let i = 0; i < batch.count; i++) {
+        if (batch.zero[i]) totals.zeroBlocks++;
+        if (batch.changed[i]) totals.changedBlocks++;
+        else if (!batch.zero[i] && prev && i < prev.hashes.length) prev.ids.copy(ids, i * 32, i * 32, i * 32 + 32);
+      }
+      for (const { index, chunk } of batch.chunks) {
+        Buffer.from(chunk.id, 'hex').copy(ids, (index - batch.startBlock) * 32);
+        if (inFlight.has(chunk.id)) continue;
+        inFlight.add(chunk.id);
+        await pool.submit(async () => {
+          if (await repo.hasChunk(chunk.id)) {
+            totals.reusedChunks++;
+          } else {
+            const n = await repo.putChunk(chunk);
+            totals.bytesSent += n;
+            totals.storedBytes += n;
+            totals.newChunks++;
+          }
+          inFlight.delete(chunk.id);
+        });
+      }
+      await writer.append(batch.hashes, ids);
+      totals.bytesRead += batch.bytesRead;
+      totals.blocksDone += batch.count;
+      options.onProgress?.({ kind: 'scan', disk: diskId, blocksDone: totals.blocksDone, blocks, blockSize: req.blockSize, changedBlocks: totals.changedBlocks, bytesRead: totals.bytesRead, bytesSent: totals.bytesSent });
+    }
+    await pool.drain();
+    if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', 'backup interrupted before its version was published');
+
+    const manifest = await writer.finish({ changedBlocks: totals.changedBlocks, zeroBlocks: totals.zeroBlocks, storedBytes: totals.storedBytes });
+    totals.bytesSent += await repo.publishVersion(diskId, versionId, manifest);
+
+    return {
+      disk: diskId,
+      version: versionId,
+      parentVersion: parentVersion ?? null,
+      imageBytes,
+      blockSize: req.blockSize,
+      blocks,
+      changedBlocks: totals.changedBlocks,
+      zeroBlocks: totals.zeroBlocks,
+      bytesRead: totals.bytesRead,
+      bytesSent: totals.bytesSent,
+      newChunks: totals.newChunks,
+      reusedChunks: totals.reusedChunks,
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    await pool.settle();
+    await writer?.dispose();
+    await lock.release();
+  }
+}
+
+export const MIN_BLOCK_SIZE = 4096;
+export const MAX_BLOCK_SIZE = 16 * 1024 * 1024;
+
+export function checkBlockSize(blockSize: number): void {
+  if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
+    throw new BlockrepError('INVALID_SIZE', `invalid block size ${blockSize}: use a power of two from 4K to 16M`);
+  }
+}
+
+/**
+ * The parent manifest's entries, read once per range: the scan asks for the hashes of a
+ * segment before the segment is read, the backup loop takes the chunk ids when its results
+ * arrive. Ranges are dropped once taken, so memory stays bounded.
+ */
+class ParentEntries {
+  private readonly cache = new Map<number, Promise<ManifestEntries>>();
+
+  constructor(private readonly parent: ManifestReader | undefined) {}
+
+  private load(start: number, count: number): Promise<ManifestEntries> {
+    let p = this.cache.get(start);
+    if (!p) {
+      p = this.parent ? this.parent.entries(start, count) : Promise.resolve({ startBlock: start, hashes: new BigUint64Array(0), ids: ZERO_CHUNK_ID.subarray(0, 0) });
+      this.cache.set(start, p);
+    }
+    return p;
+  }
+
+  async hashes(start: number, count: number): Promise<BigUint64Array> {
+    return (await this.load(start, count)).hashes;
+  }
+
+  /** The entries for a batch; the scan's batches may differ from its requested ranges. */
+  async take(start: number, count: number): Promise<ManifestEntries> {
+    const cached = this.cache.get(start);
+    if (cached) {
+      const e = await cached;
+      if (e.hashes.length >= count || start + e.hashes.length >= (this.parent?.header.blockCount ?? 0)) {
+        this.cache.delete(start);
+        return e;
+      }
+    }
+    // Batches and requests not aligned: read the range directly.
+    for (const key of this.cache.keys()) if (key < start) this.cache.delete(key);
+    return this.parent ? this.parent.entries(start, count) : { startBlock: start, hashes: new BigUint64Array(0), ids: Buffer.alloc(0) };
+  }
+}

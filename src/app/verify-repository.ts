@@ -1,0 +1,120 @@
+import { decodeChunk } from '../chunk/chunk-codec.js';
+import { idHex, isZeroId } from '../manifest/manifest-reader.js';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { assertDiskId } from '../shared/disk-id.js';
+import { TaskPool } from '../shared/task-pool.js';
+import type { ProgressListener } from './progress.js';
+
+export interface VerifyRequest {
+  diskId?: string;
+  version?: string;
+}
+
+export interface Damage {
+  disk: string;
+  version: string;
+  /** Absent when the manifest itself is damaged. */
+  block?: number;
+  chunk?: string;
+  code: string;
+  problem: string;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  disks: number;
+  versions: number;
+  chunksChecked: number;
+  bytesChecked: number;
+  damage: Damage[];
+  /** Damage entries beyond this many are counted, not listed. */
+  damageNotListed: number;
+  durationMs: number;
+}
+
+const MAX_LISTED_DAMAGE = 10_000;
+
+/**
+ * Re-reads every chunk the selected versions use and checks its SHA-256 (and every manifest
+ * against its digest). Each chunk is read once per run however many versions share it; each
+ * damaged block is reported with its disk, version and index.
+ */
+export async function verifyRepository(
+  repo: Repository,
+  req: VerifyRequest,
+  options: { concurrency?: number; onProgress?: ProgressListener } = {},
+): Promise<VerifyReport> {
+  const started = Date.now();
+  const disks = req.diskId !== undefined ? [assertDiskId(req.diskId)] : await repo.listDisks();
+  if (req.diskId !== undefined && (await repo.listVersions(req.diskId)).length === 0) {
+    throw new BlockrepError('DISK_NOT_FOUND', `disk ${req.diskId} has no versions in ${repo.location}`);
+  }
+  // id → problem (undefined = good). Bounded by the number of distinct chunks in the selection.
+  const checked = new Map<string, { code: string; problem: string } | undefined>();
+  const report: VerifyReport = { ok: true, disks: disks.length, versions: 0, chunksChecked: 0, bytesChecked: 0, damage: [], damageNotListed: 0, durationMs: 0 };
+  const addDamage = (d: Damage): void => {
+    report.ok = false;
+    if (report.damage.length < MAX_LISTED_DAMAGE) report.damage.push(d);
+    else report.damageNotListed++;
+  };
+
+  for (const disk of disks) {
+    const versions = req.version !== undefined ? [await repo.resolveVersion(disk, req.version)] : await repo.listVersions(disk);
+    for (const version of versions) {
+      report.versions++;
+      let manifest;
+      try {
+        manifest = await repo.openManifest(disk, version);
+      } catch (err) {
+        if (!isBlockrepError(err)) throw err;
+        addDamage({ disk, version, code: err.code, problem: err.message });
+        continue;
+      }
+      const pool = new TaskPool(options.concurrency ?? 8);
+      const pendingChecks = new Set<string>();
+      // Blocks whose chunk is bad or still being checked; pruned after every batch.
+      let blockDamage: Array<{ block: number; id: string }> = [];
+      for await (const entries of manifest.batches(4096)) {
+        for (let i = 0; i < entries.hashes.length; i++) {
+          if (isZeroId(entries.ids, i)) continue;
+          const id = idHex(entries.ids, i);
+          const block = entries.startBlock + i;
+          if (checked.has(id)) {
+            if (checked.get(id)) blockDamage.push({ block, id });
+            continue;
+          }
+          if (pendingChecks.has(id)) {
+            blockDamage.push({ block, id }); // resolved against `checked` below
+            continue;
+          }
+          pendingChecks.add(id);
+          blockDamage.push({ block, id });
+          await pool.submit(async () => {
+            try {
+              const blob = await repo.readChunkBlob(id);
+              report.bytesChecked += blob.length;
+              decodeChunk(blob, id);
+              checked.set(id, undefined);
+            } catch (err) {
+              if (!isBlockrepError(err)) throw err;
+              checked.set(id, { code: err.code, problem: err.message });
+            } finally {
+              report.chunksChecked++;
+              pendingChecks.delete(id);
+            }
+          });
+        }
+        blockDamage = blockDamage.filter(({ id }) => pendingChecks.has(id) || checked.get(id) !== undefined);
+        options.onProgress?.({ kind: 'verify', disk, version, blocksDone: entries.startBlock + entries.hashes.length, blocks: manifest.header.blockCount, blockSize: manifest.header.blockSize });
+      }
+      await pool.drain();
+      for (const { block, id } of blockDamage) {
+        const bad = checked.get(id);
+        if (bad) addDamage({ disk, version, block, chunk: id, code: bad.code, problem: bad.problem });
+      }
+    }
+  }
+  report.durationMs = Date.now() - started;
+  return report;
+}

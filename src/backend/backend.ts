@@ -1,0 +1,41 @@
+/**
+ * Storage of named byte objects: all the repository needs from a place that keeps its data
+ * (a local directory now; a `blockrep serve` over HTTP later). Keys are `/`-separated relative
+ * names made by the repository layer (`chunks/ab/ab12…`, `disks/vm%2Fvda/….manifest`); a
+ * backend never interprets them beyond that.
+ */
+export interface BackendObject {
+  key: string;
+  size: number;
+}
+
+export interface WriteOptions {
+  /** The write must not replace an existing object: if the key exists, throw code 'EXISTS'. */
+  exclusive?: boolean;
+  /**
+   * The caller calls flush() before relying on durability (a batch of chunk writes before a
+   * manifest is published), so the backend may defer directory syncs until then.
+   */
+  deferSync?: boolean;
+}
+
+export interface Backend {
+  /** Where the data is, for messages (never contains secrets). */
+  readonly location: string;
+  /** Size of the object, or undefined when it does not exist. */
+  size(key: string): Promise<number | undefined>;
+  /** The whole object, or `length` bytes from `offset`. A missing object throws code 'NOT_FOUND'. */
+  read(key: string, offset?: number, length?: number): Promise<Buffer>;
+  /**
+   * Stores an object atomically and durably: readers see the old object or none until it is
+   * complete on stable storage, never a partial one. Returns the number of bytes stored.
+   */
+  write(key: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteOptions): Promise<number>;
+  /** Makes every earlier deferred write durable. */
+  flush(): Promise<void>;
+  /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */
+  list(prefix: string): AsyncIterable<BackendObject>;
+  /** Removes an object; a missing object is not an error. */
+  remove(key: string): Promise<void>;
+  close(): Promise<void>;
+}

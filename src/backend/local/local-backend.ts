@@ -1,0 +1,188 @@
+import { randomBytes } from 'node:crypto';
+import { constants, type Dirent } from 'node:fs';
+import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { dirname, join, sep } from 'node:path';
+import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/blockrep-error.js';
+import type { Backend, BackendObject, WriteOptions } from '../backend.js';
+
+const KEY = /^[A-Za-z0-9._%-]+(\/[A-Za-z0-9._%-]+)*$/;
+const TEMP_PREFIX = '.tmp-';
+
+/**
+ * A repository in a local directory. Durable write (restic's recipe): temp file in the target
+ * folder → write → fsync → rename (or link, for exclusive writes) → fsync the folder.
+ */
+export class LocalBackend implements Backend {
+  readonly location: string;
+  private readonly root: string;
+  private readonly dirsToSync = new Set<string>();
+  private readonly knownDirs = new Set<string>();
+
+  constructor(root: string) {
+    this.root = root;
+    this.location = root;
+  }
+
+  private path(key: string): string {
+    // Keys come from the repository layer, but a bad one must never escape the root.
+    if (!KEY.test(key) || key.split('/').some((s) => s === '.' || s === '..' || s.startsWith(TEMP_PREFIX))) {
+      throw new BlockrepError('INTERNAL', `invalid object key ${JSON.stringify(key)}`);
+    }
+    return join(this.root, ...key.split('/'));
+  }
+
+  async size(key: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.path(key))).size;
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
+      throw wrapSystemError(err, `reading ${key} in ${this.location}`);
+    }
+  }
+
+  async read(key: string, offset = 0, length?: number): Promise<Buffer> {
+    let fh;
+    try {
+      fh = await open(this.path(key), 'r');
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT') throw new BlockrepError('NOT_FOUND', `${key} does not exist in ${this.location}`, { cause: err });
+      throw wrapSystemError(err, `reading ${key} in ${this.location}`);
+    }
+    try {
+      const total = length ?? (await fh.stat()).size - offset;
+      const buf = Buffer.allocUnsafe(Math.max(0, total));
+      let done = 0;
+      while (done < buf.length) {
+        const { bytesRead } = await fh.read(buf, done, buf.length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === buf.length ? buf : buf.subarray(0, done);
+    } catch (err) {
+      throw wrapSystemError(err, `reading ${key} in ${this.location}`);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async write(key: string, data: Uint8Array | AsyncIterable<Uint8Array>, options: WriteOptions = {}): Promise<number> {
+    const target = this.path(key);
+    const dir = dirname(target);
+    const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    let written = 0;
+    try {
+      await this.ensureDir(dir);
+      const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      try {
+        if (data instanceof Uint8Array) {
+          written = await writeAll(fh, data, 0);
+        } else {
+          for await (const piece of data) written += await writeAll(fh, piece, written);
+        }
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (options.exclusive) {
+        try {
+          await link(temp, target);
+        } catch (err) {
+          if (systemErrorCode(err) === 'EEXIST') throw new BlockrepError('EXISTS', `${key} already exists in ${this.location}`);
+          throw err;
+        }
+        await unlink(temp);
+      } else {
+        await rename(temp, target);
+      }
+    } catch (err) {
+      await unlink(temp).catch(() => undefined);
+      throw wrapSystemError(err, `writing ${key} to ${this.location}`);
+    }
+    this.dirsToSync.add(dir);
+    if (!options.deferSync) await this.flush();
+    return written;
+  }
+
+  async flush(): Promise<void> {
+    const dirs = [...this.dirsToSync];
+    this.dirsToSync.clear();
+    try {
+      for (const dir of dirs) await syncDir(dir);
+    } catch (err) {
+      throw wrapSystemError(err, `syncing ${this.location}`);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<BackendObject> {
+    const base = prefix.replace(/\/+$/, '');
+    const start = base === '' ? this.root : this.path(base);
+    yield* this.walk(start, base);
+  }
+
+  private async *walk(dir: string, keyPrefix: string): AsyncIterable<BackendObject> {
+    let entries: Dirent[];
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return;
+      throw wrapSystemError(err, `listing ${dir}`);
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      if (entry.name.startsWith(TEMP_PREFIX)) continue;
+      const key = keyPrefix === '' ? entry.name : `${keyPrefix}/${entry.name}`;
+      const full = join(dir, entry.name);
+      if (entry.isDirectory()) {
+        yield* this.walk(full, key);
+      } else if (entry.isFile()) {
+        const size = await stat(full).then((s) => s.size, () => undefined);
+        if (size !== undefined) yield { key, size };
+      }
+    }
+  }
+
+  async remove(key: string): Promise<void> {
+    try {
+      await unlink(this.path(key));
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT') return;
+      throw wrapSystemError(err, `removing ${key} from ${this.location}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+  }
+
+  private async ensureDir(dir: string): Promise<void> {
+    if (this.knownDirs.has(dir)) return;
+    // A new folder's own entry in its parent must be durable too.
+    const created = await mkdir(dir, { recursive: true });
+    if (created !== undefined) {
+      let d = dir;
+      while (d.length >= created.length && d !== this.root && d.startsWith(this.root + sep)) {
+        this.dirsToSync.add(dirname(d));
+        d = dirname(d);
+      }
+    }
+    this.knownDirs.add(dir);
+  }
+}
+
+async function writeAll(fh: import('node:fs/promises').FileHandle, data: Uint8Array, position: number): Promise<number> {
+  let done = 0;
+  while (done < data.byteLength) {
+    const { bytesWritten } = await fh.write(data, done, data.byteLength - done, position + done);
+    done += bytesWritten;
+  }
+  return done;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,38 @@
+import type { Command } from 'commander';
+import { verifyRepository } from '../../app/verify-repository.js';
+import { openRepository } from '../../repository/open-repository.js';
+import { assertDiskId } from '../../shared/disk-id.js';
+import { assertVersionId } from '../../shared/version-id.js';
+import { runCommand } from '../command-context.js';
+import { EXIT_DAMAGED, EXIT_OK } from '../exit-codes.js';
+import { verifyText } from '../output/text-reports.js';
+
+interface VerifyOptions {
+  repo: string;
+  disk?: string;
+  version?: string;
+  json?: boolean;
+}
+
+export function registerVerify(program: Command): void {
+  program
+    .command('verify')
+    .description('re-read every chunk the versions use and check its SHA-256; report each damaged disk, version and block')
+    .requiredOption('--repo <repo>', 'repository directory')
+    .option('--disk <id>', 'only this disk')
+    .option('--version <id>', 'only this version (or latest) of each selected disk')
+    .option('--json', 'print one JSON object as the report')
+    .action(async (opts: VerifyOptions) => {
+      await runCommand(Boolean(opts.json), async (ctx) => {
+        const diskId = opts.disk === undefined ? undefined : assertDiskId(opts.disk);
+        const version = opts.version === undefined || opts.version === 'latest' ? opts.version : assertVersionId(opts.version);
+        const repo = await openRepository(opts.repo);
+        const report = await verifyRepository(repo, { ...(diskId ? { diskId } : {}), ...(version ? { version } : {}) }, { onProgress: ctx.onProgress });
+        return {
+          exitCode: report.ok ? EXIT_OK : EXIT_DAMAGED,
+          json: { ...report, ...(report.ok ? {} : { code: 'VERIFY_FAILED', message: `${report.damage.length + report.damageNotListed} damaged block(s) or manifest(s)` }) },
+          text: verifyText(report),
+        };
+      });
+    });
+}

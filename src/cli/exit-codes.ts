@@ -1,0 +1,53 @@
+import type { ErrorCode } from '../shared/blockrep-error.js';
+
+/**
+ * The one table from error codes to exit codes (documented in `blockrep --help`).
+ * 0 success, 1 failure, 2 usage; the others let scripts react without parsing messages.
+ */
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_NOT_FOUND = 3;
+export const EXIT_DAMAGED = 4;
+export const EXIT_LOCKED = 5;
+export const EXIT_IMAGE_REFUSED = 6;
+export const EXIT_NO_SPACE = 7;
+export const EXIT_INTERRUPTED = 130;
+
+const table: Partial<Record<ErrorCode, number>> = {
+  USAGE: EXIT_USAGE,
+  INVALID_DISK_ID: EXIT_USAGE,
+  INVALID_VERSION_ID: EXIT_USAGE,
+  INVALID_SIZE: EXIT_USAGE,
+  REPO_NOT_FOUND: EXIT_NOT_FOUND,
+  DISK_NOT_FOUND: EXIT_NOT_FOUND,
+  VERSION_NOT_FOUND: EXIT_NOT_FOUND,
+  IMAGE_NOT_FOUND: EXIT_NOT_FOUND,
+  VERIFY_FAILED: EXIT_DAMAGED,
+  CHUNK_CORRUPT: EXIT_DAMAGED,
+  CHUNK_MISSING: EXIT_DAMAGED,
+  REPO_CORRUPT: EXIT_DAMAGED,
+  REPO_LOCKED: EXIT_LOCKED,
+  IMAGE_UNSUPPORTED: EXIT_IMAGE_REFUSED,
+  IMAGE_CORRUPT: EXIT_IMAGE_REFUSED,
+  IMAGE_UNREADABLE: EXIT_IMAGE_REFUSED,
+  BACKING_LOOP: EXIT_IMAGE_REFUSED,
+  NO_SPACE: EXIT_NO_SPACE,
+  INTERRUPTED: EXIT_INTERRUPTED,
+};
+
+export function exitCodeFor(code: ErrorCode): number {
+  return table[code] ?? EXIT_FAILURE;
+}
+
+export const exitCodeHelp = `
+Exit codes:
+  0    success
+  1    failure (the message says what went wrong)
+  2    usage error: bad arguments, disk id, version id or size
+  3    not found: repository, disk, version or image
+  4    damage: verify found damaged or missing data, or stored data failed its checks
+  5    locked: another blockrep process is writing the same disk
+  6    image refused: corrupt, truncated, encrypted, unsupported feature, backing loop
+  7    no space left on the device
+  130  interrupted by a signal (nothing half-done was published)`;

@@ -1,0 +1,52 @@
+import { Command, CommanderError } from 'commander';
+import { createRequire } from 'node:module';
+import { BlockrepError } from '../shared/blockrep-error.js';
+import { registerBackup } from './commands/backup-command.js';
+import { registerList } from './commands/list-command.js';
+import { registerRestore } from './commands/restore-command.js';
+import { registerVerify } from './commands/verify-command.js';
+import { finalExitCode, printError } from './command-context.js';
+import { EXIT_USAGE, exitCodeHelp } from './exit-codes.js';
+
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
+
+function buildProgram(): Command {
+  const program = new Command('blockrep')
+    .description('Replicates QEMU/KVM virtual machine disks to a repository, sending only the blocks that changed.')
+    .version(version)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .addHelpText('after', exitCodeHelp);
+  registerBackup(program);
+  registerRestore(program);
+  registerVerify(program);
+  registerList(program);
+  for (const cmd of program.commands) cmd.exitOverride().addHelpText('after', exitCodeHelp);
+  return program;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are successes; everything else commander rejects is a usage error.
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
+      if (argv.includes('--json')) printError(new BlockrepError('USAGE', err.message.replace(/^error: /, '')), true);
+      return EXIT_USAGE;
+    }
+    return printError(err, argv.includes('--json'));
+  }
+  return finalExitCode();
+}
+
+// The only process.exit in blockrep: after output is flushed.
+main(process.argv).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.exitCode = printError(err, process.argv.includes('--json'));
+  },
+);

@@ -1,0 +1,191 @@
+import { randomBytes } from 'node:crypto';
+import type { Backend } from '../backend/backend.js';
+import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/chunk-codec.js';
+import type { ManifestHeader } from '../manifest/manifest-format.js';
+import { ManifestReader } from '../manifest/manifest-reader.js';
+import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { assertDiskId, diskIdFromPathComponent, diskIdToPathComponent } from '../shared/disk-id.js';
+import { isVersionId } from '../shared/version-id.js';
+import { DiskLock } from './disk-lock.js';
+import { CONFIG_KEY, REPOSITORY_FORMAT, REPOSITORY_FORMAT_VERSION, repositoryConfigSchema, type RepositoryConfig } from './repository-config.js';
+
+const MANIFEST_SUFFIX = '.manifest';
+
+/**
+ * The domain layer over a backend: chunks, versions and their manifests, locks. Layout:
+ *
+ *   blockrep.json                         repository config (format version)
+ *   chunks/<first 2 hex>/<sha256 hex>     chunk blobs (chunk-codec)
+ *   disks/<disk id, / as %2F>/<version>.manifest
+ *   locks/<disk id>.lock
+ */
+export class Repository {
+  private constructor(
+    readonly backend: Backend,
+    readonly config: RepositoryConfig,
+  ) {}
+
+  get location(): string {
+    return this.backend.location;
+  }
+
+  /** Opens a repository; with `create`, initialises an empty location first. */
+  static async open(backend: Backend, options: { create?: boolean } = {}): Promise<Repository> {
+    let raw: Buffer | undefined;
+    try {
+      raw = await backend.read(CONFIG_KEY);
+    } catch (err) {
+      if (!isBlockrepError(err) || err.code !== 'NOT_FOUND') throw err;
+    }
+    if (raw === undefined) {
+      if (!options.create) {
+        throw new BlockrepError('REPO_NOT_FOUND', `no blockrep repository at ${backend.location}: back something up to it first (a backup creates it)`);
+      }
+      for await (const _ of backend.list('')) {
+        throw new BlockrepError('REPO_NOT_FOUND', `${backend.location} is not empty and is not a blockrep repository; choose an empty or new folder`);
+      }
+      const config: RepositoryConfig = {
+        format: REPOSITORY_FORMAT,
+        version: REPOSITORY_FORMAT_VERSION,
+        id: randomBytes(16).toString('hex'),
+        createdAt: new Date().toISOString(),
+      };
+      try {
+        await backend.write(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`), { exclusive: true });
+      } catch (err) {
+        // Another process created it at the same moment: use theirs.
+        if (!isBlockrepError(err) || err.code !== 'EXISTS') throw err;
+      }
+      return Repository.open(backend);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw.toString('utf8'));
+    } catch (err) {
+      throw new BlockrepError('REPO_CORRUPT', `${backend.location}/${CONFIG_KEY} is not valid JSON`, { cause: err });
+    }
+    const version = (parsed as { version?: unknown } | null)?.version;
+    if ((parsed as { format?: unknown } | null)?.format === REPOSITORY_FORMAT && typeof version === 'number' && version !== REPOSITORY_FORMAT_VERSION) {
+      throw new BlockrepError(
+        'REPO_FORMAT',
+        `repository ${backend.location} has format version ${version}, this blockrep uses version ${REPOSITORY_FORMAT_VERSION}: ` +
+          (version < REPOSITORY_FORMAT_VERSION ? 'it was made by an older blockrep and cannot be read by this one' : 'upgrade blockrep to read it'),
+      );
+    }
+    const config = repositoryConfigSchema.safeParse(parsed);
+    if (!config.success) {
+      throw new BlockrepError('REPO_CORRUPT', `${backend.location}/${CONFIG_KEY} is not a blockrep repository config`);
+    }
+    return new Repository(backend, config.data);
+  }
+
+  // ---- chunks
+
+  static chunkKey(id: string): string {
+    if (!isChunkId(id)) throw new BlockrepError('INTERNAL', `invalid chunk id ${id}`);
+    return `chunks/${id.slice(0, 2)}/${id}`;
+  }
+
+  async hasChunk(id: string): Promise<boolean> {
+    return (await this.backend.size(Repository.chunkKey(id))) !== undefined;
+  }
+
+  /** Stores a chunk (idempotent). Durable once flush() resolves. Returns bytes stored. */
+  async putChunk(chunk: EncodedChunk): Promise<number> {
+    return this.backend.write(Repository.chunkKey(chunk.id), chunk.blob, { deferSync: true });
+  }
+
+  async readChunkBlob(id: string): Promise<Buffer> {
+    try {
+      return await this.backend.read(Repository.chunkKey(id));
+    } catch (err) {
+      if (isBlockrepError(err) && err.code === 'NOT_FOUND') throw new BlockrepError('CHUNK_MISSING', `chunk ${id} is missing from ${this.location}`);
+      throw err;
+    }
+  }
+
+  /** The chunk's content, checked against its SHA-256. */
+  async getChunk(id: string): Promise<Buffer> {
+    return decodeChunk(await this.readChunkBlob(id), id);
+  }
+
+  async *listChunks(): AsyncIterable<{ id: string; size: number }> {
+    for await (const obj of this.backend.list('chunks/')) {
+      const id = obj.key.slice(obj.key.lastIndexOf('/') + 1);
+      if (isChunkId(id)) yield { id, size: obj.size };
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.backend.flush();
+  }
+
+  // ---- disks and versions
+
+  static manifestKey(diskId: string, versionId: string): string {
+    if (!isVersionId(versionId)) throw new BlockrepError('INVALID_VERSION_ID', `invalid version id ${versionId}`);
+    return `disks/${diskIdToPathComponent(diskId)}/${versionId}${MANIFEST_SUFFIX}`;
+  }
+
+  async listDisks(): Promise<string[]> {
+    const disks = new Set<string>();
+    for await (const obj of this.backend.list('disks/')) {
+      const parts = obj.key.split('/');
+      if (parts.length !== 3) continue;
+      const id = diskIdFromPathComponent(parts[1]!);
+      if (id !== undefined) disks.add(id);
+    }
+    return [...disks].sort();
+  }
+
+  /** Published versions of a disk, oldest first. */
+  async listVersions(diskId: string): Promise<string[]> {
+    const prefix = `disks/${diskIdToPathComponent(assertDiskId(diskId))}/`;
+    const versions: string[] = [];
+    for await (const obj of this.backend.list(prefix)) {
+      const name = obj.key.slice(prefix.length);
+      if (!name.endsWith(MANIFEST_SUFFIX)) continue;
+      const id = name.slice(0, -MANIFEST_SUFFIX.length);
+      if (isVersionId(id)) versions.push(id);
+    }
+    return versions.sort();
+  }
+
+  async latestVersion(diskId: string): Promise<string | undefined> {
+    return (await this.listVersions(diskId)).at(-1);
+  }
+
+  /** Resolves "latest" or an id to an existing version, with errors that say what exists. */
+  async resolveVersion(diskId: string, version: string | undefined): Promise<string> {
+    const versions = await this.listVersions(diskId);
+    if (versions.length === 0) {
+      throw new BlockrepError('DISK_NOT_FOUND', `disk ${diskId} has no versions in ${this.location} (see \`blockrep list\`)`);
+    }
+    if (version === undefined || version === 'latest') return versions.at(-1)!;
+    if (!versions.includes(version)) {
+      throw new BlockrepError('VERSION_NOT_FOUND', `disk ${diskId} has no version ${version} (see \`blockrep list --disk ${diskId}\`)`);
+    }
+    return version;
+  }
+
+  async openManifest(diskId: string, versionId: string): Promise<ManifestReader> {
+    return ManifestReader.open(this.backend, Repository.manifestKey(diskId, versionId));
+  }
+
+  async versionHeader(diskId: string, versionId: string): Promise<ManifestHeader> {
+    return ManifestReader.readHeader(this.backend, Repository.manifestKey(diskId, versionId));
+  }
+
+  /**
+   * Publishes a version: every chunk written before is made durable first, then the manifest is
+   * stored exclusively (a second writer of the same version id fails). Returns bytes stored.
+   */
+  async publishVersion(diskId: string, versionId: string, manifest: AsyncIterable<Uint8Array>): Promise<number> {
+    await this.backend.flush();
+    return this.backend.write(Repository.manifestKey(diskId, versionId), manifest, { exclusive: true });
+  }
+
+  async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {
+    return DiskLock.acquire(this.backend, diskId, purpose);
+  }
+}

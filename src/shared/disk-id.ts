@@ -1,0 +1,45 @@
+import { BlockrepError } from './blockrep-error.js';
+
+/**
+ * Disk ids (design.md): letters, digits, `.`, `_`, `-`, with `/` between segments; no empty,
+ * `.` or `..` segment; at most 200 characters.
+ */
+export const MAX_DISK_ID_LENGTH = 200;
+const SEGMENT = /^[A-Za-z0-9._-]+$/;
+
+export function diskIdProblem(id: string): string | undefined {
+  if (id.length === 0) return 'it is empty';
+  if (id.length > MAX_DISK_ID_LENGTH) return `it is longer than ${MAX_DISK_ID_LENGTH} characters`;
+  for (const segment of id.split('/')) {
+    if (segment === '') return 'it has an empty segment (leading, trailing or double "/")';
+    if (segment === '.' || segment === '..') return `it has a "${segment}" segment`;
+    if (!SEGMENT.test(segment)) return 'it may contain only letters, digits, ".", "_", "-" and "/" between segments';
+  }
+  return undefined;
+}
+
+export function assertDiskId(id: string): string {
+  const problem = diskIdProblem(id);
+  if (problem !== undefined) {
+    throw new BlockrepError('INVALID_DISK_ID', `invalid disk id ${JSON.stringify(id.slice(0, 240))}: ${problem}`);
+  }
+  return id;
+}
+
+/** A disk id as one path component ("/" is the only character that needs escaping). */
+export function diskIdToPathComponent(id: string): string {
+  return assertDiskId(id).replaceAll('/', '%2F');
+}
+
+export function diskIdFromPathComponent(component: string): string | undefined {
+  const id = component.replaceAll('%2F', '/');
+  return diskIdProblem(id) === undefined ? id : undefined;
+}
+
+/** Default disk id of an image file: its base name without the extension, made valid. */
+export function defaultDiskIdForImage(path: string): string {
+  const base = path.split('/').filter(Boolean).pop() ?? '';
+  const stem = base.includes('.') && !base.startsWith('.') ? base.slice(0, base.lastIndexOf('.')) : base;
+  const cleaned = stem.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+$/, '_');
+  return cleaned === '' ? 'disk' : cleaned.slice(0, MAX_DISK_ID_LENGTH);
+}
