@@ -1,0 +1,49 @@
+import { describe, expect, it } from 'vitest';
+import { assertDiskId, defaultDiskIdForImage, diskIdFromPathComponent, diskIdProblem, diskIdToPathComponent } from '../src/shared/disk-id.js';
+import { parseSize } from '../src/shared/size.js';
+import { isVersionId, newVersionId, versionIdTime } from '../src/shared/version-id.js';
+
+describe('disk ids', () => {
+  it('accepts the grammar of design.md and nothing else', () => {
+    for (const ok of ['vda', 'vm1/vda', 'a.b_c-d/e', 'x'.repeat(200)]) expect(diskIdProblem(ok)).toBeUndefined();
+    for (const bad of ['', '/vda', 'vda/', 'a//b', '../etc', 'a/../b', 'a/./b', '.', 'a b', 'a%2Fb', 'ä', 'x'.repeat(201), 'a\\b']) {
+      expect(diskIdProblem(bad), bad).toBeDefined();
+      expect(() => assertDiskId(bad)).toThrow(expect.objectContaining({ code: 'INVALID_DISK_ID' }));
+    }
+  });
+  it('maps to one path component and back', () => {
+    expect(diskIdToPathComponent('vm1/vda')).toBe('vm1%2Fvda');
+    expect(diskIdFromPathComponent('vm1%2Fvda')).toBe('vm1/vda');
+    expect(diskIdFromPathComponent('..')).toBeUndefined();
+  });
+  it('derives a default from an image path', () => {
+    expect(defaultDiskIdForImage('/var/lib/images/web01.qcow2')).toBe('web01');
+    expect(defaultDiskIdForImage('disk')).toBe('disk');
+    expect(defaultDiskIdForImage('/dev/sdb')).toBe('sdb');
+    expect(defaultDiskIdForImage('my disk (1).img')).toBe('my_disk__1_');
+  });
+});
+
+describe('version ids', () => {
+  it('sort by time and are strictly after their parent', () => {
+    const a = newVersionId(Date.UTC(2026, 10, 26, 3, 35, 4, 123));
+    expect(a).toMatch(/^20261126T033504\.123Z-[0-9a-f]{6}$/);
+    expect(isVersionId(a)).toBe(true);
+    const b = newVersionId(Date.UTC(2026, 10, 26, 3, 35, 4, 123), a);
+    expect(versionIdTime(b)).toBe(versionIdTime(a) + 1);
+    expect(b > a).toBe(true);
+    expect(isVersionId('latest')).toBe(false);
+  });
+});
+
+describe('sizes', () => {
+  it('parses binary units', () => {
+    expect(parseSize('65536')).toBe(65536);
+    expect(parseSize('64K')).toBe(65536);
+    expect(parseSize('1M')).toBe(1 << 20);
+    expect(parseSize('1MiB')).toBe(1 << 20);
+    expect(parseSize('4g')).toBe(4 * 1024 ** 3);
+    expect(() => parseSize('12Q')).toThrow(expect.objectContaining({ code: 'INVALID_SIZE' }));
+    expect(() => parseSize('1.5')).toThrow(expect.objectContaining({ code: 'INVALID_SIZE' }));
+  });
+});
