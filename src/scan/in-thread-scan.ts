@@ -1,0 +1,48 @@
+import type { ImageReader } from '../image/image-reader.js';
+import type { ScanBatch, SegmentTask } from './scan-batch.js';
+import type { ScanGeometry } from './scan-geometry.js';
+import { segmentBlocks, type ScanTuning } from './scan-tuning.js';
+import { arenaBytesFor, SegmentScanner } from './segment-scanner.js';
+import { Xxh64Wasm } from './xxh64-wasm.js';
+
+export interface InThreadScanOptions {
+  reader: ImageReader;
+  geometry: ScanGeometry;
+  compress: boolean;
+  zeroHash: bigint;
+  lastZeroHash: bigint;
+  parentTask: (seq: number, startBlock: number, count: number) => Promise<SegmentTask>;
+  signal: AbortSignal | undefined;
+  tuning: ScanTuning;
+}
+
+/**
+ * The scan on the calling thread (`workers: 0`): the same SegmentScanner as a worker runs,
+ * fed directly. Meant for small images and for callers that must not start threads; reading
+ * still overlaps hashing, but hashing and encoding get one core.
+ */
+export async function* inThreadScan(o: InThreadScanOptions): AsyncGenerator<ScanBatch> {
+  const { geometry, tuning } = o;
+  const hasher = await Xxh64Wasm.create(arenaBytesFor(geometry, tuning.unitBytes, tuning.readAhead));
+  const scanner = new SegmentScanner({
+    reader: o.reader,
+    geometry,
+    hasher,
+    unitBytes: tuning.unitBytes,
+    readAhead: tuning.readAhead,
+    zeroHash: o.zeroHash,
+    lastZeroHash: o.lastZeroHash,
+    compress: o.compress,
+    signal: o.signal,
+  });
+  const perSegment = segmentBlocks(tuning, geometry.blockSize);
+  async function* tasks(): AsyncGenerator<SegmentTask> {
+    for (let seq = 0, start = 0; start < geometry.blockCount; seq++, start += perSegment) {
+      yield await o.parentTask(seq, start, Math.min(perSegment, geometry.blockCount - start));
+    }
+  }
+  for await (const { seq: _seq, ...batch } of scanner.run(tasks())) {
+    o.signal?.throwIfAborted();
+    yield batch;
+  }
+}

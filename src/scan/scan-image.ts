@@ -1,0 +1,103 @@
+import { availableParallelism } from 'node:os';
+import type { ImageSpec } from '../image/image-reader.js';
+import { openImage } from '../image/open-image.js';
+import { BlockrepError } from '../shared/blockrep-error.js';
+import { inThreadScan } from './in-thread-scan.js';
+import type { ScanBatch, SegmentTask } from './scan-batch.js';
+import { ScanGeometry } from './scan-geometry.js';
+import { resolveScanTuning, type ScanTuning } from './scan-tuning.js';
+import { workerPoolScan } from './worker-pool-scan.js';
+import { zeroBlockHash } from './zero-block-hash.js';
+
+export type { ScanBatch } from './scan-batch.js';
+export { zeroBlockHash } from './zero-block-hash.js';
+
+export interface ScanOptions {
+  image: ImageSpec;
+  /** Bytes; a power of two from 4 KiB to 16 MiB. */
+  blockSize: number;
+  /** Worker threads; default min(2, availableParallelism()). 0 scans on the calling thread. */
+  workers?: number;
+  /**
+   * The parent version's xxh64 of each block in [startBlock, startBlock + count); omitted
+   * when there is no parent (every block is then changed).
+   */
+  parentHashes?: (startBlock: number, count: number) => Promise<BigUint64Array>;
+  /** Passed to encodeChunk; default true. */
+  compress?: boolean;
+  /** Aborting stops the scan and its workers; the iteration throws `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+const MAX_WORKERS = 64;
+
+/**
+ * Scans an image: reads it in blocks (zero extents are not read), hashes each block with
+ * xxh64, compares with the parent, and encodes every changed non-zero block as a chunk.
+ * Yields batches in ascending, contiguous block order; pulling drives the scan, so memory
+ * stays bounded by the batches in flight. Breaking out of the loop stops the workers.
+ *
+ * Errors are BlockrepErrors with the code of their cause (a reader's IMAGE_CORRUPT in a
+ * worker arrives here as IMAGE_CORRUPT), except an abort, which throws `signal.reason`.
+ */
+export function scanImage(opts: ScanOptions): AsyncIterable<ScanBatch> {
+  return scanImageTuned(opts);
+}
+
+/** scanImage with internal knobs exposed, for the benchmark and the tests. */
+export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<ScanTuning>): AsyncGenerator<ScanBatch> {
+  const tuning = resolveScanTuning(overrides);
+  const workers = opts.workers ?? Math.min(2, availableParallelism());
+  if (!Number.isSafeInteger(workers) || workers < 0 || workers > MAX_WORKERS) {
+    throw new BlockrepError('USAGE', `workers must be an integer from 0 to ${MAX_WORKERS}, not ${workers}`);
+  }
+  opts.signal?.throwIfAborted();
+  // The main thread opens the image too: to learn its size, and to fail early and plainly
+  // (IMAGE_NOT_FOUND...) before any thread starts. In-thread scans keep this reader.
+  const reader = await openImage(opts.image);
+  let readerOpen = true;
+  const closeReader = async (): Promise<void> => {
+    if (readerOpen) {
+      readerOpen = false;
+      await reader.close();
+    }
+  };
+  try {
+    const geometry = new ScanGeometry(reader.virtualSize, opts.blockSize);
+    if (geometry.blockCount === 0) return;
+    const [zeroHash, lastZeroHash] = await Promise.all([
+      zeroBlockHash(geometry.blockSize),
+      zeroBlockHash(geometry.lastBlockLength),
+    ]);
+    const parentTask = async (seq: number, startBlock: number, count: number): Promise<SegmentTask> => {
+      if (opts.parentHashes === undefined) return { seq, startBlock, count, parent: undefined };
+      const parent = await opts.parentHashes(startBlock, count);
+      if (!(parent instanceof BigUint64Array) || parent.length !== count) {
+        throw new BlockrepError('INTERNAL', `parentHashes(${startBlock}, ${count}) returned ${describe(parent)}, not ${count} hashes`);
+      }
+      return { seq, startBlock, count, parent };
+    };
+    const common = {
+      geometry,
+      compress: opts.compress !== false,
+      zeroHash,
+      lastZeroHash,
+      parentTask,
+      signal: opts.signal,
+      tuning,
+    };
+    if (workers === 0) {
+      yield* inThreadScan({ ...common, reader });
+    } else {
+      await closeReader(); // each worker opens its own
+      yield* workerPoolScan({ ...common, image: opts.image, workers });
+    }
+  } finally {
+    await closeReader();
+  }
+}
+
+function describe(value: unknown): string {
+  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as BigUint64Array).length})`;
+  return typeof value;
+}
