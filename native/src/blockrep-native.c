@@ -1,0 +1,92 @@
+/*
+ * blockrep's only native code: lseek(2), which Node does not expose.
+ *
+ * The image readers need SEEK_DATA / SEEK_HOLE to find the holes of sparse raw files without
+ * reading them, and SEEK_END to learn the size of a block device (fstat reports 0 there).
+ * Everything else stays in JavaScript. Node-API only, so one build serves every Node >= 20,
+ * and the module is context-aware so worker threads may load it too.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+/* Largest integer a JS number holds exactly (2^53 - 1). */
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall) {
+  napi_value code, msg, error, sys, errnum;
+  const char *name = "EIO";
+  switch (err) {
+    case EBADF: name = "EBADF"; break;
+    case EINVAL: name = "EINVAL"; break;
+    case EOVERFLOW: name = "EOVERFLOW"; break;
+    case ESPIPE: name = "ESPIPE"; break;
+    case ENXIO: name = "ENXIO"; break;
+    default: break;
+  }
+  char text[160];
+  snprintf(text, sizeof text, "%s: %s, %s", name, strerror(err), syscall);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &error);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sys);
+  napi_set_named_property(env, error, "syscall", sys);
+  napi_create_int32(env, -err, &errnum);
+  napi_set_named_property(env, error, "errno", errnum);
+  napi_throw(env, error);
+  return NULL;
+}
+
+/*
+ * seek(fd, offset, whence) -> new offset, or -1 when lseek fails with ENXIO (for SEEK_DATA:
+ * no data at or after offset; for SEEK_HOLE: offset at or past the end). Other failures
+ * throw an Error with a Node-style `code` (EINVAL when the file system lacks SEEK_DATA, ...).
+ */
+static napi_value js_seek(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3) {
+    napi_throw_type_error(env, NULL, "seek(fd, offset, whence) takes three numbers");
+    return NULL;
+  }
+  int32_t fd, whence;
+  double offset;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_double(env, argv[1], &offset) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &whence) != napi_ok) {
+    napi_throw_type_error(env, NULL, "seek(fd, offset, whence) takes three numbers");
+    return NULL;
+  }
+  if (!(offset >= 0 && offset <= MAX_SAFE_INTEGER) || offset != (double)(int64_t)offset) {
+    napi_throw_range_error(env, NULL, "seek: offset must be a safe non-negative integer");
+    return NULL;
+  }
+  off_t r = lseek(fd, (off_t)offset, whence);
+  napi_value result;
+  if (r < 0) {
+    if (errno == ENXIO) {
+      napi_create_double(env, -1, &result);
+      return result;
+    }
+    return throw_errno(env, errno, "lseek");
+  }
+  napi_create_double(env, (double)r, &result);
+  return result;
+}
+
+NAPI_MODULE_INIT() {
+  napi_value fn, value;
+  napi_create_function(env, "seek", NAPI_AUTO_LENGTH, js_seek, NULL, &fn);
+  napi_set_named_property(env, exports, "seek", fn);
+  napi_create_int32(env, SEEK_END, &value);
+  napi_set_named_property(env, exports, "SEEK_END", value);
+  napi_create_int32(env, SEEK_DATA, &value);
+  napi_set_named_property(env, exports, "SEEK_DATA", value);
+  napi_create_int32(env, SEEK_HOLE, &value);
+  napi_set_named_property(env, exports, "SEEK_HOLE", value);
+  return exports;
+}

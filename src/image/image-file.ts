@@ -1,0 +1,141 @@
+import fs from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { loadSeekAddon } from './native-seek.js';
+
+/**
+ * One open file (or block device) that an image reader reads from: a kept-open descriptor
+ * and positioned reads straight into the caller's buffer. Raw and qcow2 readers share it so
+ * that open errors, short reads and sizes are handled in one place.
+ */
+export class ImageFile {
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    readonly fd: number,
+    /** Bytes in the file (for a block device: the device size) when it was opened. */
+    readonly fileBytes: number,
+    readonly isBlockDevice: boolean,
+  ) {}
+
+  /**
+   * Opens `path` read-only. `describe` names the file in errors (default "image PATH"; for a
+   * backing file it says which image names it), so a user can tell which file of a chain is
+   * missing.
+   */
+  static async open(path: string, describe = `image ${path}`): Promise<ImageFile> {
+    let fd: number;
+    try {
+      fd = await new Promise<number>((resolve, reject) =>
+        fs.open(path, fs.constants.O_RDONLY, (err, value) => (err ? reject(err) : resolve(value))),
+      );
+    } catch (err) {
+      throw openError(err, path, describe);
+    }
+    try {
+      const stat = await new Promise<fs.Stats>((resolve, reject) =>
+        fs.fstat(fd, (err, value) => (err ? reject(err) : resolve(value))),
+      );
+      if (stat.isDirectory()) {
+        throw new BlockrepError('IMAGE_UNREADABLE', `${describe} is a directory, not a disk image`);
+      }
+      const isBlockDevice = stat.isBlockDevice();
+      if (!isBlockDevice && !stat.isFile()) {
+        throw new BlockrepError('IMAGE_UNREADABLE', `${describe} is neither a regular file nor a block device`);
+      }
+      const fileBytes = isBlockDevice ? await blockDeviceBytes(fd, stat, path) : stat.size;
+      return new ImageFile(path, fd, fileBytes, isBlockDevice);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err instanceof BlockrepError ? err : openError(err, path, describe);
+    }
+  }
+
+  /**
+   * Reads `length` bytes into `buf` at `bufOffset` from file offset `position`, stopping early
+   * only at end of file; returns the bytes read.
+   */
+  async readUpTo(buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number> {
+    let done = 0;
+    while (done < length) {
+      const n = await this.readOnce(buf, bufOffset + done, length - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  }
+
+  /**
+   * Reads exactly `length` bytes into `buf` at `bufOffset`; a read past the end of the file
+   * means the image is truncated, reported as IMAGE_CORRUPT naming `what`.
+   */
+  async readExact(buf: Uint8Array, bufOffset: number, length: number, position: number, what: string): Promise<void> {
+    if (position + length > this.fileBytes) throw this.pastEnd(what, position, length);
+    const n = await this.readUpTo(buf, bufOffset, length, position);
+    if (n !== length) throw this.pastEnd(what, position, length);
+  }
+
+  /** The error for `what` (at `position`, `length` bytes) lying beyond the end of the file. */
+  pastEnd(what: string, position: number, length: number): BlockrepError {
+    return new BlockrepError(
+      'IMAGE_CORRUPT',
+      `${this.path}: ${what} at file offset ${position} (${length} bytes) lies past the end of the file (${this.fileBytes} bytes); the image is truncated or corrupt`,
+      { details: { path: this.path, position, length } },
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((resolve, reject) => fs.close(this.fd, (err) => (err ? reject(err) : resolve())));
+  }
+
+  private readOnce(buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+    return new Promise<number>((resolve, reject) =>
+      fs.read(this.fd, buf, offset, length, position, (err, bytesRead) => {
+        if (err) reject(new BlockrepError('IMAGE_UNREADABLE', `${this.path}: read of ${length} bytes at file offset ${position} failed: ${err.message}`, { cause: err }));
+        else resolve(bytesRead);
+      }),
+    );
+  }
+}
+
+function openError(err: unknown, path: string, describe: string): BlockrepError {
+  const sys = systemErrorCode(err);
+  const text = err instanceof Error ? err.message : String(err);
+  if (sys === 'ENOENT' || sys === 'ENOTDIR') {
+    return new BlockrepError('IMAGE_NOT_FOUND', `${describe} not found`, { cause: err, details: { path } });
+  }
+  if (sys === 'EACCES' || sys === 'EPERM') {
+    return new BlockrepError('IMAGE_UNREADABLE', `${describe} cannot be opened: permission denied`, { cause: err, details: { path } });
+  }
+  return new BlockrepError('IMAGE_UNREADABLE', `${describe} cannot be opened: ${text}`, { cause: err, details: { path } });
+}
+
+/**
+ * fstat reports size 0 for a block device. lseek(SEEK_END) gives the size when the addon is
+ * there; otherwise sysfs has it in 512-byte sectors at /sys/dev/block/MAJOR:MINOR/size.
+ */
+async function blockDeviceBytes(fd: number, stat: fs.Stats, path: string): Promise<number> {
+  const addon = loadSeekAddon();
+  if (addon) {
+    try {
+      const end = addon.seek(fd, 0, addon.SEEK_END);
+      if (end >= 0) return end;
+    } catch {
+      // fall through to sysfs
+    }
+  }
+  // Linux dev_t encoding (glibc's gnu_dev_major / gnu_dev_minor).
+  const rdev = BigInt(stat.rdev);
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  try {
+    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+    if (Number.isSafeInteger(sectors * 512) && sectors >= 0) return sectors * 512;
+  } catch {
+    // reported below
+  }
+  throw new BlockrepError('IMAGE_UNREADABLE', `cannot determine the size of block device ${path} (${major}:${minor})`);
+}
