@@ -55,6 +55,35 @@ export function convertToQcow2(raw: string, qcow2: string): void {
 }
 
 /**
+ * Damages a qcow2 image the way a torn write could: the L2 entry mapping `guestOffset` is
+ * pointed past the end of the file. Header and L1 table stay valid, so the image opens, and
+ * the damage shows only when that cluster is reached.
+ */
+export async function corruptQcow2L2Entry(path: string, guestOffset: number): Promise<void> {
+  const file = await open(path, 'r+');
+  try {
+    const header = Buffer.alloc(48);
+    await file.read(header, 0, 48, 0);
+    const clusterBits = header.readUInt32BE(20); // cluster_bits @20
+    const clusterSize = 2 ** clusterBits;
+    const l1Offset = Number(header.readBigUInt64BE(40)); // l1_table_offset @40
+    const l2PerTable = clusterSize / 8;
+    const cluster = Math.floor(guestOffset / clusterSize);
+    const l1Entry = Buffer.alloc(8);
+    await file.read(l1Entry, 0, 8, l1Offset + 8 * Math.floor(cluster / l2PerTable));
+    const l2Offset = Number(l1Entry.readBigUInt64BE(0) & 0x00fffffffffffe00n);
+    if (l2Offset === 0) throw new Error(`guest offset ${guestOffset} has no L2 table to damage`);
+    const { size } = await file.stat();
+    const pastEnd = (Math.ceil(size / clusterSize) + 100) * clusterSize;
+    const entry = Buffer.alloc(8);
+    entry.writeBigUInt64BE((1n << 63n) | BigInt(pastEnd)); // COPIED flag, standard cluster
+    await file.write(entry, 0, 8, l2Offset + 8 * (cluster % l2PerTable));
+  } finally {
+    await file.close();
+  }
+}
+
+/**
  * The reference: each block cut out of the image file with `split` and hashed by xxhsum
  * (Debian's C xxHash), one process for all blocks — independent of xxhash-wasm.
  */

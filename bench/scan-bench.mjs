@@ -1,0 +1,366 @@
+#!/usr/bin/env node
+/**
+ * Benchmark of the scan (src/scan), run against the compiled dist/ by `npm run bench:scan`.
+ *
+ * Builds a 4 GiB raw image of realistic, non-sparse content under bench/work/ (mostly random
+ * data, runs of written zeros and of compressible text) and the same content as qcow2, reads
+ * both once into the page cache, then measures, each REPS times (median reported):
+ *   - `xxhsum -H1 FILE` (C xxHash, one thread) on the raw file: the bar to meet;
+ *   - our hash-only scan (parent hashes equal to the current ones: nothing changed, the
+ *     nightly case) of the raw and of the qcow2 image;
+ *   - our first full scan (no parent: every non-zero block SHA-256'd and zstd-compressed);
+ *   - the hash-only scan at block sizes 64 KiB, 256 KiB, 1 MiB, 4 MiB.
+ * Every scan runs in a fresh child process, which reports its own wall time and peak RSS
+ * (process.resourceUsage().maxRSS, all threads). Writes bench/results/scan.json and scan.md.
+ *
+ * Options: --size BYTES (default 4 GiB), --reps N (3), --keep (keep bench/work images),
+ * --profile (also write CPU profiles of one hash-only and one full scan to bench/work/prof).
+ */
+import { spawnSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..');
+const work = join(here, 'work');
+const results = join(here, 'results');
+const DEFAULT_BLOCK = MiB; // the CLI's default block size
+const SWEEP = [64 * 1024, 256 * 1024, MiB, 4 * MiB];
+
+if (process.argv[2] === '--child') {
+  await child(JSON.parse(process.argv[3]));
+} else {
+  await main();
+}
+
+// ---------------------------------------------------------------- child: one measured scan
+
+/** Runs one scan and prints {seconds, maxRssBytes, ...} as JSON on stdout. */
+async function child(job) {
+  const { scanImageTuned } = await import(pathToFileURL(join(root, 'dist/scan/scan-image.js')).href);
+  let parent;
+  if (job.parentFile) {
+    const bytes = readFileSync(job.parentFile);
+    parent = new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8);
+  }
+  const record = job.recordFile ? [] : undefined;
+  const options = {
+    image: { path: job.path, format: job.format },
+    blockSize: job.blockSize,
+    compress: job.compress,
+    ...(job.workers !== undefined ? { workers: job.workers } : {}),
+    ...(parent ? { parentHashes: async (start, count) => parent.subarray(start, start + count) } : {}),
+  };
+  const totals = { blocks: 0, changed: 0, zero: 0, chunks: 0, chunkBytes: 0, bytesRead: 0 };
+  const started = process.hrtime.bigint();
+  for await (const batch of scanImageTuned(options, job.tuning ?? {})) {
+    totals.blocks += batch.count;
+    totals.bytesRead += batch.bytesRead;
+    for (let i = 0; i < batch.count; i++) {
+      totals.changed += batch.changed[i];
+      totals.zero += batch.zero[i];
+    }
+    totals.chunks += batch.chunks.length;
+    for (const { chunk } of batch.chunks) totals.chunkBytes += chunk.blob.byteLength;
+    record?.push(batch.hashes.slice());
+  }
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  if (record) {
+    const all = new BigUint64Array(totals.blocks);
+    let at = 0;
+    for (const part of record) {
+      all.set(part, at);
+      at += part.length;
+    }
+    writeFileSync(job.recordFile, new Uint8Array(all.buffer));
+  }
+  const maxRssBytes = process.resourceUsage().maxRSS * 1024;
+  process.stdout.write(JSON.stringify({ seconds, maxRssBytes, ...totals }) + '\n');
+}
+
+function runChild(job, extraNodeArgs = []) {
+  const res = spawnSync(process.execPath, [...extraNodeArgs, fileURLToPath(import.meta.url), '--child', JSON.stringify(job)], {
+    encoding: 'utf8',
+    maxBuffer: 16 * MiB,
+    cwd: root,
+  });
+  if (res.status !== 0) throw new Error(`bench child failed (${res.status}): ${res.stderr}`);
+  return JSON.parse(res.stdout.trim().split('\n').at(-1));
+}
+
+// ---------------------------------------------------------------- orchestration
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(name);
+  return i < 0 ? fallback : process.argv[i + 1];
+}
+
+async function main() {
+  const size = Number(arg('--size', String(4 * GiB)));
+  const reps = Number(arg('--reps', '3'));
+  const keep = process.argv.includes('--keep');
+  const profile = process.argv.includes('--profile');
+  mkdirSync(work, { recursive: true });
+  mkdirSync(results, { recursive: true });
+  const raw = join(work, 'scan-bench.raw');
+  const qcow2 = join(work, 'scan-bench.qcow2');
+
+  log(`image: ${(size / GiB).toFixed(2)} GiB under ${work}`);
+  let t = Date.now();
+  const layout = makeRawImage(raw, size);
+  log(`  raw written in ${((Date.now() - t) / 1000).toFixed(1)} s (${fmtLayout(layout)})`);
+  t = Date.now();
+  if (!existsSync(qcow2) || statSync(qcow2).mtimeMs < statSync(raw).mtimeMs) {
+    sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
+  }
+  sh('sync', []);
+  log(`  qcow2 converted in ${((Date.now() - t) / 1000).toFixed(1)} s (${(statSync(qcow2).size / GiB).toFixed(2)} GiB on disk)`);
+  for (const f of [raw, qcow2]) sh('cat', [f], true); // into the page cache
+
+  // Parent hashes for the hash-only scans: a scan without parent and without compression.
+  const hashFile = (bs) => join(work, `scan-bench-${bs}.hashes`);
+  for (const bs of SWEEP) {
+    if (!existsSync(hashFile(bs)) || statSync(hashFile(bs)).mtimeMs < statSync(raw).mtimeMs) {
+      runChild({ path: raw, format: 'raw', blockSize: bs, compress: false, recordFile: hashFile(bs) });
+    }
+  }
+
+  const job = (format, blockSize, mode) => ({
+    path: format === 'raw' ? raw : qcow2,
+    format,
+    blockSize,
+    compress: true,
+    ...(mode === 'hash' ? { parentFile: hashFile(blockSize) } : {}),
+  });
+
+  const samples = {};
+  const add = (key, sample) => (samples[key] ??= []).push(sample);
+  for (let rep = 1; rep <= reps; rep++) {
+    log(`round ${rep}/${reps} (load ${loadavg()[0].toFixed(2)})`);
+    add('xxhsum raw', timeXxhsum(raw, size));
+    add('hash raw', runChild(job('raw', DEFAULT_BLOCK, 'hash')));
+    add('hash qcow2', runChild(job('qcow2', DEFAULT_BLOCK, 'hash')));
+    add('full raw', runChild(job('raw', DEFAULT_BLOCK, 'full')));
+    add('full qcow2', runChild(job('qcow2', DEFAULT_BLOCK, 'full')));
+    for (const bs of SWEEP) if (bs !== DEFAULT_BLOCK) add(`hash raw ${bs}`, runChild(job('raw', bs, 'hash')));
+    add('hash raw in-thread', runChild({ ...job('raw', DEFAULT_BLOCK, 'hash'), workers: 0 }));
+    for (const [key, list] of Object.entries(samples)) {
+      const s = list.at(-1);
+      log(`  ${key.padEnd(22)} ${gbps(size, s.seconds).toFixed(2)} GB/s  ${(s.seconds).toFixed(2)} s  rss ${mib(s.maxRssBytes)}`);
+    }
+  }
+  samples[`hash raw ${DEFAULT_BLOCK}`] = samples['hash raw'];
+
+  let profiles;
+  if (profile) profiles = profileRuns(job);
+
+  const summary = {};
+  for (const [key, list] of Object.entries(samples)) {
+    const seconds = median(list.map((s) => s.seconds));
+    summary[key] = {
+      medianSeconds: round(seconds, 3),
+      gbPerSecond: round(gbps(size, seconds), 3),
+      seconds: list.map((s) => round(s.seconds, 3)),
+      maxRssMiB: list[0].maxRssBytes === undefined ? undefined : round(Math.max(...list.map((s) => s.maxRssBytes)) / MiB, 1),
+      ...(list[0].blocks !== undefined
+        ? { blocks: list[0].blocks, changed: list[0].changed, zero: list[0].zero, chunks: list[0].chunks, bytesRead: list[0].bytesRead, chunkBytes: list[0].chunkBytes }
+        : {}),
+    };
+  }
+  const ratios = {
+    oursOverXxhsumRaw: round(summary['hash raw'].gbPerSecond / summary['xxhsum raw'].gbPerSecond, 2),
+    qcow2OverRawHash: round(summary['hash qcow2'].gbPerSecond / summary['hash raw'].gbPerSecond, 2),
+    qcow2OverRawFull: round(summary['full qcow2'].gbPerSecond / summary['full raw'].gbPerSecond, 2),
+    peakRssMiB: Math.max(...Object.values(summary).map((s) => s.maxRssMiB ?? 0)),
+  };
+  const report = {
+    date: new Date().toISOString(),
+    machine: { cpu: cpus()[0]?.model, cores: cpus().length, node: process.version, loadAvgAtEnd: loadavg().map((x) => round(x, 2)) },
+    image: { bytes: size, layout, qcow2FileBytes: statSync(qcow2).size },
+    defaultBlockSize: DEFAULT_BLOCK,
+    reps,
+    targets: { oursOverXxhsumRaw: 1.0, qcow2OverRawHash: 0.8, peakRssMiB: 200 },
+    ratios,
+    results: summary,
+    ...(profiles ? { profiles } : {}),
+  };
+  writeFileSync(join(results, 'scan.json'), JSON.stringify(report, null, 2) + '\n');
+  writeFileSync(join(results, 'scan.md'), markdown(report));
+  log(`wrote bench/results/scan.json and scan.md`);
+  log(JSON.stringify(ratios));
+  if (!keep) {
+    for (const f of readdirSync(work)) if (f.startsWith('scan-bench')) rmSync(join(work, f), { force: true });
+    log('removed the bench images (use --keep to keep them)');
+  }
+}
+
+/** CPU profiles of a hash-only and a full scan (every thread), summarised by self time. */
+function profileRuns(job) {
+  const out = {};
+  for (const [name, j] of [['hash raw', job('raw', DEFAULT_BLOCK, 'hash')], ['full raw', job('raw', DEFAULT_BLOCK, 'full')]]) {
+    const dir = join(work, 'prof', name.replace(' ', '-'));
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    runChild(j, ['--cpu-prof', '--cpu-prof-dir', dir]);
+    const threads = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).map((f) => selfTimes(JSON.parse(readFileSync(join(dir, f), 'utf8'))));
+    out[name] = threads;
+  }
+  return out;
+}
+
+function selfTimes(profile) {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map();
+  const dt = profile.timeDeltas;
+  for (let i = 0; i < profile.samples.length; i++) {
+    const node = byId.get(profile.samples[i]);
+    const f = node.callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url ? f.url.split('/').slice(-2).join('/') : ''}`.trim();
+    self.set(key, (self.get(key) ?? 0) + (dt[i] ?? 0));
+  }
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  return {
+    totalMs: round(total / 1000, 0),
+    top: [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => ({ fn: k, ms: round(v / 1000, 0), pct: round((100 * v) / total, 1) })),
+  };
+}
+
+// ---------------------------------------------------------------- the image
+
+/**
+ * Writes `size` bytes: runs of 1..16 MiB chosen by a seeded generator, ~80% random, ~10%
+ * written zeros, ~10% log-like text. Skips the work when an image of that size and layout
+ * seed is already there.
+ */
+function makeRawImage(path, size) {
+  const stamp = `${path}.layout.json`;
+  if (existsSync(path) && existsSync(stamp) && statSync(path).size === size) {
+    const saved = JSON.parse(readFileSync(stamp, 'utf8'));
+    if (saved.version === 1) return saved.layout;
+  }
+  let seed = 0x9e3779b9;
+  const next = () => {
+    seed ^= seed << 13;
+    seed >>>= 0;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    seed >>>= 0;
+    return seed / 2 ** 32;
+  };
+  const text = Buffer.alloc(16 * MiB);
+  {
+    let at = 0;
+    let n = 0;
+    while (at < text.length) {
+      n++;
+      const line = `2026-01-${String((n % 28) + 1).padStart(2, '0')}T03:${String(n % 60).padStart(2, '0')}:07 vm-${n % 17} kernel: [${n * 7}.${n % 1000}] eth0: rx ${n * 1531} packets, ${n % 3 ? 'link up' : 'carrier lost'}\n`;
+      at += text.write(line, at, 'latin1');
+    }
+  }
+  const buf = Buffer.alloc(16 * MiB);
+  const zeros = Buffer.alloc(16 * MiB);
+  const fd = openSync(path, 'w');
+  const layout = { random: 0, zeros: 0, text: 0 };
+  try {
+    let at = 0;
+    while (at < size) {
+      const r = next();
+      const kind = r < 0.8 ? 'random' : r < 0.9 ? 'zeros' : 'text';
+      const bytes = Math.min(size - at, (1 + Math.floor(next() * 16)) * MiB);
+      let src;
+      if (kind === 'random') src = randomFillSync(buf, 0, bytes);
+      else if (kind === 'zeros') src = zeros;
+      else src = text;
+      for (let done = 0; done < bytes; ) done += writeSync(fd, src, done, bytes - done, at + done);
+      layout[kind] += bytes;
+      at += bytes;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  writeFileSync(stamp, JSON.stringify({ version: 1, layout }));
+  return layout;
+}
+
+// ---------------------------------------------------------------- helpers
+
+function timeXxhsum(path, size) {
+  const started = process.hrtime.bigint();
+  const res = spawnSync('xxhsum', ['-H1', path], { encoding: 'utf8' });
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  if (res.status !== 0) throw new Error(`xxhsum failed: ${res.stderr}`);
+  return { seconds, bytes: size };
+}
+
+function sh(cmd, args, quiet = false) {
+  const res = spawnSync(cmd, args, { stdio: quiet ? ['ignore', 'ignore', 'inherit'] : 'inherit' });
+  if (res.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${res.status ?? res.error?.message})`);
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+const gbps = (bytes, seconds) => bytes / 1e9 / seconds;
+const round = (x, d) => Math.round(x * 10 ** d) / 10 ** d;
+const mib = (b) => (b === undefined ? '-' : `${(b / MiB).toFixed(0)} MiB`);
+const log = (s) => process.stderr.write(s + '\n');
+const fmtLayout = (l) => Object.entries(l).map(([k, v]) => `${k} ${(v / GiB).toFixed(2)} GiB`).join(', ');
+const kib = (b) => (b >= MiB ? `${b / MiB} MiB` : `${b / 1024} KiB`);
+
+function markdown(r) {
+  const row = (label, key) => {
+    const s = r.results[key];
+    return `| ${label} | ${s.gbPerSecond.toFixed(2)} | ${s.medianSeconds.toFixed(2)} | ${s.seconds.map((x) => x.toFixed(2)).join(' / ')} | ${s.maxRssMiB ?? '–'} |`;
+  };
+  const ok = (v, target, better) => (better === 'high' ? v >= target : v <= target) ? 'met' : 'NOT met';
+  const lines = [
+    '# Scan benchmark',
+    '',
+    `Generated by \`npm run bench:scan\` (bench/scan-bench.mjs) on ${r.date}.`,
+    `Machine: ${r.machine.cpu}, ${r.machine.cores} cores, Node ${r.machine.node}. Median of ${r.reps} runs; GB = 10^9 bytes.`,
+    `Image: ${(r.image.bytes / GiB).toFixed(2)} GiB raw, page-cached, non-sparse: ${fmtLayout(r.image.layout)}; `
+      + `as qcow2 (qemu-img convert, which leaves zero runs unallocated): ${(r.image.qcow2FileBytes / GiB).toFixed(2)} GiB.`,
+    `Block size ${kib(r.defaultBlockSize)} (the CLI default) unless stated; scans use the default 2 workers.`,
+    '',
+    '| measurement | GB/s | median s | runs s | peak RSS MiB |',
+    '|---|---|---|---|---|',
+    row('`xxhsum -H1` raw (C, 1 thread)', 'xxhsum raw'),
+    row('scan raw, hash only (nothing changed)', 'hash raw'),
+    row('scan qcow2, hash only', 'hash qcow2'),
+    row('scan raw, first full (SHA-256 + zstd of every non-zero block)', 'full raw'),
+    row('scan qcow2, first full', 'full qcow2'),
+    row('scan raw, hash only, workers: 0 (in-thread)', 'hash raw in-thread'),
+    '',
+    '| target | value | target | |',
+    '|---|---|---|---|',
+    `| ours / xxhsum, raw hash-only | ${r.ratios.oursOverXxhsumRaw} | ≥ 1.0 | ${ok(r.ratios.oursOverXxhsumRaw, 1.0, 'high')} |`,
+    `| qcow2 / raw, hash-only | ${r.ratios.qcow2OverRawHash} | ≥ 0.8 | ${ok(r.ratios.qcow2OverRawHash, 0.8, 'high')} |`,
+    `| qcow2 / raw, first full | ${r.ratios.qcow2OverRawFull} | | |`,
+    `| peak RSS of any scan, MiB | ${r.ratios.peakRssMiB} | ≤ 200 | ${ok(r.ratios.peakRssMiB, 200, 'low')} |`,
+    '',
+    '## Hash-only scan of the raw image by block size',
+    '',
+    '| block size | GB/s | median s | runs s | peak RSS MiB |',
+    '|---|---|---|---|---|',
+    ...SWEEP.map((bs) => row(kib(bs), `hash raw ${bs}`)),
+    '',
+  ];
+  if (r.profiles) {
+    lines.push('## Where the time goes (CPU profile, self time per thread)', '');
+    for (const [name, threads] of Object.entries(r.profiles)) {
+      lines.push(`### ${name}`, '');
+      threads.forEach((t, i) => {
+        lines.push(`thread ${i + 1} (${t.totalMs} ms sampled): ` + t.top.map((x) => `${x.fn} ${x.pct}%`).join('; '), '');
+      });
+    }
+  }
+  return lines.join('\n') + '\n';
+}
