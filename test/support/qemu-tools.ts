@@ -46,7 +46,8 @@ export async function qemuIo(image: string, commands: readonly string[], options
 }
 
 export interface CreateImageOptions {
-  format: 'raw' | 'qcow2';
+  /** qemu-img format: raw, qcow2, vmdk, ... */
+  format: string;
   /** Bytes, or a qemu-img size such as "4M". */
   size?: number | string;
   /** -o options, e.g. { cluster_size: 4096, compat: '0.10', extended_l2: 'on' }. */
