@@ -3,6 +3,16 @@ import { readFile } from 'node:fs/promises';
 import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
 import { loadSeekAddon } from './native-seek.js';
 
+export interface ImageFileOptions {
+  /**
+   * Read with blocking pread on the calling thread instead of Node's thread pool. About 4x
+   * faster per call for page-cached data (no thread hop: ~30 µs saved per read), but it
+   * blocks the thread for the duration of each read, so use it only in worker threads that
+   * do nothing else while they wait.
+   */
+  syncReads?: boolean;
+}
+
 /**
  * One open file (or block device) that an image reader reads from: a kept-open descriptor
  * and positioned reads straight into the caller's buffer. Raw and qcow2 readers share it so
@@ -17,6 +27,8 @@ export class ImageFile {
     /** Bytes in the file (for a block device: the device size) when it was opened. */
     readonly fileBytes: number,
     readonly isBlockDevice: boolean,
+    /** See ImageFileOptions.syncReads. */
+    readonly syncReads: boolean,
   ) {}
 
   /**
@@ -24,7 +36,7 @@ export class ImageFile {
    * backing file it says which image names it), so a user can tell which file of a chain is
    * missing.
    */
-  static async open(path: string, describe = `image ${path}`): Promise<ImageFile> {
+  static async open(path: string, describe = `image ${path}`, options: ImageFileOptions = {}): Promise<ImageFile> {
     let fd: number;
     try {
       fd = await new Promise<number>((resolve, reject) =>
@@ -45,7 +57,7 @@ export class ImageFile {
         throw new BlockrepError('IMAGE_UNREADABLE', `${describe} is neither a regular file nor a block device`);
       }
       const fileBytes = isBlockDevice ? await blockDeviceBytes(fd, stat, path) : stat.size;
-      return new ImageFile(path, fd, fileBytes, isBlockDevice);
+      return new ImageFile(path, fd, fileBytes, isBlockDevice, options.syncReads === true);
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof BlockrepError ? err : openError(err, path, describe);
@@ -59,7 +71,9 @@ export class ImageFile {
   async readUpTo(buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number> {
     let done = 0;
     while (done < length) {
-      const n = await this.readOnce(buf, bufOffset + done, length - done, position + done);
+      const n = this.syncReads
+        ? this.readOnceSync(buf, bufOffset + done, length - done, position + done)
+        : await this.readOnce(buf, bufOffset + done, length - done, position + done);
       if (n === 0) break;
       done += n;
     }
@@ -94,10 +108,23 @@ export class ImageFile {
   private readOnce(buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {
     return new Promise<number>((resolve, reject) =>
       fs.read(this.fd, buf, offset, length, position, (err, bytesRead) => {
-        if (err) reject(new BlockrepError('IMAGE_UNREADABLE', `${this.path}: read of ${length} bytes at file offset ${position} failed: ${err.message}`, { cause: err }));
+        if (err) reject(this.readError(err, length, position));
         else resolve(bytesRead);
       }),
     );
+  }
+
+  private readOnceSync(buf: Uint8Array, offset: number, length: number, position: number): number {
+    try {
+      return fs.readSync(this.fd, buf, offset, length, position);
+    } catch (err) {
+      throw this.readError(err, length, position);
+    }
+  }
+
+  private readError(err: unknown, length: number, position: number): BlockrepError {
+    const text = err instanceof Error ? err.message : String(err);
+    return new BlockrepError('IMAGE_UNREADABLE', `${this.path}: read of ${length} bytes at file offset ${position} failed: ${text}`, { cause: err });
   }
 }
 

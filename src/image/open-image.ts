@@ -24,8 +24,17 @@ export const MAX_BACKING_CHAIN_DEPTH = 1000;
  *   it), BACKING_LOOP when a file reappears in its own chain (compared by realpath), plus the
  *   readers' IMAGE_CORRUPT / IMAGE_UNSUPPORTED. Whatever was opened is closed on error.
  */
-export async function openImage(spec: ImageSpec): Promise<ImageReader> {
-  return openLayer(spec.path, spec.format, `image ${spec.path}`, []);
+export async function openImage(spec: ImageSpec, options: OpenImageOptions = {}): Promise<ImageReader> {
+  return openLayer(spec.path, spec.format, `image ${spec.path}`, [], options);
+}
+
+export interface OpenImageOptions {
+  /**
+   * Blocking reads on the calling thread for every file of the chain (see
+   * ImageFileOptions.syncReads): for scan worker threads over page-cached images. Default:
+   * Node's asynchronous reads.
+   */
+  syncReads?: boolean;
 }
 
 /** One layer of a chain, as probeImage() reports it (top image first). */
@@ -69,8 +78,9 @@ async function openLayer(
   format: ImageFormat | undefined,
   describe: string,
   above: { real: string; path: string }[],
+  options: OpenImageOptions,
 ): Promise<ImageReader> {
-  const file = await ImageFile.open(path, describe);
+  const file = await ImageFile.open(path, describe, { syncReads: options.syncReads === true });
   let backing: ImageReader | null = null;
   try {
     const real = await realpath(path);
@@ -95,6 +105,7 @@ async function openLayer(
         backingFormat,
         `backing file ${backingPath} (named '${header.backingFile}' by ${path})`,
         [...above, { real, path }],
+        options,
       );
     }
     return await Qcow2Reader.fromFile(file, header, backing);

@@ -12,6 +12,8 @@ export interface RawReaderOptions {
    * false, extents() reports everything as data.
    */
   detectHoles?: boolean;
+  /** See ImageFileOptions.syncReads. */
+  syncReads?: boolean;
 }
 
 /**
@@ -39,7 +41,7 @@ export class RawReader implements ImageReader {
   }
 
   static async open(path: string, options: RawReaderOptions = {}): Promise<RawReader> {
-    return RawReader.fromFile(await ImageFile.open(path), options);
+    return RawReader.fromFile(await ImageFile.open(path, `image ${path}`, { syncReads: options.syncReads === true }), options);
   }
 
   /** Takes ownership of an already opened file (openImage opens it once to detect its format). */

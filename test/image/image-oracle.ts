@@ -51,6 +51,14 @@ export async function expectMatchesOracle(imagePath: string, options: OracleOpti
   } finally {
     await reader.close();
   }
+  // The same through blocking reads (the mode scan workers use).
+  const syncReader = await openImage(spec, { syncReads: true });
+  try {
+    await expectSequentialReads(syncReader, oracle, (options.blockSizes ?? DEFAULT_BLOCK_SIZES).at(-1) ?? 4096);
+    await expectConcurrentReads(syncReader, oracle, 4096);
+  } finally {
+    await syncReader.close();
+  }
 }
 
 async function expectSequentialReads(reader: ImageReader, oracle: Buffer, blockSize: number): Promise<void> {
