@@ -74,7 +74,9 @@ export async function restoreVersion(repo: Repository, req: RestoreRequest, opti
       const fill = (): void => {
         while (next < n && window.length < readAhead) {
           const i = next++;
-          window.push(isZeroId(entries.ids, i) ? Promise.resolve(undefined) : fetch(idHex(entries.ids, i)));
+          const p = isZeroId(entries.ids, i) ? Promise.resolve(undefined) : fetch(idHex(entries.ids, i));
+          p.catch(() => undefined); // awaited in order below; a failure ahead of its turn is not unhandled
+          window.push(p);
         }
       };
       const fetch = async (id: string): Promise<Buffer> => {

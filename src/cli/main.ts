@@ -13,7 +13,8 @@ const { version } = createRequire(import.meta.url)('../../package.json') as { ve
 function buildProgram(): Command {
   const program = new Command('blockrep')
     .description('Replicates QEMU/KVM virtual machine disks to a repository, sending only the blocks that changed.')
-    .version(version)
+    .version(version, '-V, --version', 'print the blockrep version')
+    .enablePositionalOptions()
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .addHelpText('after', exitCodeHelp);

@@ -130,7 +130,7 @@ describe('restore, verify and list', () => {
     const bad = await runCli(['restore', '--repo', repo, '--disk', 'a', '--to', join(dir, 'a.raw')]);
     expect(bad.code).toBe(4);
     expect(bad.stderr).toMatch(/block 2/);
-    expect(await readdir(dir)).not.toContain('a.raw');
+    expect((await readdir(dir)).filter((f) => f.includes('a.raw'))).toEqual([]);
     const good = await runCli(['restore', '--repo', repo, '--disk', 'b', '--to', join(dir, 'b.raw')]);
     expect(good.code, good.stderr).toBe(0);
     execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', bImg, join(dir, 'b.raw')]);
