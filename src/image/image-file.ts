@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
-import { loadSeekAddon } from './native-seek.js';
+import { loadSeekAddon, type SeekAddon } from './native-seek.js';
 
 export interface ImageFileOptions {
   /**
@@ -11,7 +11,14 @@ export interface ImageFileOptions {
    * do nothing else while they wait.
    */
   syncReads?: boolean;
+  /**
+   * Find holes with SEEK_DATA/SEEK_HOLE (default: yes, when the native addon is loaded).
+   * With false, mapHoles() reports everything as data.
+   */
+  detectHoles?: boolean;
 }
+
+export type PieceKind = 'data' | 'zero';
 
 /**
  * One open file (or block device) that an image reader reads from: a kept-open descriptor
@@ -20,6 +27,8 @@ export interface ImageFileOptions {
  */
 export class ImageFile {
   private closed = false;
+  /** Null once hole detection is off or turned out unsupported here. */
+  private holeProbe: SeekAddon | null;
 
   private constructor(
     readonly path: string,
@@ -29,7 +38,10 @@ export class ImageFile {
     readonly isBlockDevice: boolean,
     /** See ImageFileOptions.syncReads. */
     readonly syncReads: boolean,
-  ) {}
+    detectHoles: boolean,
+  ) {
+    this.holeProbe = detectHoles ? loadSeekAddon() : null;
+  }
 
   /**
    * Opens `path` read-only. `describe` names the file in errors (default "image PATH"; for a
@@ -57,7 +69,7 @@ export class ImageFile {
         throw new BlockrepError('IMAGE_UNREADABLE', `${describe} is neither a regular file nor a block device`);
       }
       const fileBytes = isBlockDevice ? await blockDeviceBytes(fd, stat, path) : stat.size;
-      return new ImageFile(path, fd, fileBytes, isBlockDevice, options.syncReads === true);
+      return new ImageFile(path, fd, fileBytes, isBlockDevice, options.syncReads === true, options.detectHoles !== false);
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof BlockrepError ? err : openError(err, path, describe);
@@ -97,6 +109,50 @@ export class ImageFile {
       `${this.path}: ${what} at file offset ${position} (${length} bytes) lies past the end of the file (${this.fileBytes} bytes); the image is truncated or corrupt`,
       { details: { path: this.path, position, length } },
     );
+  }
+
+  /**
+   * Splits file range [start, end) into data and holes ('zero') with SEEK_DATA/SEEK_HOLE,
+   * calling `emit` for each piece in order; the pieces cover the range exactly. Without hole
+   * support (no addon, a file system or device that refuses) the whole range is data.
+   * Holes are never read, so a 1 TiB sparse file is mapped in microseconds.
+   */
+  mapHoles(start: number, end: number, emit: (offset: number, length: number, kind: PieceKind) => void): void {
+    if (start >= end) return;
+    const pieces = this.holeProbe === null ? null : this.findHoles(this.holeProbe, start, end);
+    if (pieces === null) {
+      emit(start, end - start, 'data');
+      return;
+    }
+    for (let i = 0; i < pieces.length; i += 3) emit(pieces[i] ?? 0, pieces[i + 1] ?? 0, pieces[i + 2] === 1 ? 'zero' : 'data');
+  }
+
+  /** Flat [offset, length, isHole] triples, or null when the kernel refuses (probing then stops for good). */
+  private findHoles(addon: SeekAddon, start: number, end: number): number[] | null {
+    const pieces: number[] = [];
+    const fd = this.fd;
+    let pos = start;
+    try {
+      while (pos < end) {
+        const data = addon.seek(fd, pos, addon.SEEK_DATA);
+        if (data < 0 || data >= end) {
+          pieces.push(pos, end - pos, 1);
+          break;
+        }
+        if (data > pos) pieces.push(pos, data - pos, 1);
+        let hole = addon.seek(fd, data, addon.SEEK_HOLE);
+        // No hole after `data` (the file shrank after open): the rest is data, and read()
+        // reports the shrinkage.
+        if (hole <= data || hole > end) hole = end;
+        pieces.push(data, hole - data, 0);
+        pos = hole;
+      }
+    } catch {
+      // EINVAL and friends: no SEEK_DATA support here (old file systems, some devices).
+      this.holeProbe = null;
+      return null;
+    }
+    return pieces;
   }
 
   async close(): Promise<void> {
@@ -154,15 +210,22 @@ async function blockDeviceBytes(fd: number, stat: fs.Stats, path: string): Promi
       // fall through to sysfs
     }
   }
+  const bytes = await sysfsBlockDeviceBytes(stat.rdev);
+  if (bytes !== undefined) return bytes;
+  throw new BlockrepError('IMAGE_UNREADABLE', `cannot determine the size of block device ${path}`);
+}
+
+/** A block device's size from /sys/dev/block/MAJOR:MINOR/size (512-byte sectors), or undefined. */
+export async function sysfsBlockDeviceBytes(rdev: number): Promise<number | undefined> {
   // Linux dev_t encoding (glibc's gnu_dev_major / gnu_dev_minor).
-  const rdev = BigInt(stat.rdev);
-  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  const dev = BigInt(rdev);
+  const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+  const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
   try {
     const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
-    if (Number.isSafeInteger(sectors * 512) && sectors >= 0) return sectors * 512;
+    if (Number.isSafeInteger(sectors) && sectors >= 0 && Number.isSafeInteger(sectors * 512)) return sectors * 512;
   } catch {
-    // reported below
+    // not Linux, or no sysfs: the caller reports it
   }
-  throw new BlockrepError('IMAGE_UNREADABLE', `cannot determine the size of block device ${path} (${major}:${minor})`);
+  return undefined;
 }

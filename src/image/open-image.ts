@@ -35,6 +35,8 @@ export interface OpenImageOptions {
    * Node's asynchronous reads.
    */
   syncReads?: boolean;
+  /** Find holes in raw files and in qcow2 host files (default true; needs the native addon). */
+  detectHoles?: boolean;
 }
 
 /** One layer of a chain, as probeImage() reports it (top image first). */
@@ -80,7 +82,7 @@ async function openLayer(
   above: { real: string; path: string }[],
   options: OpenImageOptions,
 ): Promise<ImageReader> {
-  const file = await ImageFile.open(path, describe, { syncReads: options.syncReads === true });
+  const file = await ImageFile.open(path, describe, options);
   let backing: ImageReader | null = null;
   try {
     const real = await realpath(path);

@@ -19,7 +19,8 @@ const HEADER_PROBE_BYTES = 4096;
  *
  * read() serves each run of the mapping with one positioned read straight into the caller's
  * buffer (host-contiguous clusters coalesce), one fill, one backing read, or one
- * decompression. extents() answers from the L1/L2 tables alone, never reading guest data.
+ * decompression. extents() answers from the L1/L2 tables (and the host file's holes) alone,
+ * never reading guest data.
  * Concurrent calls are safe.
  */
 export class Qcow2Reader implements ImageReader {
@@ -120,6 +121,14 @@ export class Qcow2Reader implements ImageReader {
         const inBacking = this.backing === null ? 0 : Math.max(0, Math.min(run.length, this.backing.virtualSize - pos));
         if (inBacking > 0 && this.backing !== null) pushExtents(out, await this.backing.extents(pos, inBacking));
         pushExtent(out, pos + inBacking, run.length - inBacking, 'zero');
+      } else if (run.kind === 'data') {
+        // Clusters allocated but never written (preallocation=metadata) are holes in the
+        // host file: report them zero, as QEMU's block status does. Past the end of the file
+        // stays data, for read() to report.
+        const inFile = Math.max(0, Math.min(run.length, this.file.fileBytes - run.hostOffset));
+        const shift = pos - run.hostOffset;
+        this.file.mapHoles(run.hostOffset, run.hostOffset + inFile, (host, bytes, kind) => pushExtent(out, host + shift, bytes, kind));
+        pushExtent(out, pos + inFile, run.length - inFile, 'data');
       } else {
         pushExtent(out, pos, run.length, run.kind === 'zero' ? 'zero' : 'data');
       }

@@ -102,6 +102,18 @@ describe('Qcow2Reader matches qemu-img convert', () => {
     }
   });
 
+  it('reports preallocated but unwritten clusters (holes in the host file) as zero', async () => {
+    for (const preallocation of ['metadata', 'falloc']) {
+      const image = join(dir, `prealloc-${preallocation}.qcow2`);
+      await createImage(image, { format: 'qcow2', size: 8 * MiB, options: { preallocation } });
+      await qemuIo(image, ['write -P 0x71 100000 5000', `write -P 0x72 ${5 * MiB} ${64 * KiB}`]);
+      // metadata: the data clusters are holes; falloc: unwritten extents, which ext4 and
+      // tmpfs also report as holes (other file systems may call them data, which is allowed).
+      const minZeroBytes = preallocation === 'metadata' ? 7 * MiB : 0;
+      await expectMatchesOracle(image, { oraclePath: join(dir, `prealloc-${preallocation}.out`), minZeroBytes });
+    }
+  });
+
   it('subcluster allocation falls through to the backing file per subcluster', async () => {
     const base = join(dir, 'sub-base.qcow2');
     const top = join(dir, 'sub-top.qcow2');

@@ -1,4 +1,5 @@
-import { open, truncate, writeFile } from 'node:fs/promises';
+import { open, stat, truncate, writeFile } from 'node:fs/promises';
+import { sysfsBlockDeviceBytes } from '../../src/image/image-file.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSeekAddon } from '../../src/image/native-seek.js';
@@ -162,6 +163,8 @@ describe('RawReader', () => {
       const reader = await openImage({ path: device, format: 'raw' });
       try {
         expect(reader.virtualSize).toBe(3 * MiB);
+        // The size without the addon's lseek(SEEK_END): sysfs.
+        expect(await sysfsBlockDeviceBytes((await stat(device)).rdev)).toBe(3 * MiB);
         await expectMatchesOracle(device, { oraclePath: join(dir, 'loop.out'), format: 'raw', blockSizes: [MiB] });
       } finally {
         await reader.close();
