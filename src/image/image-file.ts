@@ -52,7 +52,9 @@ export class ImageFile {
     let fd: number;
     try {
       fd = await new Promise<number>((resolve, reject) =>
-        fs.open(path, fs.constants.O_RDONLY, (err, value) => (err ? reject(err) : resolve(value))),
+        // O_NONBLOCK: opening a FIFO by mistake must not hang (it is refused below); regular
+        // files and block devices ignore the flag for reads.
+        fs.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK, (err, value) => (err ? reject(err) : resolve(value))),
       );
     } catch (err) {
       throw openError(err, path, describe);

@@ -28,6 +28,11 @@ export interface ImageReader {
   /**
    * Fills `buf` entirely with the guest-visible bytes starting at `offset`.
    * `offset + buf.byteLength` must not exceed `virtualSize`.
+   *
+   * Speed: give `buf` a 64-byte-aligned address. On this hardware the kernel copies page-cache
+   * data into a buffer misaligned by 16 bytes about 4x slower (1.5 vs 6+ GB/s) — and large
+   * Node Buffers (Buffer.allocUnsafe of 128 KiB or more) are exactly that. WebAssembly memory
+   * is page-aligned, so offsets that are multiples of 64 (better: 4096) within it are fast.
    */
   read(buf: Uint8Array, offset: number): Promise<void>;
   /**
