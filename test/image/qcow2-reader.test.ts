@@ -114,6 +114,30 @@ describe('Qcow2Reader matches qemu-img convert', () => {
     }
   });
 
+  it('maps a 1 TiB image with a little data quickly', async () => {
+    const TiB = 1024 * 1024 * MiB;
+    const image = join(dir, 'huge.qcow2');
+    await createImage(image, { format: 'qcow2', size: TiB });
+    await qemuIo(image, [`write -P 0x81 ${700 * 1024 * MiB} 4096`, `write -z ${800 * 1024 * MiB} ${MiB}`]);
+    const reader = await openImage({ path: image });
+    try {
+      const started = performance.now();
+      const extents = await reader.extents(0, TiB);
+      expect(performance.now() - started).toBeLessThan(100);
+      expect(extents).toEqual([
+        { offset: 0, length: 700 * 1024 * MiB, kind: 'zero' },
+        // QEMU fills the rest of the new cluster by punching a hole in the host file.
+        { offset: 700 * 1024 * MiB, length: 4096, kind: 'data' },
+        { offset: 700 * 1024 * MiB + 4096, length: TiB - 700 * 1024 * MiB - 4096, kind: 'zero' },
+      ]);
+      const buf = Buffer.alloc(8192);
+      await reader.read(buf, 700 * 1024 * MiB);
+      expect(buf.subarray(0, 4096).every((b) => b === 0x81) && buf.subarray(4096).every((b) => b === 0)).toBe(true);
+    } finally {
+      await reader.close();
+    }
+  });
+
   it('subcluster allocation falls through to the backing file per subcluster', async () => {
     const base = join(dir, 'sub-base.qcow2');
     const top = join(dir, 'sub-top.qcow2');
