@@ -124,11 +124,14 @@ describe('Qcow2Reader matches qemu-img convert', () => {
       const started = performance.now();
       const extents = await reader.extents(0, TiB);
       expect(performance.now() - started).toBeLessThan(100);
+      // QEMU fills the rest of the new cluster with zeros, by punching a hole in the host
+      // file where the file system can: the data extent is 4 KiB or the whole cluster.
+      const dataBytes = extents[1]?.length ?? 0;
+      expect([4096, 64 * KiB]).toContain(dataBytes);
       expect(extents).toEqual([
         { offset: 0, length: 700 * 1024 * MiB, kind: 'zero' },
-        // QEMU fills the rest of the new cluster by punching a hole in the host file.
-        { offset: 700 * 1024 * MiB, length: 4096, kind: 'data' },
-        { offset: 700 * 1024 * MiB + 4096, length: TiB - 700 * 1024 * MiB - 4096, kind: 'zero' },
+        { offset: 700 * 1024 * MiB, length: dataBytes, kind: 'data' },
+        { offset: 700 * 1024 * MiB + dataBytes, length: TiB - 700 * 1024 * MiB - dataBytes, kind: 'zero' },
       ]);
       const buf = Buffer.alloc(8192);
       await reader.read(buf, 700 * 1024 * MiB);
