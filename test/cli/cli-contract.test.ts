@@ -136,3 +136,13 @@ describe('restore, verify and list', () => {
     execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', bImg, join(dir, 'b.raw')]);
   });
 });
+
+describe('output when stdout is not a terminal', () => {
+  it('prints no progress and nothing on stderr on success', async () => {
+    const r = await runCli(['backup', img, '--repo', join(dir, 'repo-quiet')]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).not.toMatch(/\r|\x1b\[/);
+    expect(r.stdout).toMatch(/disk web01: version \S+ \(first version\)/);
+  });
+});
