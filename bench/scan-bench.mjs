@@ -32,12 +32,6 @@ const results = join(here, 'results');
 const DEFAULT_BLOCK = MiB; // the CLI's default block size
 const SWEEP = [64 * 1024, 256 * 1024, MiB, 4 * MiB];
 
-if (process.argv[2] === '--child') {
-  await child(JSON.parse(process.argv[3]));
-} else {
-  await main();
-}
-
 // ---------------------------------------------------------------- child: one measured scan
 
 /** Runs one scan and prints {seconds, maxRssBytes, ...} as JSON on stdout. */
@@ -363,4 +357,11 @@ function markdown(r) {
     }
   }
   return lines.join('\n') + '\n';
+}
+
+// Last, so that every const above is initialised.
+if (process.argv[2] === '--child') {
+  await child(JSON.parse(process.argv[3]));
+} else {
+  await main();
 }

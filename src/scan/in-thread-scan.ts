@@ -1,7 +1,8 @@
 import type { ImageReader } from '../image/image-reader.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
-import { segmentBlocks, type ScanTuning } from './scan-tuning.js';
+import type { ScanTuning } from './scan-tuning.js';
+import type { SegmentPlanner } from './segment-planner.js';
 import { arenaBytesFor, SegmentScanner } from './segment-scanner.js';
 import { Xxh64Wasm } from './xxh64-wasm.js';
 
@@ -11,6 +12,7 @@ export interface InThreadScanOptions {
   compress: boolean;
   zeroHash: bigint;
   lastZeroHash: bigint;
+  planner: SegmentPlanner;
   parentTask: (seq: number, startBlock: number, count: number) => Promise<SegmentTask>;
   signal: AbortSignal | undefined;
   tuning: ScanTuning;
@@ -35,14 +37,16 @@ export async function* inThreadScan(o: InThreadScanOptions): AsyncGenerator<Scan
     compress: o.compress,
     signal: o.signal,
   });
-  const perSegment = segmentBlocks(tuning, geometry.blockSize);
+  const { planner } = o;
   async function* tasks(): AsyncGenerator<SegmentTask> {
-    for (let seq = 0, start = 0; start < geometry.blockCount; seq++, start += perSegment) {
-      yield await o.parentTask(seq, start, Math.min(perSegment, geometry.blockCount - start));
+    while (!planner.done) {
+      const { seq, startBlock, count } = planner.next();
+      yield await o.parentTask(seq, startBlock, count);
     }
   }
   for await (const { seq: _seq, ...batch } of scanner.run(tasks())) {
     o.signal?.throwIfAborted();
+    planner.observe(batch);
     yield batch;
   }
 }

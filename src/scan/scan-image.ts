@@ -6,6 +6,7 @@ import { inThreadScan } from './in-thread-scan.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import { ScanGeometry } from './scan-geometry.js';
 import { resolveScanTuning, type ScanTuning } from './scan-tuning.js';
+import { SegmentPlanner } from './segment-planner.js';
 import { workerPoolScan } from './worker-pool-scan.js';
 import { zeroBlockHash } from './zero-block-hash.js';
 
@@ -82,6 +83,7 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
       compress: opts.compress !== false,
       zeroHash,
       lastZeroHash,
+      planner: new SegmentPlanner(geometry, tuning, opts.parentHashes !== undefined),
       parentTask,
       signal: opts.signal,
       tuning,

@@ -1,11 +1,18 @@
 /**
  * Internal knobs of the scan, with the defaults chosen by bench/scan-bench.mjs (see
- * bench/results/scan.md). Not part of the CLI: they trade memory for throughput, and the
- * defaults keep a whole scan under ~200 MiB of RSS whatever the image size.
+ * bench/results/scan.md). Not part of the CLI: they trade memory for throughput.
  */
 export interface ScanTuning {
-  /** Blocks handed to a worker at a time, and yielded as one batch (rounded to whole blocks). */
+  /**
+   * Blocks handed to a worker at a time (and yielded as one batch) while few blocks change:
+   * large segments mean fewer messages and thread wake-ups. Rounded to whole blocks.
+   */
   segmentBytes: number;
+  /**
+   * Segment size while changed blocks flow (no parent, or many changes): each segment's
+   * encoded chunks are held until the consumer takes them, so this bounds that memory.
+   */
+  denseSegmentBytes: number;
   /** Size of one read (rounded down to whole blocks, at least one block). */
   unitBytes: number;
   /** Reads each scanner keeps in flight while it hashes. */
@@ -16,18 +23,16 @@ export interface ScanTuning {
   workerUrl?: URL;
 }
 
+const MiB = 1024 * 1024;
+
 export const defaultScanTuning: ScanTuning = {
-  segmentBytes: 8 * 1024 * 1024,
-  unitBytes: 1024 * 1024,
+  segmentBytes: 16 * MiB,
+  denseSegmentBytes: 4 * MiB,
+  unitBytes: 4 * MiB,
   readAhead: 1,
   segmentsPerWorker: 2,
 };
 
 export function resolveScanTuning(overrides: Partial<ScanTuning> | undefined): ScanTuning {
   return { ...defaultScanTuning, ...overrides };
-}
-
-/** Blocks per segment: segmentBytes rounded down to whole blocks, at least one. */
-export function segmentBlocks(tuning: ScanTuning, blockSize: number): number {
-  return Math.max(1, Math.floor(tuning.segmentBytes / blockSize));
 }
