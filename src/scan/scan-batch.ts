@@ -25,6 +25,7 @@ export interface SegmentTask {
   seq: number;
   startBlock: number;
   count: number;
+  /** Exactly `count` hashes in a buffer of their own: it is transferred to the worker. */
   parent: BigUint64Array | undefined;
 }
 

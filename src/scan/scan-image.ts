@@ -21,7 +21,9 @@ export interface ScanOptions {
   workers?: number;
   /**
    * The parent version's xxh64 of each block in [startBlock, startBlock + count); omitted
-   * when there is no parent (every block is then changed).
+   * when there is no parent (every block is then changed). Called once per batch, in block
+   * order, a few batches ahead of the one being yielded. The scan copies what it needs and
+   * never keeps or modifies the returned array (it may be a view of a larger one).
    */
   parentHashes?: (startBlock: number, count: number) => Promise<BigUint64Array>;
   /** Passed to encodeChunk; default true. */
@@ -76,7 +78,9 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
       if (!(parent instanceof BigUint64Array) || parent.length !== count) {
         throw new BlockrepError('INTERNAL', `parentHashes(${startBlock}, ${count}) returned ${describe(parent)}, not ${count} hashes`);
       }
-      return { seq, startBlock, count, parent };
+      // A copy of just this range: a view would drag its whole buffer through the structured
+      // clone to the worker (a large image's entire parent manifest, for every segment).
+      return { seq, startBlock, count, parent: parent.slice() };
     };
     const common = {
       geometry,

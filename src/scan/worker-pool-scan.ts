@@ -143,7 +143,8 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
         if (failure !== undefined) throw failure;
         state.assigned++;
         const message: ToScanWorker = { type: 'segment', task };
-        state.worker.postMessage(message);
+        // The parent hashes are a private copy (see parentTask): hand the buffer over.
+        state.worker.postMessage(message, task.parent ? [task.parent.buffer as ArrayBuffer] : []);
         nextSeq++;
       }
       const result = results.get(nextYield);

@@ -129,7 +129,7 @@ describe.each([
         options({
           parentHashes: async (start, count) => {
             calls.push([start, count]);
-            return parent.slice(start, start + count);
+            return parent.subarray(start, start + count); // a view: must be neither kept nor detached
           },
           compress: false,
         }),
@@ -141,6 +141,7 @@ describe.each([
     for (const { index, chunk } of got.chunks) expect(decodeChunk(chunk.blob, chunk.id).equals(blockBytes(index))).toBe(true);
     // asked once per batch, in order
     expect(calls).toEqual(got.batches.map((b) => [b.startBlock, b.count]));
+    expect(parent.length).toBe(blocks()); // the caller's array was not transferred away
   });
 });
 
