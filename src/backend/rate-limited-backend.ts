@@ -1,0 +1,53 @@
+import { RateLimiter, throttle } from '../shared/rate-limiter.js';
+import type { Backend, BackendObject, WriteOptions } from './backend.js';
+
+/**
+ * `--bwlimit`: wraps any backend so the bytes it writes and reads flow at no more than the
+ * limiter's rate (one limiter per direction, shared by every request). Metadata calls pass.
+ */
+export class RateLimitedBackend implements Backend {
+  constructor(
+    private readonly inner: Backend,
+    private readonly upload: RateLimiter,
+    private readonly download: RateLimiter = upload,
+  ) {}
+
+  get location(): string {
+    return this.inner.location;
+  }
+
+  size(key: string): Promise<number | undefined> {
+    return this.inner.size(key);
+  }
+
+  async read(key: string, offset?: number, length?: number): Promise<Buffer> {
+    const data = await this.inner.read(key, offset, length);
+    await this.download.take(data.length);
+    return data;
+  }
+
+  async write(key: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteOptions): Promise<number> {
+    if (data instanceof Uint8Array) {
+      // Paid for up front and passed whole, so a backend can still retry it.
+      await this.upload.take(data.byteLength);
+      return this.inner.write(key, data, options);
+    }
+    return this.inner.write(key, throttle(data, this.upload), options);
+  }
+
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+
+  list(prefix: string): AsyncIterable<BackendObject> {
+    return this.inner.list(prefix);
+  }
+
+  remove(key: string): Promise<void> {
+    return this.inner.remove(key);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
