@@ -70,8 +70,9 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     const parentVersion = await repo.latestVersion(diskId);
     if (parentVersion !== undefined) {
       const candidate = await repo.openManifest(diskId, parentVersion);
-      // A parent with another block size cannot be compared block by block; chunks still dedup.
-      if (candidate.header.blockSize === req.blockSize) parent = candidate;
+      // A parent of another block or image size is not compared block by block (all blocks
+      // count as changed); chunks the repository holds are still not stored again.
+      if (candidate.header.blockSize === req.blockSize && candidate.header.imageBytes === imageBytes) parent = candidate;
     }
     const versionId = newVersionId(Date.now(), parentVersion);
     writer = await ManifestWriter.create({
@@ -124,7 +125,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
           inFlight.delete(chunk.id);
         });
       }
-      await writer.append(batch.hashes, ids);
+      await writer.append(batch.hashes, ids, batch.changed);
       totals.bytesRead += batch.bytesRead;
       totals.blocksDone += batch.count;
       options.onProgress?.({ kind: 'scan', disk: diskId, blocksDone: totals.blocksDone, blocks, blockSize: req.blockSize, changedBlocks: totals.changedBlocks, bytesRead: totals.bytesRead, bytesSent: totals.bytesSent });

@@ -22,6 +22,8 @@ export interface WriteOptions {
 export interface Backend {
   /** Where the data is, for messages (never contains secrets). */
   readonly location: string;
+  /** Reached over a network: worth caching what was read (manifests) on this side. */
+  readonly remote?: boolean;
   /** Size of the object, or undefined when it does not exist. */
   size(key: string): Promise<number | undefined>;
   /** The whole object, or `length` bytes from `offset`. A missing object throws code 'NOT_FOUND'. */
@@ -31,6 +33,12 @@ export interface Backend {
    * complete on stable storage, never a partial one. Returns the number of bytes stored.
    */
   write(key: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteOptions): Promise<number>;
+  /**
+   * Optional: stores a manifest given as a delta against its parent (manifest-delta.ts), which
+   * the receiver composes and checks. Backends that lack it get the whole manifest instead.
+   * Returns the bytes sent.
+   */
+  writeManifestDelta?(key: string, delta: Uint8Array): Promise<number>;
   /** Makes every earlier deferred write durable. */
   flush(): Promise<void>;
   /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */

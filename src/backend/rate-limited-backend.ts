@@ -16,6 +16,10 @@ export class RateLimitedBackend implements Backend {
     return this.inner.location;
   }
 
+  get remote(): boolean | undefined {
+    return this.inner.remote;
+  }
+
   size(key: string): Promise<number | undefined> {
     return this.inner.size(key);
   }

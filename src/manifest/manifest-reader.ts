@@ -53,10 +53,17 @@ export class ManifestReader {
     return decodeHeader(await backend.read(key, 0, peekHeaderBytes(first, where)), where);
   }
 
-  async entries(startBlock: number, count: number): Promise<ManifestEntries> {
+  /** The stored 40-byte entries of [startBlock, startBlock + count), clipped to the manifest. */
+  async rawEntries(startBlock: number, count: number): Promise<Buffer> {
     const n = Math.max(0, Math.min(count, this.header.blockCount - startBlock));
     const raw = await this.backend.read(this.key, this.header.headerBytes + startBlock * ENTRY_BYTES, n * ENTRY_BYTES);
     if (raw.length !== n * ENTRY_BYTES) throw new BlockrepError('REPO_CORRUPT', `manifest ${this.key}: short read of entries`);
+    return raw;
+  }
+
+  async entries(startBlock: number, count: number): Promise<ManifestEntries> {
+    const raw = await this.rawEntries(startBlock, count);
+    const n = raw.length / ENTRY_BYTES;
     const hashes = new BigUint64Array(n);
     const ids = Buffer.allocUnsafe(n * 32);
     for (let i = 0; i < n; i++) {

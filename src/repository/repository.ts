@@ -3,6 +3,8 @@ import type { Backend } from '../backend/backend.js';
 import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/chunk-codec.js';
 import type { ManifestHeader } from '../manifest/manifest-format.js';
 import { ManifestReader } from '../manifest/manifest-reader.js';
+import type { FinishedManifest } from '../manifest/manifest-writer.js';
+import { ManifestCache } from './manifest-cache.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
 import { assertDiskId, diskIdFromPathComponent, diskIdToPathComponent } from '../shared/disk-id.js';
 import { isVersionId } from '../shared/version-id.js';
@@ -20,6 +22,8 @@ const MANIFEST_SUFFIX = '.manifest';
  *   locks/<disk id>.lock
  */
 export class Repository {
+  private cache: ManifestCache | undefined;
+
   private constructor(
     readonly backend: Backend,
     readonly config: RepositoryConfig,
@@ -168,8 +172,20 @@ export class Repository {
     return version;
   }
 
+  /**
+   * A version's manifest, checked against its digest. For a remote repository it is read from
+   * (and kept in) the client's manifest cache, so a nightly run does not download it again.
+   */
   async openManifest(diskId: string, versionId: string): Promise<ManifestReader> {
-    return ManifestReader.open(this.backend, Repository.manifestKey(diskId, versionId));
+    const key = Repository.manifestKey(diskId, versionId);
+    const cache = this.manifestCache();
+    return cache ? cache.open(this.backend, key) : ManifestReader.open(this.backend, key);
+  }
+
+  private manifestCache(): ManifestCache | undefined {
+    if (!this.backend.remote) return undefined;
+    this.cache ??= new ManifestCache(ManifestCache.defaultDir(this.config.id));
+    return this.cache;
   }
 
   async versionHeader(diskId: string, versionId: string): Promise<ManifestHeader> {
@@ -180,9 +196,14 @@ export class Repository {
    * Publishes a version: every chunk written before is made durable first, then the manifest is
    * stored exclusively (a second writer of the same version id fails). Returns bytes stored.
    */
-  async publishVersion(diskId: string, versionId: string, manifest: AsyncIterable<Uint8Array>): Promise<number> {
+  async publishVersion(diskId: string, versionId: string, manifest: FinishedManifest): Promise<number> {
     await this.backend.flush();
-    return this.backend.write(Repository.manifestKey(diskId, versionId), manifest, { exclusive: true });
+    const key = Repository.manifestKey(diskId, versionId);
+    // Kept first, so the next run has it even if it has to ask again whether this one landed.
+    await this.manifestCache()?.store(key, manifest);
+    const delta = this.backend.writeManifestDelta ? manifest.delta() : undefined;
+    if (delta && delta.length < manifest.bytes && this.backend.writeManifestDelta) return this.backend.writeManifestDelta(key, delta);
+    return this.backend.write(key, manifest.stream(), { exclusive: true });
   }
 
   async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {

@@ -24,7 +24,7 @@ async function writeManifest(backend: LocalBackend, key: string, imageBytes: num
     await writer.append(BigUint64Array.from(hashes.slice(start, start + count)), ids.subarray(start * 32, (start + count) * 32));
     start += count;
   }
-  await backend.write(key, await writer.finish({ changedBlocks: 5, zeroBlocks: 7, storedBytes: 123456 }));
+  await backend.write(key, (await writer.finish({ changedBlocks: 5, zeroBlocks: 7, storedBytes: 123456 })).stream());
   await writer.dispose();
   return { hashes, ids };
 }

@@ -5,9 +5,23 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LocalBackend } from '../../src/backend/local/local-backend.js';
 import { encodeChunk } from '../../src/chunk/chunk-codec.js';
+import type { FinishedManifest } from '../../src/manifest/manifest-writer.js';
 import { Repository } from '../../src/repository/repository.js';
 import { CONFIG_KEY } from '../../src/repository/repository-config.js';
 import { tempDir } from '../support/temp-dir.js';
+
+/** A stand-in manifest: publishing stores bytes; their form is the manifest tests' concern. */
+function finished(text: string): FinishedManifest {
+  const bytes = Buffer.from(text);
+  return {
+    bytes: bytes.length,
+    digest: Buffer.alloc(32),
+    stream: async function* () {
+      yield bytes;
+    },
+    delta: () => undefined,
+  };
+}
 
 describe('repository', () => {
   it('is created in an empty or new folder, and refuses a foreign non-empty one', async () => {
@@ -82,15 +96,11 @@ describe('repository', () => {
     const repo = await Repository.open(new LocalBackend(root), { create: true });
     const ids = ['20261126T033504.123Z-aaaaaa', '20261126T033504.124Z-000000', '20261127T000000.000Z-ffffff'];
     for (const id of [ids[2]!, ids[0]!, ids[1]!]) {
-      await repo.publishVersion('d', id, (async function* () {
-        yield Buffer.from('x');
-      })());
+      await repo.publishVersion('d', id, finished('x'));
     }
     expect(await repo.listVersions('d')).toEqual(ids);
     expect(await repo.latestVersion('d')).toBe(ids[2]);
-    await expect(repo.publishVersion('d', ids[0]!, (async function* () {
-      yield Buffer.from('y');
-    })())).rejects.toMatchObject({ code: 'EXISTS' });
+    await expect(repo.publishVersion('d', ids[0]!, finished('y'))).rejects.toMatchObject({ code: 'EXISTS' });
     expect(await repo.listDisks()).toEqual(['d']);
     await expect(repo.resolveVersion('d', '20200101T000000.000Z-000000')).rejects.toMatchObject({ code: 'VERSION_NOT_FOUND' });
     await expect(repo.resolveVersion('e', undefined)).rejects.toMatchObject({ code: 'DISK_NOT_FOUND' });
