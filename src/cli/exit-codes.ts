@@ -12,6 +12,9 @@ export const EXIT_DAMAGED = 4;
 export const EXIT_LOCKED = 5;
 export const EXIT_IMAGE_REFUSED = 6;
 export const EXIT_NO_SPACE = 7;
+export const EXIT_VM_UNREACHABLE = 8;
+export const EXIT_SNAPSHOT_FAILED = 9;
+export const EXIT_VM_NEEDS_RECOVERY = 10;
 export const EXIT_INTERRUPTED = 130;
 
 const table: Partial<Record<ErrorCode, number>> = {
@@ -28,11 +31,20 @@ const table: Partial<Record<ErrorCode, number>> = {
   CHUNK_MISSING: EXIT_DAMAGED,
   REPO_CORRUPT: EXIT_DAMAGED,
   REPO_LOCKED: EXIT_LOCKED,
+  VM_LOCKED: EXIT_LOCKED,
   IMAGE_UNSUPPORTED: EXIT_IMAGE_REFUSED,
   IMAGE_CORRUPT: EXIT_IMAGE_REFUSED,
   IMAGE_UNREADABLE: EXIT_IMAGE_REFUSED,
   BACKING_LOOP: EXIT_IMAGE_REFUSED,
   NO_SPACE: EXIT_NO_SPACE,
+  QMP_UNAVAILABLE: EXIT_VM_UNREACHABLE,
+  QMP_BUSY: EXIT_VM_UNREACHABLE,
+  AGENT_UNAVAILABLE: EXIT_VM_UNREACHABLE,
+  FREEZE_FAILED: EXIT_SNAPSHOT_FAILED,
+  SNAPSHOT_FAILED: EXIT_SNAPSHOT_FAILED,
+  THAW_FAILED: EXIT_VM_NEEDS_RECOVERY,
+  COMMIT_FAILED: EXIT_VM_NEEDS_RECOVERY,
+  RECOVERY_NEEDED: EXIT_VM_NEEDS_RECOVERY,
   INTERRUPTED: EXIT_INTERRUPTED,
 };
 
@@ -47,7 +59,12 @@ Exit codes:
   2    usage error: bad arguments, disk id, version id or size
   3    not found: repository, disk, version or image
   4    damage: verify found damaged or missing data, or stored data failed its checks
-  5    locked: another blockrep process is writing the same disk
+  5    locked: another blockrep process is writing the same disk or working on the same VM
   6    image refused: corrupt, truncated, encrypted, unsupported feature, backing loop
   7    no space left on the device
+  8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another
+       client, or (with --require-quiesce) no guest agent answers
+  9    snapshot not taken: freeze or snapshot failed; the VM runs on its own images, unharmed
+  10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
+       says which; run blockrep recover --qmp SOCKET [--qga SOCKET]
   130  interrupted by a signal (nothing half-done was published)`;

@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { registerBackup } from './commands/backup-command.js';
 import { registerList } from './commands/list-command.js';
+import { registerRecover } from './commands/recover-command.js';
 import { registerRestore } from './commands/restore-command.js';
 import { registerVerify } from './commands/verify-command.js';
 import { finalExitCode, printError } from './command-context.js';
@@ -22,6 +23,7 @@ function buildProgram(): Command {
   registerRestore(program);
   registerVerify(program);
   registerList(program);
+  registerRecover(program);
   for (const cmd of program.commands) cmd.exitOverride().addHelpText('after', exitCodeHelp);
   return program;
 }

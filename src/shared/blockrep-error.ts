@@ -30,6 +30,19 @@ export const errorCodes = [
   'EXISTS', // an exclusive write found the object already there
   'NO_SPACE',
   'IO',
+  'BAD_REQUEST', // a request (from a client, to the server) that is malformed
+  // live VMs (QMP, guest agent, snapshot and commit)
+  'QMP_UNAVAILABLE', // no QEMU monitor at the socket (missing, refused, not a socket)
+  'QMP_BUSY', // the monitor is held by another client (QMP serves one at a time)
+  'QMP_ERROR', // a QMP command failed, timed out, or its reply was not what QEMU documents
+  'AGENT_UNAVAILABLE', // no guest agent answers (not running in the guest, or its channel is absent)
+  'AGENT_ERROR', // a guest-agent command failed or timed out
+  'FREEZE_FAILED', // the guest's filesystems could not be frozen; the guest was thawed, nothing changed
+  'SNAPSHOT_FAILED', // the snapshot transaction failed; the VM runs on its own images, unharmed
+  'THAW_FAILED', // the guest could not be thawed: it may still be frozen (blockrep recover)
+  'COMMIT_FAILED', // an overlay could not be committed back: the VM runs on it (blockrep recover)
+  'RECOVERY_NEEDED', // an earlier run left the VM frozen or on a blockrep overlay (blockrep recover)
+  'VM_LOCKED', // another blockrep process is working on the same VM
   'INTERRUPTED', // stopped by a signal; nothing half-done was published
   'INTERNAL',
 ] as const;

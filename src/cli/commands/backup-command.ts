@@ -1,11 +1,12 @@
 import type { Command } from 'commander';
 import { backupImage, type DiskBackupReport } from '../../app/backup-image.js';
+import { backupVm, type LivePhase, type VmBackupReport } from '../../app/backup-vm.js';
 import type { ImageFormat } from '../../image/image-reader.js';
 import { openRepository } from '../../repository/open-repository.js';
 import { BlockrepError } from '../../shared/blockrep-error.js';
 import { assertDiskId, defaultDiskIdForImage } from '../../shared/disk-id.js';
 import { parseSize } from '../../shared/size.js';
-import { runCommand, toBlockrepError } from '../command-context.js';
+import { runCommand, toBlockrepError, type CommandContext, type CommandResult } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
 import { backupText } from '../output/text-reports.js';
 import { parseIntOption } from '../parse-options.js';
@@ -21,13 +22,22 @@ interface BackupOptions {
   json?: boolean;
   workers?: string;
   compress: boolean;
+  qmp?: string;
+  qga?: string;
+  vm?: string;
+  disks?: string;
+  quiesce: boolean;
+  requireQuiesce?: boolean;
 }
 
 export function registerBackup(program: Command): void {
   program
     .command('backup')
-    .description('back up disk images (raw or qcow2) into a repository, storing only the blocks that changed since their last version')
-    .argument('<image...>', 'image files or block devices to back up; each is one disk')
+    .description(
+      'back up disk images (raw or qcow2) into a repository, storing only the blocks that changed since their last version; ' +
+        'with --qmp, back up the disks of a running QEMU VM through a consistent live snapshot',
+    )
+    .argument('[image...]', 'image files or block devices to back up; each is one disk (not with --qmp)')
     .requiredOption('--repo <repo>', 'repository: a directory (created on first use)')
     .option('--disk <id>', 'disk id (only with a single image); default: the image file name without its extension')
     .option('--block-size <size>', 'block size for change detection and storage, a power of two from 4K to 16M', DEFAULT_BLOCK_SIZE)
@@ -35,8 +45,19 @@ export function registerBackup(program: Command): void {
     .option('--workers <n>', 'scan threads (default: up to 2)')
     .option('--no-compress', 'store chunks uncompressed')
     .option('--json', 'print one JSON object as the report')
+    .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP)")
+    .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
+    .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: QEMU's -name)")
+    .option('--disks <list>', 'live VM: only these disks, comma-separated drive or device ids (default: every writable disk)')
+    .option('--no-quiesce', 'live VM: do not freeze the guest filesystems (crash-consistent backup)')
+    .option('--require-quiesce', 'live VM: fail when no guest agent answers, instead of going on without freezing')
     .action(async (images: string[], opts: BackupOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
+        if (opts.qmp !== undefined) return backupLiveVm(images, opts, ctx);
+        if (opts.qga !== undefined || opts.vm !== undefined || opts.disks !== undefined || opts.requireQuiesce || !opts.quiesce) {
+          throw new BlockrepError('USAGE', '--qga, --vm, --disks, --no-quiesce and --require-quiesce need --qmp');
+        }
+        if (images.length === 0) throw new BlockrepError('USAGE', 'give the images to back up, or --qmp SOCKET for a running VM');
         if (opts.disk !== undefined && images.length !== 1) throw new BlockrepError('USAGE', '--disk can only be given with a single image');
         if (opts.format !== undefined && opts.format !== 'raw' && opts.format !== 'qcow2') throw new BlockrepError('USAGE', `--format must be raw or qcow2, not ${opts.format}`);
         const blockSize = parseSize(opts.blockSize, 'block size');
@@ -86,4 +107,78 @@ export function registerBackup(program: Command): void {
         };
       });
     });
+}
+
+/** Phases a test can hold a live run at (BLOCKREP_TEST_HOLD=phase): it waits there until a signal. */
+const HOLD_PHASES: readonly LivePhase[] = ['frozen', 'snapshot-taken', 'disk-scanned', 'commit-ready'];
+
+async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandContext): Promise<CommandResult> {
+  if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --qmp, not both');
+  if (opts.disk !== undefined || opts.format !== undefined) throw new BlockrepError('USAGE', '--disk and --format are for images; a live VM names its disks <vm>/<drive id> (see --vm)');
+  if (!opts.quiesce && opts.requireQuiesce) throw new BlockrepError('USAGE', '--no-quiesce and --require-quiesce contradict each other');
+  const blockSize = parseSize(opts.blockSize, 'block size');
+  const workers = opts.workers === undefined ? undefined : parseIntOption(opts.workers, '--workers', 0, 64);
+  const disks = opts.disks === undefined ? undefined : opts.disks.split(',').map((d) => d.trim()).filter(Boolean);
+  const hold = process.env.BLOCKREP_TEST_HOLD as LivePhase | undefined;
+  if (hold !== undefined && !HOLD_PHASES.includes(hold)) throw new BlockrepError('USAGE', `BLOCKREP_TEST_HOLD must be one of ${HOLD_PHASES.join(', ')}`);
+  const warn = (m: string): void => {
+    process.stderr.write(`blockrep: warning: ${m}\n`);
+  };
+  const repo = await openRepository(opts.repo, { create: true });
+  const report = await backupVm(
+    repo,
+    {
+      qmpSocket: opts.qmp!,
+      ...(opts.qga !== undefined ? { qgaSocket: opts.qga } : {}),
+      ...(opts.vm !== undefined ? { vmName: opts.vm } : {}),
+      ...(disks ? { disks } : {}),
+      blockSize,
+      quiesce: !opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto',
+    },
+    {
+      signal: ctx.signal,
+      onProgress: ctx.onProgress,
+      compress: opts.compress,
+      ...(workers !== undefined ? { workers } : {}),
+      onWarning: warn,
+      ...(hold !== undefined
+        ? {
+            onPhase: async (phase: LivePhase, disk?: string) => {
+              if (phase !== hold) return;
+              process.stderr.write(`blockrep: test hold at ${phase}${disk ? ` (${disk})` : ''}\n`);
+              if (ctx.signal.aborted) return;
+              await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }));
+            },
+          }
+        : {}),
+    },
+  );
+  const first = report.failures[0];
+  return {
+    exitCode: first ? exitCodeFor(first.code) : EXIT_OK,
+    json: {
+      ok: report.failures.length === 0,
+      durationMs: report.durationMs,
+      ...(report.frozenMs !== undefined ? { frozenMs: report.frozenMs } : {}),
+      vm: report.vm,
+      quiesced: report.quiesced,
+      snapshot: report.snapshot,
+      ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
+      ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
+      ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
+      disks: report.disks,
+    },
+    text: liveBackupText(report),
+  };
+}
+
+function liveBackupText(r: VmBackupReport): string {
+  const lines = [backupText(r.disks, r.failures, r.durationMs)];
+  lines.push(
+    r.frozenMs !== undefined
+      ? `VM ${r.vm}: guest frozen for ${r.frozenMs} ms (${r.snapshot.frozenFilesystems ?? 0} filesystem(s))`
+      : `VM ${r.vm}: not quiesced (crash-consistent snapshot)`,
+  );
+  for (const d of r.disks) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
+  return lines.join('\n');
 }

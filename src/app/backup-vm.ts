@@ -1,0 +1,258 @@
+import { z } from 'zod';
+import { commitOverlay, type CommitResult } from '../hypervisor/block-commit.js';
+import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
+import type { GuestAgentClient } from '../hypervisor/guest-agent-client.js';
+import { planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget } from '../hypervisor/live-snapshot.js';
+import { isOverlayFile, isOverlayNode } from '../hypervisor/overlay-names.js';
+import { QmpClient } from '../hypervisor/qmp-client.js';
+import { listVmDisks, type VmDisk } from '../hypervisor/vm-disks.js';
+import { VmLock } from '../hypervisor/vm-lock.js';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError, isBlockrepError, type ErrorCode } from '../shared/blockrep-error.js';
+import { assertDiskId } from '../shared/disk-id.js';
+import { backupImage, checkBlockSize, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+
+/**
+ * Live backup of a running QEMU VM: freeze the guest, switch every disk to an overlay in one
+ * transaction, thaw (always), back up each frozen base exactly as an offline image, and commit
+ * every overlay back (always, even when the send failed or the run was interrupted). Never
+ * prints: warnings and phases go to callbacks, the result is data.
+ */
+
+export interface BackupVmRequest {
+  qmpSocket: string;
+  /** The guest agent's socket; default: found through QMP (the port org.qemu.guest_agent.0). */
+  qgaSocket?: string;
+  /** The VM's name in disk ids; default: QEMU's -name. */
+  vmName?: string;
+  /** Disks to back up, by drive/device id (or full disk id); default: every writable disk. */
+  disks?: string[];
+  blockSize: number;
+  /** auto: freeze when an agent answers, else warn and go on; require: fail without one; off: never freeze. */
+  quiesce: 'auto' | 'require' | 'off';
+}
+
+/** Points of the procedure that a caller may observe (and, in tests, hold the run at). */
+export type LivePhase = 'frozen' | 'snapshot-taken' | 'disk-scanned' | 'commit-ready';
+
+export interface BackupVmOptions extends Omit<BackupImageOptions, 'signal'> {
+  signal?: AbortSignal;
+  onWarning?: (message: string) => void;
+  onPhase?: (phase: LivePhase, disk?: string) => void | Promise<void>;
+  /** For tests: shorter waits. */
+  timeouts?: { qmpGreetingMs?: number; agentSyncMs?: number; freezeMs?: number; thawMs?: number };
+}
+
+export interface LiveDiskReport extends DiskBackupReport {
+  /** Time the disk ran on its overlay: snapshot → the VM back on its base. */
+  overlayMs: number;
+}
+
+export interface VmBackupFailure {
+  disk: string;
+  path: string;
+  code: ErrorCode;
+  message: string;
+}
+
+export interface VmBackupReport {
+  vm: string;
+  /** The guest's filesystems were frozen for the snapshot. */
+  quiesced: boolean;
+  /** Freeze sent → thaw returned; undefined when not quiesced. */
+  frozenMs: number | undefined;
+  snapshot: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined };
+  disks: LiveDiskReport[];
+  failures: VmBackupFailure[];
+  skippedDisks: Array<{ id: string; reason: string }>;
+  warnings: string[];
+  durationMs: number;
+}
+
+/** The command that puts this VM right after a failure, quoted in messages. */
+export function recoveryCommand(qmpSocket: string, qgaSocket?: string): string {
+  const q = (s: string): string => (/^[A-Za-z0-9_./:@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
+  return `blockrep recover --qmp ${q(qmpSocket)}${qgaSocket !== undefined ? ` --qga ${q(qgaSocket)}` : ''}`;
+}
+
+export async function backupVm(repo: Repository, request: BackupVmRequest, options: BackupVmOptions = {}): Promise<VmBackupReport> {
+  const started = Date.now();
+  checkBlockSize(request.blockSize);
+  const warnings: string[] = [];
+  const warn = (m: string): void => {
+    warnings.push(m);
+    options.onWarning?.(m);
+  };
+  const signal = options.signal;
+  const recoveryStep = recoveryCommand(request.qmpSocket, request.qgaSocket);
+
+  const lock = await VmLock.acquire(request.qmpSocket, 'live backup');
+  let qmp: QmpClient | undefined;
+  let agent: GuestAgentClient | undefined;
+  try {
+    qmp = await QmpClient.connect(request.qmpSocket, options.timeouts?.qmpGreetingMs !== undefined ? { greetingTimeoutMs: options.timeouts.qmpGreetingMs } : {});
+    const vm = await vmNameOf(qmp, request.vmName);
+    const { disks: all, skipped } = await listVmDisks(qmp);
+    const leftover = all.find((d) => isOverlayFile(d.file) || isOverlayNode(d.node));
+    if (leftover) {
+      throw new BlockrepError('RECOVERY_NEEDED', `disk ${leftover.id} runs on a blockrep overlay left by an earlier run (${leftover.file}). Run first: ${recoveryStep}`, {
+        details: { disk: leftover.id, overlay: leftover.file, recovery: recoveryStep },
+      });
+    }
+    const selected = selectDisks(all, vm, request.disks);
+    const targets = planOverlays(selected);
+    for (const t of targets) assertDiskId(`${vm}/${t.disk.id}`);
+
+    if (request.quiesce !== 'off') {
+      try {
+        agent = await openGuestAgent(qmp, request.qgaSocket, options.timeouts?.agentSyncMs !== undefined ? { syncTimeoutMs: options.timeouts.agentSyncMs } : {});
+      } catch (err) {
+        if (!isBlockrepError(err) || err.code !== 'AGENT_UNAVAILABLE' || request.quiesce === 'require') throw err;
+        warn(`${err.message}; going on without freezing the guest: the backup is crash-consistent only (use --require-quiesce to fail instead)`);
+      }
+      if (agent && (await agent.status()) === 'frozen') {
+        throw new BlockrepError('RECOVERY_NEEDED', `the guest is frozen already (by an earlier run or another tool); blockrep will not freeze it again. To thaw it: ${recoveryStep}`, {
+          details: { recovery: recoveryStep },
+        });
+      }
+    }
+    if (signal?.aborted) throw new BlockrepError('INTERRUPTED', 'interrupted before the snapshot; nothing was changed');
+
+    const snapshot = await takeLiveSnapshot(qmp, agent, targets, {
+      recoveryStep,
+      ...(signal ? { signal } : {}),
+      onFrozen: async () => options.onPhase?.('frozen'),
+      ...(options.timeouts?.freezeMs !== undefined ? { freezeTimeoutMs: options.timeouts.freezeMs } : {}),
+      ...(options.timeouts?.thawMs !== undefined ? { thawTimeoutMs: options.timeouts.thawMs } : {}),
+    });
+    for (const w of snapshot.warnings) warn(w);
+    // The agent's channel is free for others once the guest is thawed.
+    if (!snapshot.thawError) {
+      await agent?.close();
+      agent = undefined;
+    }
+
+    const { reports, failures } = await sendAndCommit(repo, qmp, vm, snapshot, request, options, recoveryStep);
+    if (snapshot.thawError) throw snapshot.thawError;
+    if (signal?.aborted) {
+      throw new BlockrepError('INTERRUPTED', `interrupted; no half-done version was published and every disk of VM ${vm} runs on its own image again`);
+    }
+    return {
+      vm,
+      quiesced: snapshot.frozenMs !== undefined && (snapshot.frozenFilesystems ?? 0) > 0,
+      frozenMs: snapshot.frozenMs,
+      snapshot: { freezeMs: snapshot.freezeMs, transactionMs: snapshot.transactionMs, thawMs: snapshot.thawMs, frozenFilesystems: snapshot.frozenFilesystems },
+      disks: reports,
+      failures,
+      skippedDisks: skipped,
+      warnings,
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    agent?.destroy();
+    await qmp?.close();
+    await lock.release();
+  }
+}
+
+/**
+ * Backs up each base and commits each overlay back once its base is read (while the next disk
+ * is read). Every overlay is committed, whatever fails. Commit failures are thrown after all
+ * commits were tried; send failures are returned.
+ */
+async function sendAndCommit(
+  repo: Repository,
+  qmp: QmpClient,
+  vm: string,
+  snapshot: LiveSnapshot,
+  request: BackupVmRequest,
+  options: BackupVmOptions,
+  recoveryStep: string,
+): Promise<{ reports: LiveDiskReport[]; failures: VmBackupFailure[] }> {
+  const commits = new Map<OverlayTarget, Promise<CommitResult>>();
+  const startCommit = (t: OverlayTarget): void => {
+    if (commits.has(t)) return;
+    const p = commitOverlay(qmp, t, recoveryStep, { onReady: async () => options.onPhase?.('commit-ready', t.label) });
+    p.catch(() => undefined);
+    commits.set(t, p);
+  };
+  const done = new Map<OverlayTarget, DiskBackupReport>();
+  const failures: VmBackupFailure[] = [];
+  try {
+    for (const t of snapshot.targets) {
+      if (options.signal?.aborted || snapshot.thawError) break;
+      const diskId = `${vm}/${t.disk.id}`;
+      try {
+        done.set(
+          t,
+          await backupImage(
+            repo,
+            { path: t.baseFile, format: t.baseFormat, diskId, blockSize: request.blockSize, source: { kind: 'live', vm } },
+            {
+              ...(options.workers !== undefined ? { workers: options.workers } : {}),
+              ...(options.compress !== undefined ? { compress: options.compress } : {}),
+              ...(options.writeConcurrency !== undefined ? { writeConcurrency: options.writeConcurrency } : {}),
+              ...(options.signal ? { signal: options.signal } : {}),
+              ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+            },
+          ),
+        );
+      } catch (err) {
+        const e = isBlockrepError(err) ? err : new BlockrepError('INTERNAL', `internal error: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        if (e.code !== 'INTERRUPTED' || !options.signal?.aborted) failures.push({ disk: diskId, path: t.baseFile, code: e.code, message: e.message });
+      }
+      startCommit(t);
+      await options.onPhase?.('disk-scanned', t.label);
+    }
+  } finally {
+    for (const t of snapshot.targets) startCommit(t);
+  }
+
+  const reports: LiveDiskReport[] = [];
+  const commitErrors: BlockrepError[] = [];
+  for (const t of snapshot.targets) {
+    try {
+      const result = await commits.get(t)!;
+      if (result.warning) options.onWarning?.(result.warning);
+      const r = done.get(t);
+      if (r) reports.push({ ...r, overlayMs: result.pivotedAt - snapshot.snapshotAt });
+    } catch (err) {
+      commitErrors.push(isBlockrepError(err) ? err : new BlockrepError('COMMIT_FAILED', String(err), { cause: err }));
+    }
+  }
+  if (commitErrors.length > 0) {
+    const first = commitErrors[0]!;
+    throw new BlockrepError('COMMIT_FAILED', commitErrors.map((e) => e.message).join('\n'), {
+      cause: first,
+      details: { recovery: recoveryStep, disks: reports.map((r) => r.disk), failed: commitErrors.map((e) => e.details ?? {}) },
+    });
+  }
+  return { reports, failures };
+}
+
+async function vmNameOf(qmp: QmpClient, given: string | undefined): Promise<string> {
+  if (given !== undefined) {
+    assertDiskId(given);
+    return given;
+  }
+  const { name } = await qmp.execute('query-name', undefined, z.object({ name: z.string().optional() }));
+  if (name === undefined || name === '') {
+    throw new BlockrepError('USAGE', 'the VM has no name (QEMU was started without -name): give one with --vm NAME; it is the first part of its disk ids');
+  }
+  const problem = /^[A-Za-z0-9._-]+$/.test(name) && name !== '.' && name !== '..';
+  if (!problem) throw new BlockrepError('USAGE', `the VM's name ${JSON.stringify(name)} cannot be part of a disk id: give another with --vm NAME`);
+  return name;
+}
+
+function selectDisks(all: VmDisk[], vm: string, wanted: string[] | undefined): VmDisk[] {
+  if (all.length === 0) throw new BlockrepError('USAGE', 'the VM has no writable disk to back up');
+  if (wanted === undefined || wanted.length === 0) return all;
+  const picked: VmDisk[] = [];
+  for (const w of wanted) {
+    const id = w.startsWith(`${vm}/`) ? w.slice(vm.length + 1) : w;
+    const d = all.find((x) => x.id === id || x.device === id || x.node === id);
+    if (!d) throw new BlockrepError('USAGE', `the VM has no disk ${JSON.stringify(w)}; its disks: ${all.map((x) => x.id).join(', ')}`);
+    if (!picked.includes(d)) picked.push(d);
+  }
+  return picked;
+}

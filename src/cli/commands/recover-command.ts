@@ -1,0 +1,47 @@
+import type { Command } from 'commander';
+import { recoverVm, type RecoverVmReport } from '../../app/recover-vm.js';
+import { runCommand } from '../command-context.js';
+import { EXIT_OK } from '../exit-codes.js';
+
+interface RecoverOptions {
+  qmp: string;
+  qga?: string;
+  json?: boolean;
+}
+
+export function registerRecover(program: Command): void {
+  program
+    .command('recover')
+    .description(
+      'put a running VM right after a blockrep run was interrupted or killed: thaw a guest left frozen, ' +
+        'commit any blockrep overlay back into its base, delete leftover overlay files (does nothing when all is well)',
+    )
+    .requiredOption('--qmp <socket>', "the unix socket of the VM's QEMU monitor (QMP)")
+    .option('--qga <socket>', 'the unix socket of its guest agent (default: found through QMP)')
+    .option('--json', 'print one JSON object as the report')
+    .action(async (opts: RecoverOptions) => {
+      await runCommand(Boolean(opts.json), async () => {
+        const report = await recoverVm(
+          { qmpSocket: opts.qmp, ...(opts.qga !== undefined ? { qgaSocket: opts.qga } : {}) },
+          {
+            onWarning: (m) => {
+              process.stderr.write(`blockrep: warning: ${m}\n`);
+            },
+          },
+        );
+        return { exitCode: EXIT_OK, json: { ok: true, ...report }, text: recoverText(report) };
+      });
+    });
+}
+
+function recoverText(r: RecoverVmReport): string {
+  const lines: string[] = [];
+  if (r.agent === 'unavailable') lines.push('guest agent: not reachable; the freeze state was not checked');
+  else lines.push(r.thawed ? 'guest: was frozen, now thawed' : 'guest: not frozen');
+  for (const j of r.jobs) lines.push(`commit job ${j.job}: finished (${j.status}${j.error ? `, error: ${j.error}` : ''})`);
+  for (const c of r.committed) lines.push(`disk ${c.disk}: overlay ${c.overlay} committed back; the disk runs on its own image again`);
+  for (const f of r.removedFiles) lines.push(`removed leftover overlay file ${f}`);
+  const nothing = !r.thawed && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0;
+  lines.push(nothing ? 'nothing to recover: the VM runs on its own images' : 'recovered: the VM runs on its own images');
+  return lines.join('\n');
+}
