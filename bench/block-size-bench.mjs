@@ -75,7 +75,7 @@ function changeImage(path, seed) {
     written += len;
   }
   while (written < target) {
-    const len = Math.min(Math.round((1 + r() * 7) * MiB), target - written + MiB);
+    const len = Math.round(Math.min((1 + r() * 7) * MiB, target - written + MiB));
     const off = Math.floor((r() * (size - len)) / 4096) * 4096;
     const b = Buffer.alloc(len);
     randomFillSync(b);
@@ -94,7 +94,7 @@ function blockrep(args) {
 }
 
 function rsyncLiteral(src, dst) {
-  const r = spawnSync('rsync', ['--no-whole-file', '--inplace', '--stats', src, dst], { encoding: 'utf8' });
+  const r = spawnSync('rsync', ['--no-whole-file', '--inplace', '--ignore-times', '--stats', src, dst], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`rsync failed: ${r.stderr}`);
   const lit = /Literal data: ([\d,]+) bytes/.exec(r.stdout);
   const sent = /Total bytes sent: ([\d,]+)/.exec(r.stdout);

@@ -27,7 +27,8 @@ export interface BackupVmRequest {
   vmName?: string;
   /** Disks to back up, by drive/device id (or full disk id); default: every writable disk. */
   disks?: string[];
-  blockSize: number;
+  /** Omitted: each disk's current block size (backupImage decides). */
+  blockSize?: number;
   /** auto: freeze when an agent answers, else warn and go on; require: fail without one; off: never freeze. */
   quiesce: 'auto' | 'require' | 'off';
 }
@@ -77,7 +78,7 @@ export function recoveryCommand(qmpSocket: string, qgaSocket?: string): string {
 
 export async function backupVm(repo: Repository, request: BackupVmRequest, options: BackupVmOptions = {}): Promise<VmBackupReport> {
   const started = Date.now();
-  checkBlockSize(request.blockSize);
+  if (request.blockSize !== undefined) checkBlockSize(request.blockSize);
   const warnings: string[] = [];
   const warn = (m: string): void => {
     warnings.push(m);
@@ -187,7 +188,7 @@ async function sendAndCommit(
           t,
           await backupImage(
             repo,
-            { path: t.baseFile, format: t.baseFormat, diskId, blockSize: request.blockSize, source: { kind: 'live', vm } },
+            { path: t.baseFile, format: t.baseFormat, diskId, ...(request.blockSize !== undefined ? { blockSize: request.blockSize } : {}), source: { kind: 'live', vm } },
             {
               ...(options.workers !== undefined ? { workers: options.workers } : {}),
               ...(options.compress !== undefined ? { compress: options.compress } : {}),

@@ -103,7 +103,7 @@ describe('restore, verify and list', () => {
     qemuIo(a, 'write -P 0x01 0 1M');
     qemuIo(a, 'write -P 0x05 2M 1M');
     qemuIo(bImg, 'write -P 0x02 0 1M');
-    const backup = await runCli(['backup', a, bImg, '--repo', repo, '--json']);
+    const backup = await runCli(['backup', a, bImg, '--repo', repo, '--block-size', '1M', '--json']);
     expect(backup.code, backup.stderr).toBe(0);
     expect((await runCli(['verify', '--repo', repo])).code).toBe(0);
 
@@ -144,5 +144,17 @@ describe('output when stdout is not a terminal', () => {
     expect(r.stderr).toBe('');
     expect(r.stdout).not.toMatch(/\r|\x1b\[/);
     expect(r.stdout).toMatch(/disk web01: version \S+ \(first version\)/);
+  });
+});
+
+describe('block size', () => {
+  it('defaults to 256K for a new disk and then keeps the disk’s block size', async () => {
+    const repo = join(dir, 'repo-bs');
+    const first = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
+    expect(first.json.disks[0].blockSize).toBe(65536);
+    const second = await runCli(['backup', img, '--repo', repo, '--json']);
+    expect(second.json.disks[0]).toMatchObject({ blockSize: 65536, changedBlocks: 0 });
+    const other = await runCli(['backup', img, '--repo', repo, '--disk', 'fresh', '--json']);
+    expect(other.json.disks[0].blockSize).toBe(256 * 1024);
   });
 });

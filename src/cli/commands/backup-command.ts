@@ -11,13 +11,10 @@ import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
 import { backupText } from '../output/text-reports.js';
 import { parseIntOption } from '../parse-options.js';
 
-/** Measured default (README, bench/results/scan.md): see DEFAULT_BLOCK_SIZE's note there. */
-export const DEFAULT_BLOCK_SIZE = '1M';
-
 interface BackupOptions {
   repo: string;
   disk?: string;
-  blockSize: string;
+  blockSize?: string;
   format?: ImageFormat;
   json?: boolean;
   workers?: string;
@@ -40,7 +37,7 @@ export function registerBackup(program: Command): void {
     .argument('[image...]', 'image files or block devices to back up; each is one disk (not with --qmp)')
     .requiredOption('--repo <repo>', 'repository: a directory (created on first use)')
     .option('--disk <id>', 'disk id (only with a single image); default: the image file name without its extension')
-    .option('--block-size <size>', 'block size for change detection and storage, a power of two from 4K to 16M', DEFAULT_BLOCK_SIZE)
+    .option('--block-size <size>', "block size for change detection and storage, a power of two from 4K to 16M (default: the disk's current block size, 256K for a new disk)")
     .option('--format <format>', 'image format, raw or qcow2 (default: detected; give it for raw images a guest could write a qcow2 header into)')
     .option('--workers <n>', 'scan threads (default: up to 2)')
     .option('--no-compress', 'store chunks uncompressed')
@@ -60,7 +57,7 @@ export function registerBackup(program: Command): void {
         if (images.length === 0) throw new BlockrepError('USAGE', 'give the images to back up, or --qmp SOCKET for a running VM');
         if (opts.disk !== undefined && images.length !== 1) throw new BlockrepError('USAGE', '--disk can only be given with a single image');
         if (opts.format !== undefined && opts.format !== 'raw' && opts.format !== 'qcow2') throw new BlockrepError('USAGE', `--format must be raw or qcow2, not ${opts.format}`);
-        const blockSize = parseSize(opts.blockSize, 'block size');
+        const blockSize = opts.blockSize === undefined ? undefined : parseSize(opts.blockSize, 'block size');
         const workers = opts.workers === undefined ? undefined : parseIntOption(opts.workers, '--workers', 0, 64);
         const jobs = images.map((path) => ({ path, diskId: assertDiskId(opts.disk ?? defaultDiskIdForImage(path)) }));
         const seen = new Set<string>();
@@ -80,7 +77,7 @@ export function registerBackup(program: Command): void {
             disks.push(
               await backupImage(
                 repo,
-                { path: job.path, diskId: job.diskId, blockSize, ...(opts.format ? { format: opts.format } : {}) },
+                { path: job.path, diskId: job.diskId, ...(blockSize !== undefined ? { blockSize } : {}), ...(opts.format ? { format: opts.format } : {}) },
                 { signal: ctx.signal, onProgress: ctx.onProgress, compress: opts.compress, ...(workers !== undefined ? { workers } : {}) },
               ),
             );
@@ -116,7 +113,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
   if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --qmp, not both');
   if (opts.disk !== undefined || opts.format !== undefined) throw new BlockrepError('USAGE', '--disk and --format are for images; a live VM names its disks <vm>/<drive id> (see --vm)');
   if (!opts.quiesce && opts.requireQuiesce) throw new BlockrepError('USAGE', '--no-quiesce and --require-quiesce contradict each other');
-  const blockSize = parseSize(opts.blockSize, 'block size');
+  const blockSize = opts.blockSize === undefined ? undefined : parseSize(opts.blockSize, 'block size');
   const workers = opts.workers === undefined ? undefined : parseIntOption(opts.workers, '--workers', 0, 64);
   const disks = opts.disks === undefined ? undefined : opts.disks.split(',').map((d) => d.trim()).filter(Boolean);
   const hold = process.env.BLOCKREP_TEST_HOLD as LivePhase | undefined;
@@ -132,7 +129,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
       ...(opts.qga !== undefined ? { qgaSocket: opts.qga } : {}),
       ...(opts.vm !== undefined ? { vmName: opts.vm } : {}),
       ...(disks ? { disks } : {}),
-      blockSize,
+      ...(blockSize !== undefined ? { blockSize } : {}),
       quiesce: !opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto',
     },
     {
