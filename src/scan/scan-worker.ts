@@ -57,6 +57,7 @@ async function main(): Promise<void> {
       post({ type: 'result', result }, resultTransferList(result));
     }
   } catch (err) {
+    tasks.end(true);
     const error = wrapSystemError(err, `scan of ${init.image.path}`);
     post({ type: 'error', code: error.code, message: error.message, details: plainDetails(error.details) });
   } finally {

@@ -112,7 +112,10 @@ export class SegmentScanner {
       // Reads still in flight write into the arena; wait for them before anyone reuses or
       // closes anything. (Waiting on `pending` itself could wait for tasks that never come.)
       await Promise.allSettled([...this.reads]);
-      await units.return(undefined);
+      // Not awaited: a load may be parked in units.next() waiting for a task that will never
+      // come (a worker's queue), and return() queues behind it. Waiting here would keep an
+      // error from ever being reported.
+      units.return(undefined).catch(() => undefined);
     }
   }
 

@@ -130,8 +130,36 @@ describe('SegmentScanner', () => {
   });
 
   it('passes a reader’s error on, with its code', async () => {
-    const reader = new MemoryReader(image, [], 9 * blockSize + 5);
-    await expect(scan({ reader, segmentBlocks: 4 })).rejects.toMatchObject({ code: 'IMAGE_CORRUPT' });
+    for (const readAhead of [1, 2, 3]) {
+      const reader = new MemoryReader(image, [], 9 * blockSize + 5);
+      await expect(scan({ reader, segmentBlocks: 4, readAhead })).rejects.toMatchObject({ code: 'IMAGE_CORRUPT' });
+    }
+  });
+
+  it('reports a read error even while later loads wait for tasks that never come', async () => {
+    // A worker's task queue stays open: loads beyond the last task wait on it.
+    const reader = new MemoryReader(image, [], 2 * blockSize);
+    const geometry = new ScanGeometry(reader.virtualSize, blockSize);
+    const scanner = new SegmentScanner({
+      reader,
+      geometry,
+      hasher: await Xxh64Wasm.create(arenaBytesFor(geometry, blockSize, 3)),
+      unitBytes: blockSize,
+      readAhead: 3,
+      zeroHash: await zeroBlockHash(blockSize),
+      lastZeroHash: await zeroBlockHash(geometry.lastBlockLength),
+      compress: true,
+    });
+    async function* tasks(): AsyncGenerator<SegmentTask> {
+      yield { seq: 0, startBlock: 0, count: 3, parent: undefined };
+      await new Promise(() => undefined); // never another task, never the end
+    }
+    const run = (async () => {
+      for await (const _ of scanner.run(tasks())) {
+        // the first segment holds the bad block: nothing is yielded
+      }
+    })();
+    await expect(run).rejects.toMatchObject({ code: 'IMAGE_CORRUPT' });
   });
 });
 
