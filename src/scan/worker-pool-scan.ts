@@ -129,8 +129,6 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
       });
     }
 
-    while (failure === undefined && !states.every((s) => s.ready)) await nextEvent();
-
     let nextSeq = 0;
     let nextYield = 0;
     while (!planner.done || nextYield < nextSeq) {
@@ -167,10 +165,14 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
   }
 }
 
+/**
+ * The ready worker with the fewest segments queued, below `limit`. Workers get work as soon as
+ * each has started, so a slow start of one does not hold up the others or the block order.
+ */
 function leastLoaded(states: WorkerState[], limit: number): WorkerState | undefined {
   let best: WorkerState | undefined;
   for (const s of states) {
-    if (s.assigned < limit && (best === undefined || s.assigned < best.assigned)) best = s;
+    if (s.ready && s.assigned < limit && (best === undefined || s.assigned < best.assigned)) best = s;
   }
   return best;
 }
