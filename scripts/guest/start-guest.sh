@@ -9,6 +9,8 @@
 #   DIR/qemu.pid       QEMU's pid (stop it with: kill "$(cat DIR/qemu.pid)")
 # Disks are made only when missing, so a second boot reuses them. Environment:
 #   GUEST_AGENT=off    boot without the guest agent
+#   GUEST_WRITER=off   boot without the writer
+#   GUEST_SMP          number of vCPUs (default 1);  GUEST_QEMU_ARGS  more QEMU arguments
 #   GUEST_DISK_SIZE    size of each data disk (default 64M)
 # QEMU runs without CAP_DAC_OVERRIDE, as an unprivileged QEMU would: it cannot write into
 # folders that are not writable by their owner.
@@ -37,8 +39,9 @@ if [ ! -f "$dir/a/disk1.qcow2" ]; then
 fi
 [ -f "$dir/b/disk2.raw" ] || make_fs "$dir/b/disk2.raw" data2 disk2
 
-append="console=ttyS0 panic=-1 quiet loglevel=1"
+append="console=ttyS0 panic=-1 quiet loglevel=1 ${GUEST_APPEND:-}"
 [ "${GUEST_AGENT:-on}" = off ] && append="$append blockrep.agent=off"
+[ "${GUEST_WRITER:-on}" = off ] && append="$append blockrep.writer=off"
 rm -f "$dir/qmp.sock" "$dir/qga.sock" "$dir/silent.sock" "$dir/dead.sock" "$dir/qemu.pid"
 : >"$dir/serial.log"
 
@@ -47,7 +50,7 @@ if command -v setpriv >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
   run=(setpriv --bounding-set=-dac_override,-dac_read_search --inh-caps=-dac_override,-dac_read_search --)
 fi
 "${run[@]}" qemu-system-x86_64 \
-  -name "$name" -machine q35,accel=tcg -m 256 -smp 1 -nodefaults -display none \
+  -name "$name" -machine q35,accel=tcg -m 256 -smp "${GUEST_SMP:-1}" -nodefaults -display none \
   -serial "file:$dir/serial.log" -kernel "$guest/vmlinuz" -initrd "$guest/initrd.img" -append "$append" \
   -qmp "unix:$dir/qmp.sock,server=on,wait=off" \
   -drive "id=disk1,file=$dir/a/disk1.qcow2,format=qcow2,if=none" -device virtio-blk-pci,drive=disk1,id=vd1 \
@@ -57,7 +60,7 @@ fi
   -chardev "socket,id=qga0,path=$dir/qga.sock,server=on,wait=off" -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
   -chardev "socket,id=silent0,path=$dir/silent.sock,server=on,wait=off" -device virtserialport,chardev=silent0,name=org.blockrep.silent.0 \
   -chardev "socket,id=dead0,path=$dir/dead.sock,server=on,wait=off" -device virtserialport,chardev=dead0,name=org.blockrep.dead.0 \
-  -pidfile "$dir/qemu.pid" -daemonize
+  ${GUEST_QEMU_ARGS:-} -pidfile "$dir/qemu.pid" -daemonize
 
 for _ in $(seq 1 600); do
   if grep -q '^blockrep-writer ' "$dir/serial.log" 2>/dev/null; then
