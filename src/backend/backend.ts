@@ -26,6 +26,11 @@ export interface Backend {
   readonly remote?: boolean;
   /** Size of the object, or undefined when it does not exist. */
   size(key: string): Promise<number | undefined>;
+  /**
+   * Sizes of many objects at once, in the order of `keys` (undefined: missing): "which of these
+   * chunks do you already have" in one round trip per batch instead of one per chunk.
+   */
+  sizes(keys: string[]): Promise<Array<number | undefined>>;
   /** The whole object, or `length` bytes from `offset`. A missing object throws code 'NOT_FOUND'. */
   read(key: string, offset?: number, length?: number): Promise<Buffer>;
   /**

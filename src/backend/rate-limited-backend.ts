@@ -24,6 +24,10 @@ export class RateLimitedBackend implements Backend {
     return this.inner.size(key);
   }
 
+  sizes(keys: string[]): Promise<Array<number | undefined>> {
+    return this.inner.sizes(keys);
+  }
+
   async read(key: string, offset?: number, length?: number): Promise<Buffer> {
     const data = await this.inner.read(key, offset, length);
     await this.download.take(data.length);

@@ -15,6 +15,8 @@ export const EXIT_NO_SPACE = 7;
 export const EXIT_VM_UNREACHABLE = 8;
 export const EXIT_SNAPSHOT_FAILED = 9;
 export const EXIT_VM_NEEDS_RECOVERY = 10;
+export const EXIT_ACCESS_DENIED = 11;
+export const EXIT_UNAVAILABLE = 12;
 export const EXIT_INTERRUPTED = 130;
 
 const table: Partial<Record<ErrorCode, number>> = {
@@ -37,6 +39,10 @@ const table: Partial<Record<ErrorCode, number>> = {
   IMAGE_UNREADABLE: EXIT_IMAGE_REFUSED,
   BACKING_LOOP: EXIT_IMAGE_REFUSED,
   NO_SPACE: EXIT_NO_SPACE,
+  TOKEN_NOT_FOUND: EXIT_NOT_FOUND,
+  UNAUTHORIZED: EXIT_ACCESS_DENIED,
+  FORBIDDEN: EXIT_ACCESS_DENIED,
+  UNAVAILABLE: EXIT_UNAVAILABLE,
   QMP_UNAVAILABLE: EXIT_VM_UNREACHABLE,
   QMP_BUSY: EXIT_VM_UNREACHABLE,
   AGENT_UNAVAILABLE: EXIT_VM_UNREACHABLE,
@@ -67,4 +73,7 @@ Exit codes:
   9    snapshot not taken: freeze or snapshot failed; the VM runs on its own images, unharmed
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
        says which; run blockrep recover --qmp SOCKET [--qga SOCKET]
+  11   access denied by the repository server: no token, an unknown token, or one without
+       the right for this disk or operation
+  12   the repository server cannot be reached or stays unavailable (after retries)
   130  interrupted by a signal (nothing half-done was published)`;

@@ -94,6 +94,12 @@ export class Repository {
     return (await this.backend.size(Repository.chunkKey(id))) !== undefined;
   }
 
+  /** Which of these chunks the repository holds, in order (batched by the backend). */
+  async hasChunks(ids: string[]): Promise<boolean[]> {
+    const sizes = await this.backend.sizes(ids.map((id) => Repository.chunkKey(id)));
+    return sizes.map((size) => size !== undefined);
+  }
+
   /** Stores a chunk (idempotent). Durable once flush() resolves. Returns bytes stored. */
   async putChunk(chunk: EncodedChunk): Promise<number> {
     return this.backend.write(Repository.chunkKey(chunk.id), chunk.blob, { deferSync: true });

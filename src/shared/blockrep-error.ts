@@ -30,6 +30,13 @@ export const errorCodes = [
   'EXISTS', // an exclusive write found the object already there
   'NO_SPACE',
   'IO',
+  // repository server (HTTP); src/server/http-status.ts maps every code to its HTTP status
+  'UNAUTHORIZED', // no access token, or one the server does not know
+  'FORBIDDEN', // the token lacks the right for this disk or operation
+  'METHOD_NOT_ALLOWED', // an operation the object does not support (e.g. writing blockrep.json)
+  'TOO_LARGE', // a request body over its limit
+  'UNAVAILABLE', // the repository server cannot be reached or is overloaded (after retries)
+  'TOKEN_NOT_FOUND', // no token of that name in the tokens file
   'BAD_REQUEST', // a request (from a client, to the server) that is malformed
   // live VMs (QMP, guest agent, snapshot and commit)
   'QMP_UNAVAILABLE', // no QEMU monitor at the socket (missing, refused, not a socket)

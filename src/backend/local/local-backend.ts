@@ -7,6 +7,8 @@ import type { Backend, BackendObject, WriteOptions } from '../backend.js';
 
 const KEY = /^[A-Za-z0-9._%-]+(\/[A-Za-z0-9._%-]+)*$/;
 const TEMP_PREFIX = '.tmp-';
+/** stat() calls in flight for one sizes() call: enough to keep a disk queue busy, not a storm. */
+const SIZES_CONCURRENCY = 32;
 
 /**
  * A repository in a local directory. Durable write (restic's recipe): temp file in the target
@@ -17,6 +19,8 @@ export class LocalBackend implements Backend {
   private readonly root: string;
   private readonly dirsToSync = new Set<string>();
   private readonly knownDirs = new Set<string>();
+  /** Flushes run one after another: see flush(). */
+  private flushChain: Promise<void> = Promise.resolve();
 
   constructor(root: string) {
     this.root = root;
@@ -38,6 +42,19 @@ export class LocalBackend implements Backend {
       if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
       throw wrapSystemError(err, `reading ${key} in ${this.location}`);
     }
+  }
+
+  async sizes(keys: string[]): Promise<Array<number | undefined>> {
+    const out = new Array<number | undefined>(keys.length);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < keys.length) {
+        const i = next++;
+        out[i] = await this.size(keys[i]!);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SIZES_CONCURRENCY, keys.length) }, worker));
+    return out;
   }
 
   async read(key: string, offset = 0, length?: number): Promise<Buffer> {
@@ -103,12 +120,24 @@ export class LocalBackend implements Backend {
     return written;
   }
 
-  async flush(): Promise<void> {
+  /**
+   * Flushes are serialised: with several callers at once (a server's requests), a flush that
+   * found nothing pending must still not return before an earlier flush has synced the folders
+   * of writes it depends on. A failed sync puts its folders back, so a later flush retries them.
+   */
+  flush(): Promise<void> {
+    const run = this.flushChain.catch(() => undefined).then(() => this.syncPending());
+    this.flushChain = run;
+    return run;
+  }
+
+  private async syncPending(): Promise<void> {
     const dirs = [...this.dirsToSync];
     this.dirsToSync.clear();
     try {
       for (const dir of dirs) await syncDir(dir);
     } catch (err) {
+      for (const dir of dirs) this.dirsToSync.add(dir);
       throw wrapSystemError(err, `syncing ${this.location}`);
     }
   }
