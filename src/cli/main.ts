@@ -5,6 +5,8 @@ import { registerBackup } from './commands/backup-command.js';
 import { registerList } from './commands/list-command.js';
 import { registerRecover } from './commands/recover-command.js';
 import { registerRestore } from './commands/restore-command.js';
+import { registerServe } from './commands/serve-command.js';
+import { registerToken } from './commands/token-command.js';
 import { registerVerify } from './commands/verify-command.js';
 import { finalExitCode, printError } from './command-context.js';
 import { EXIT_USAGE, exitCodeHelp } from './exit-codes.js';
@@ -24,6 +26,8 @@ function buildProgram(): Command {
   registerVerify(program);
   registerList(program);
   registerRecover(program);
+  registerServe(program);
+  registerToken(program);
   for (const cmd of program.commands) cmd.exitOverride().addHelpText('after', exitCodeHelp);
   return program;
 }

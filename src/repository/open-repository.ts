@@ -1,12 +1,38 @@
 import { resolve } from 'node:path';
+import { HttpBackend } from '../backend/http/http-backend.js';
+import { loadAccessToken, readCaFile } from '../backend/http/http-credentials.js';
 import { LocalBackend } from '../backend/local/local-backend.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { Repository } from './repository.js';
 
-/** REPO is a directory (the embedded default) or, later, an http(s):// URL of a `blockrep serve`. */
-export async function openRepository(location: string, options: { create?: boolean } = {}): Promise<Repository> {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {
-    throw new BlockrepError('USAGE', `repository URLs (${location.split('://')[0]}://) are not supported by this build yet; use a local directory`);
+export interface OpenRepositoryOptions {
+  /** Initialise an empty location (a directory; a server creates its repository itself). */
+  create?: boolean;
+  /** For http(s):// repositories: a file holding the access token (else BLOCKREP_TOKEN). */
+  tokenFile?: string;
+  /** For https:// repositories: the PEM file of the CA to trust. */
+  cacert?: string;
+}
+
+/** REPO is a directory (the embedded default) or an http(s):// URL of a `blockrep serve`. */
+export async function openRepository(location: string, options: OpenRepositoryOptions = {}): Promise<Repository> {
+  if (/^https?:\/\//i.test(location)) {
+    const token = await loadAccessToken(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile });
+    const ca = options.cacert === undefined ? undefined : await readCaFile(options.cacert);
+    if (ca !== undefined && !/^https:/i.test(location)) throw new BlockrepError('USAGE', '--cacert applies to https:// repositories only');
+    const backend = new HttpBackend({ url: location, ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}) });
+    try {
+      return await Repository.open(backend, { create: options.create ?? false });
+    } catch (err) {
+      await backend.close().catch(() => undefined);
+      throw err;
+    }
   }
-  return Repository.open(new LocalBackend(resolve(location)), options);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {
+    throw new BlockrepError('USAGE', `repository URLs are http:// or https://, not ${location.split('://')[0]}://`);
+  }
+  if (options.tokenFile !== undefined || options.cacert !== undefined) {
+    throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories only');
+  }
+  return Repository.open(new LocalBackend(resolve(location)), options.create ? { create: true } : {});
 }

@@ -25,6 +25,8 @@ interface BackupOptions {
   disks?: string;
   quiesce: boolean;
   requireQuiesce?: boolean;
+  tokenFile?: string;
+  cacert?: string;
 }
 
 export function registerBackup(program: Command): void {
@@ -42,6 +44,8 @@ export function registerBackup(program: Command): void {
     .option('--workers <n>', 'scan threads (default: up to 2)')
     .option('--no-compress', 'store chunks uncompressed')
     .option('--json', 'print one JSON object as the report')
+    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
+    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
     .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP)")
     .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
     .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: QEMU's -name)")
@@ -66,7 +70,7 @@ export function registerBackup(program: Command): void {
           seen.add(j.diskId);
         }
         const started = Date.now();
-        const repo = await openRepository(opts.repo, { create: true });
+        const repo = await openRepository(opts.repo, { create: true, tokenFile: opts.tokenFile, cacert: opts.cacert });
         const disks: DiskBackupReport[] = [];
         const failures: Array<{ disk: string; path: string; code: string; message: string }> = [];
         const errors: BlockrepError[] = [];
@@ -121,7 +125,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
   const warn = (m: string): void => {
     process.stderr.write(`blockrep: warning: ${m}\n`);
   };
-  const repo = await openRepository(opts.repo, { create: true });
+  const repo = await openRepository(opts.repo, { create: true, tokenFile: opts.tokenFile, cacert: opts.cacert });
   const report = await backupVm(
     repo,
     {

@@ -13,10 +13,12 @@ export function registerList(program: Command): void {
     .requiredOption('--repo <repo>', 'repository directory')
     .option('--disk <id>', 'only this disk')
     .option('--json', 'print one JSON object')
-    .action(async (opts: { repo: string; disk?: string; json?: boolean }) => {
+    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
+    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
+    .action(async (opts: { repo: string; disk?: string; json?: boolean; tokenFile?: string; cacert?: string }) => {
       await runCommand(Boolean(opts.json), async () => {
         const diskId = opts.disk === undefined ? undefined : assertDiskId(opts.disk);
-        const repo = await openRepository(opts.repo);
+        const repo = await openRepository(opts.repo, { tokenFile: opts.tokenFile, cacert: opts.cacert });
         const disks = await listVersions(repo, diskId ? { diskId } : {});
         return { exitCode: EXIT_OK, json: { ok: true, disks }, text: listText(disks) };
       });

@@ -16,6 +16,8 @@ interface RestoreOptions {
   format: string;
   force?: boolean;
   json?: boolean;
+  tokenFile?: string;
+  cacert?: string;
 }
 
 export function registerRestore(program: Command): void {
@@ -29,12 +31,14 @@ export function registerRestore(program: Command): void {
     .option('--format <format>', 'raw or qcow2', 'raw')
     .option('--force', 'replace an existing file or write onto a block device')
     .option('--json', 'print one JSON object as the report')
+    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
+    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
     .action(async (opts: RestoreOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         if (opts.format !== 'raw' && opts.format !== 'qcow2') throw new BlockrepError('USAGE', `--format must be raw or qcow2, not ${opts.format}`);
         const diskId = assertDiskId(opts.disk);
         const version = opts.version === 'latest' ? undefined : assertVersionId(opts.version);
-        const repo = await openRepository(opts.repo);
+        const repo = await openRepository(opts.repo, { tokenFile: opts.tokenFile, cacert: opts.cacert });
         const report = await restoreVersion(
           repo,
           { diskId, to: opts.to, format: opts.format, force: Boolean(opts.force), ...(version ? { version } : {}) },

@@ -12,6 +12,8 @@ interface VerifyOptions {
   disk?: string;
   version?: string;
   json?: boolean;
+  tokenFile?: string;
+  cacert?: string;
 }
 
 export function registerVerify(program: Command): void {
@@ -22,11 +24,13 @@ export function registerVerify(program: Command): void {
     .option('--disk <id>', 'only this disk')
     .option('--version <id>', 'only this version (or latest) of each selected disk')
     .option('--json', 'print one JSON object as the report')
+    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
+    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
     .action(async (opts: VerifyOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         const diskId = opts.disk === undefined ? undefined : assertDiskId(opts.disk);
         const version = opts.version === undefined || opts.version === 'latest' ? opts.version : assertVersionId(opts.version);
-        const repo = await openRepository(opts.repo);
+        const repo = await openRepository(opts.repo, { tokenFile: opts.tokenFile, cacert: opts.cacert });
         const report = await verifyRepository(repo, { ...(diskId ? { diskId } : {}), ...(version ? { version } : {}) }, { onProgress: ctx.onProgress });
         return {
           exitCode: report.ok ? EXIT_OK : EXIT_DAMAGED,

@@ -1,0 +1,62 @@
+import { z } from 'zod';
+import { errorCodes } from '../../shared/blockrep-error.js';
+
+/**
+ * The wire contract between HttpBackend and `blockrep serve`: one generic object API that
+ * mirrors the Backend interface, so both ends run the same repository code.
+ *
+ *   GET    /v1/config                 the repository's blockrep.json, checked
+ *   HEAD   /v1/objects/<key>          size (Content-Length), 404 when missing
+ *   GET    /v1/objects/<key>          bytes; `Range: bytes=a-b` or `bytes=a-` → 206
+ *   PUT    /v1/objects/<key>          store; `If-None-Match: *` = exclusive (412 EXISTS)
+ *   DELETE /v1/objects/<key>          remove (204 also when missing)
+ *   GET    /v1/list?prefix=<prefix>   NDJSON lines {key,size}, then {end:true,count}
+ *   POST   /v1/sizes                  {keys:[…]} → {sizes:[n|null…]}
+ *   POST   /v1/flush                  make earlier writes durable (204)
+ *
+ * Each key segment travels percent-encoded (encodeURIComponent), so `%2F` in a disk's path
+ * component goes as `%252F`; the server decodes each segment exactly once.
+ */
+export const API_PREFIX = '/v1';
+export const OBJECTS_PATH = `${API_PREFIX}/objects/`;
+export const LIST_PATH = `${API_PREFIX}/list`;
+export const SIZES_PATH = `${API_PREFIX}/sizes`;
+export const FLUSH_PATH = `${API_PREFIX}/flush`;
+export const CONFIG_PATH = `${API_PREFIX}/config`;
+
+/** Every error response names its BlockrepError code here too (HEAD responses have no body). */
+export const ERROR_CODE_HEADER = 'x-blockrep-code';
+
+/** Keys per POST /v1/sizes; a request with more is refused (413). */
+export const MAX_SIZES_KEYS = 10_000;
+/** Any JSON request body. */
+export const MAX_JSON_BODY_BYTES = 1024 * 1024;
+/** An error body the client reads; anything longer is cut. */
+export const MAX_ERROR_BODY_BYTES = 64 * 1024;
+/** One NDJSON line of a listing. */
+export const MAX_LIST_LINE_BYTES = 4096;
+
+/** Access tokens: "brt_" + 43 base64url characters (32 random bytes). */
+export const TOKEN_PATTERN = /^brt_[A-Za-z0-9_-]{43}$/;
+
+export function objectPath(key: string): string {
+  return OBJECTS_PATH + key.split('/').map(encodeURIComponent).join('/');
+}
+
+export function listPath(prefix: string): string {
+  return `${LIST_PATH}?prefix=${encodeURIComponent(prefix)}`;
+}
+
+export const errorBodySchema = z.object({
+  code: z.enum(errorCodes),
+  message: z.string().max(MAX_ERROR_BODY_BYTES),
+  details: z.record(z.string(), z.unknown()).optional(),
+});
+export type ErrorBody = z.infer<typeof errorBodySchema>;
+
+export const sizesRequestSchema = z.object({ keys: z.array(z.string().max(512)).max(MAX_SIZES_KEYS) }).strict();
+export const sizesResponseSchema = z.object({ sizes: z.array(z.number().int().nonnegative().nullable()) }).strict();
+
+export const listEntrySchema = z.object({ key: z.string().max(512), size: z.number().int().nonnegative() }).strict();
+export const listEndSchema = z.object({ end: z.literal(true), count: z.number().int().nonnegative() }).strict();
+export const listLineSchema = z.union([listEntrySchema, listEndSchema]);

@@ -1,0 +1,135 @@
+import { once } from 'node:events';
+import { z } from 'zod';
+import { ERROR_CODE_HEADER, type ErrorBody } from '../backend/http/http-protocol.js';
+import { BlockrepError, isBlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { httpStatusFor } from './http-status.js';
+import type { RequestContext } from './request-context.js';
+
+/** Reading request bodies with hard limits, and writing responses with backpressure. */
+
+const contentLengthSchema = z.string().regex(/^\d{1,15}$/).transform(Number);
+
+/** The declared Content-Length, or undefined for a chunked body; a malformed one is refused. */
+export function declaredLength(ctx: RequestContext): number | undefined {
+  const header = ctx.req.headers['content-length'];
+  if (header === undefined) return undefined;
+  const parsed = contentLengthSchema.safeParse(header);
+  if (!parsed.success) throw new BlockrepError('BAD_REQUEST', 'invalid Content-Length');
+  return parsed.data;
+}
+
+/** Refuses early a body that says it is larger than `maxBytes`. */
+export function checkDeclaredLength(ctx: RequestContext, maxBytes: number, what: string): number | undefined {
+  const length = declaredLength(ctx);
+  if (length !== undefined && length > maxBytes) throw tooLarge(what, maxBytes);
+  return length;
+}
+
+export function tooLarge(what: string, maxBytes: number): BlockrepError {
+  return new BlockrepError('TOO_LARGE', `${what} is larger than its limit of ${maxBytes} bytes`);
+}
+
+/** The request body as pieces, counted, stopping with TOO_LARGE past `maxBytes`. */
+export async function* bodyPieces(ctx: RequestContext, maxBytes: () => number, what: string): AsyncIterable<Buffer> {
+  for await (const piece of ctx.req as AsyncIterable<Buffer>) {
+    ctx.bytesIn += piece.length;
+    if (ctx.bytesIn > maxBytes()) throw tooLarge(what, maxBytes());
+    yield piece;
+  }
+}
+
+/** The whole body in memory: only for bodies with a small bound. */
+export async function readBody(ctx: RequestContext, maxBytes: number, what: string): Promise<Buffer> {
+  const declared = checkDeclaredLength(ctx, maxBytes, what);
+  const pieces: Buffer[] = [];
+  let total = 0;
+  for await (const piece of bodyPieces(ctx, () => maxBytes, what)) {
+    pieces.push(piece);
+    total += piece.length;
+  }
+  if (declared !== undefined && total !== declared) throw new BlockrepError('BAD_REQUEST', `${what}: body shorter than its Content-Length`);
+  return Buffer.concat(pieces, total);
+}
+
+export async function readJson<T>(ctx: RequestContext, schema: z.ZodType<T>, maxBytes: number, what: string): Promise<T> {
+  const type = ctx.req.headers['content-type'] ?? '';
+  if (!/^application\/json\b/i.test(type)) throw new BlockrepError('BAD_REQUEST', `${what} must be application/json`);
+  const body = await readBody(ctx, maxBytes, what);
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new BlockrepError('BAD_REQUEST', `${what} is not valid JSON`);
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const tooBig = issue?.code === 'too_big' && issue.path.length === 1;
+    throw new BlockrepError(tooBig ? 'TOO_LARGE' : 'BAD_REQUEST', `${what}: ${issue ? `${issue.path.join('.') || '(body)'}: ${issue.message}` : 'invalid'}`);
+  }
+  return parsed.data;
+}
+
+export function sendEmpty(ctx: RequestContext, status: number, headers: Record<string, string | number> = {}): void {
+  ctx.res.writeHead(status, { ...headers, 'content-length': headers['content-length'] ?? 0 });
+  ctx.res.end();
+}
+
+export function sendJson(ctx: RequestContext, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const data = Buffer.from(JSON.stringify(body));
+  ctx.res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': data.length, 'cache-control': 'no-store' });
+  ctx.bytesOut += ctx.req.method === 'HEAD' ? 0 : data.length;
+  ctx.res.end(ctx.req.method === 'HEAD' ? undefined : data);
+}
+
+/** Writes with backpressure; false once the client has gone. */
+export async function writePiece(ctx: RequestContext, piece: Uint8Array): Promise<boolean> {
+  if (ctx.res.destroyed) return false;
+  ctx.bytesOut += piece.byteLength;
+  if (!ctx.res.write(piece)) {
+    await Promise.race([once(ctx.res, 'drain'), once(ctx.res, 'close')]);
+  }
+  return !ctx.res.destroyed;
+}
+
+/**
+ * The one way errors leave the server: {code, message} with the status of http-status.ts, and
+ * the code in a header too (HEAD has no body). Errors without a code say nothing of the server's
+ * inside: their detail goes to the log (returned), the client gets "internal error".
+ */
+export function sendError(ctx: RequestContext, err: unknown): string | undefined {
+  const e = asBlockrepError(err);
+  ctx.code = e.code;
+  const status = httpStatusFor(e.code);
+  const internal = status >= 500 && e.code !== 'UNAVAILABLE' && e.code !== 'NO_SPACE';
+  const message = internal
+    ? 'the repository server failed to do this (its log says why)'
+    : e.code === 'NO_SPACE'
+      ? 'the repository server has no space left on its device'
+      : ctx.redact(e.message);
+  const body: ErrorBody = {
+    code: e.code,
+    message,
+    ...(e.details && !internal ? { details: e.details } : {}),
+  };
+  if (ctx.res.headersSent) {
+    // A streamed response cannot change its status: cut it, so the client sees it incomplete.
+    ctx.res.destroy();
+  } else {
+    const headers: Record<string, string> = { [ERROR_CODE_HEADER]: e.code };
+    if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] = 'Bearer realm="blockrep"';
+    if (e.code === 'UNAVAILABLE') headers['retry-after'] = '1';
+    // An unread body we refused on its size is not worth reading to keep the connection.
+    if (e.code === 'TOO_LARGE' && !ctx.req.readableEnded) headers.connection = 'close';
+    sendJson(ctx, status, body, headers);
+  }
+  return internal || status >= 500 ? `${e.code}: ${e.message}` : undefined;
+}
+
+function asBlockrepError(err: unknown): BlockrepError {
+  if (isBlockrepError(err)) return err;
+  const sys = systemErrorCode(err);
+  if (sys === 'ENOSPC' || sys === 'EDQUOT') return new BlockrepError('NO_SPACE', 'the repository server has no space left');
+  const message = err instanceof Error ? err.message : String(err);
+  return new BlockrepError('INTERNAL', message, { cause: err });
+}

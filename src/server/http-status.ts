@@ -1,0 +1,37 @@
+import type { ErrorCode } from '../shared/blockrep-error.js';
+
+/**
+ * The one table from error codes to HTTP statuses. The response body always carries the code
+ * itself ({code, message}), and the client turns it back into a BlockrepError with that code,
+ * so exit codes are the same whether the repository is a directory or a server.
+ */
+const table: Partial<Record<ErrorCode, number>> = {
+  BAD_REQUEST: 400,
+  USAGE: 400,
+  INVALID_DISK_ID: 400,
+  INVALID_VERSION_ID: 400,
+  INVALID_SIZE: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  REPO_NOT_FOUND: 404,
+  DISK_NOT_FOUND: 404,
+  VERSION_NOT_FOUND: 404,
+  TOKEN_NOT_FOUND: 404,
+  METHOD_NOT_ALLOWED: 405,
+  // A manifest that refers to a chunk the repository lacks: upload the chunk, then retry.
+  CHUNK_MISSING: 409,
+  REPO_LOCKED: 409,
+  EXISTS: 412, // If-None-Match: * failed
+  TOO_LARGE: 413,
+  CHUNK_CORRUPT: 422, // the body is well-formed HTTP but its content fails its checks
+  REPO_CORRUPT: 422,
+  REPO_FORMAT: 422,
+  INTERRUPTED: 503,
+  UNAVAILABLE: 503,
+  NO_SPACE: 507,
+};
+
+export function httpStatusFor(code: ErrorCode): number {
+  return table[code] ?? 500;
+}

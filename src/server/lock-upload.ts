@@ -1,0 +1,35 @@
+import { z } from 'zod';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { readBody } from './http-io.js';
+import type { RequestContext } from './request-context.js';
+
+const MAX_LOCK_BYTES = 4096;
+
+/** What DiskLock writes (repository/disk-lock.ts), with bounds: nothing else is stored. */
+export const lockBodySchema = z
+  .object({
+    pid: z.number().int().nonnegative(),
+    host: z.string().max(256),
+    createdAt: z.string().max(64),
+    purpose: z.string().max(256),
+  })
+  .strict();
+
+/** PUT of a lock object: small JSON, checked, stored (exclusively when asked). */
+export async function receiveLock(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, exclusive: boolean): Promise<number> {
+  const body = await readBody(ctx, MAX_LOCK_BYTES, 'a lock');
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new BlockrepError('BAD_REQUEST', 'a lock must be JSON');
+  }
+  if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose}');
+  try {
+    return await repo.backend.write(ref.key, body, { exclusive });
+  } catch (err) {
+    if (isBlockrepError(err) && err.code === 'EXISTS') throw new BlockrepError('EXISTS', `disk ${ref.diskId} is already locked`);
+    throw err;
+  }
+}

@@ -1,0 +1,133 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { LocalBackend } from '../backend/local/local-backend.js';
+import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
+import { idHex, isZeroId, ManifestReader } from '../manifest/manifest-reader.js';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError, isBlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
+import { checkDeclaredLength, tooLarge } from './http-io.js';
+import type { RequestContext } from './request-context.js';
+
+/** Everything before the entries: the fixed header, at most 64 KiB of meta, padding. */
+const MAX_HEADER_BYTES = FIXED_HEADER_BYTES + 64 * 1024 + 8;
+/** Chunk ids asked about per hasChunks call. */
+const CHECK_BATCH = 4096;
+/** Chunk ids remembered as present while checking one manifest (many blocks share chunks). */
+const MAX_REMEMBERED = 256 * 1024;
+
+/**
+ * PUT of a manifest, the commit of a version. The body is spooled to a temporary file (never
+ * held whole in memory; its length is bounded by its own header as soon as that arrives), then
+ * checked like any stored manifest (ManifestReader: header, length, digest), matched against the
+ * key (disk id and version id), and every chunk it refers to must be present; the backend is
+ * flushed so those chunks are durable, and only then is the manifest stored, exclusively: a
+ * version is immutable, and a commit that loses a race fails with EXISTS. Returns bytes stored.
+ */
+export async function receiveManifest(
+  repo: Repository,
+  spoolDir: string,
+  ref: { key: string; diskId: string; versionId: string },
+  ctx: RequestContext,
+): Promise<number> {
+  const where = `manifest ${ref.key}`;
+  const declared = checkDeclaredLength(ctx, Number.MAX_SAFE_INTEGER, where);
+  // The spool is a little repository of its own, so the manifest is checked under its own key
+  // by the same reader that checks stored manifests.
+  const spoolRoot = join(spoolDir, randomBytes(12).toString('hex'));
+  const spoolPath = join(spoolRoot, ...ref.key.split('/'));
+  try {
+    await spool(ctx, spoolPath, declared, where);
+    const reader = await ManifestReader.open(new LocalBackend(spoolRoot), ref.key);
+    const meta = reader.header.meta;
+    if (meta.diskId !== ref.diskId || meta.versionId !== ref.versionId) {
+      throw new BlockrepError('BAD_REQUEST', `${where}: the manifest is of disk ${meta.diskId} version ${meta.versionId}, not the one its key names`);
+    }
+    await checkChunksPresent(repo, reader, where);
+    await repo.flush(); // the chunks it refers to are durable before it is
+    try {
+      return await repo.backend.write(ref.key, createReadStream(spoolPath), { exclusive: true });
+    } catch (err) {
+      if (isBlockrepError(err) && err.code === 'EXISTS') throw new BlockrepError('EXISTS', `version ${ref.versionId} of disk ${ref.diskId} already exists`);
+      throw err;
+    }
+  } finally {
+    await rm(spoolRoot, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/** Writes the body to `path`, refusing it as soon as it runs past what its header allows. */
+async function spool(ctx: RequestContext, path: string, declared: number | undefined, where: string): Promise<void> {
+  let fh;
+  try {
+    await mkdir(dirname(path), { recursive: true });
+    fh = await open(path, 'wx', 0o600);
+  } catch (err) {
+    throw wrapSystemError(err, 'creating an upload spool file');
+  }
+  try {
+    let expected: number | undefined;
+    let head = Buffer.alloc(0);
+    let written = 0;
+    for await (const piece of ctx.req as AsyncIterable<Buffer>) {
+      ctx.bytesIn += piece.length;
+      if (expected === undefined) {
+        head = Buffer.concat([head, piece.subarray(0, MAX_HEADER_BYTES - head.length)]);
+        expected = expectedLength(head, where);
+        if (expected !== undefined) {
+          if (declared !== undefined && declared !== expected) {
+            throw new BlockrepError('REPO_CORRUPT', `${where}: ${declared} bytes sent, its header describes ${expected}`);
+          }
+          head = Buffer.alloc(0);
+        }
+      }
+      const limit = expected ?? MAX_HEADER_BYTES;
+      if (ctx.bytesIn > limit) throw tooLarge(where, limit);
+      await fh.write(piece, 0, piece.length, written);
+      written += piece.length;
+    }
+    if (expected === undefined || written !== expected) {
+      throw new BlockrepError('REPO_CORRUPT', `${where}: truncated (${written} bytes${expected === undefined ? '' : ` of ${expected}`})`);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The manifest's full length, once enough of its start has arrived to know it. */
+function expectedLength(head: Buffer, where: string): number | undefined {
+  if (head.length < 12) return undefined;
+  const headerBytes = peekHeaderBytes(head, where);
+  if (head.length < headerBytes) return undefined;
+  return manifestBytes(decodeHeader(head, where));
+}
+
+async function checkChunksPresent(repo: Repository, reader: ManifestReader, where: string): Promise<void> {
+  const known = new Set<string>();
+  let pending = new Set<string>();
+  const check = async (): Promise<void> => {
+    const batch = [...pending];
+    pending = new Set();
+    const present = await repo.hasChunks(batch);
+    const missing = batch.findIndex((_, i) => !present[i]);
+    if (missing >= 0) {
+      throw new BlockrepError('CHUNK_MISSING', `${where} refers to chunk ${batch[missing]}, which the repository does not have: upload it first`, {
+        details: { chunk: batch[missing] },
+      });
+    }
+    if (known.size + batch.length > MAX_REMEMBERED) known.clear();
+    for (const id of batch) known.add(id);
+  };
+  for await (const entries of reader.batches()) {
+    for (let i = 0; i < entries.hashes.length; i++) {
+      if (isZeroId(entries.ids, i)) continue;
+      const id = idHex(entries.ids, i);
+      if (known.has(id)) continue;
+      pending.add(id);
+      if (pending.size >= CHECK_BATCH) await check();
+    }
+  }
+  if (pending.size > 0) await check();
+}
+

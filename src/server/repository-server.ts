@@ -1,0 +1,236 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { z } from 'zod';
+import {
+  CONFIG_PATH,
+  FLUSH_PATH,
+  LIST_PATH,
+  MAX_JSON_BODY_BYTES,
+  OBJECTS_PATH,
+  SIZES_PATH,
+  sizesRequestSchema,
+} from '../backend/http/http-protocol.js';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError } from '../shared/blockrep-error.js';
+import { authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
+import { ByteBudget } from './byte-budget.js';
+import { receiveChunk } from './chunk-upload.js';
+import { declaredLength, readJson, sendEmpty, sendError, sendJson, writePiece } from './http-io.js';
+import { receiveLock } from './lock-upload.js';
+import { receiveManifest } from './manifest-upload.js';
+import { diskOfListedKey, keyFromPath, parseListPrefix, parseObjectKey, type ObjectRef } from './object-key.js';
+import type { RequestContext } from './request-context.js';
+import type { TokenStore } from './token-store.js';
+
+/** Pieces a GET streams an object in: memory per download stays at this. */
+const READ_PIECE_BYTES = 1024 * 1024;
+/** NDJSON lines are gathered into writes of about this size. */
+const LIST_WRITE_BYTES = 64 * 1024;
+/** Request bodies held in memory at once by all requests together (chunks are checked whole). */
+const DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024;
+
+const rangeSchema = z.string().regex(/^bytes=\d{1,15}-\d{0,15}$/, 'only a single range "bytes=a-b" or "bytes=a-" is supported');
+const ifNoneMatchSchema = z.literal('*', { message: 'only If-None-Match: * is supported' });
+const listQuerySchema = z.object({ prefix: z.string().max(512) }).strict();
+
+export interface RepositoryServerOptions {
+  repo: Repository;
+  tokens: TokenStore;
+  /** Where manifest uploads are spooled while they are checked (on the repository's disk). */
+  spoolDir: string;
+  /** One line per request (and the detail of server-side failures). */
+  log: (line: string) => void;
+  /** Hides server paths in messages to clients. */
+  redact?: (message: string) => string;
+  memoryBudgetBytes?: number;
+}
+
+/**
+ * The HTTP API of `blockrep serve` (the routes are listed in backend/http/http-protocol.ts) in
+ * front of one Repository. Every request is authenticated, its key parsed against the
+ * repository's grammar and authorised before any storage is touched; uploads are checked
+ * before they are stored.
+ */
+export function createRequestHandler(options: RepositoryServerOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const budget = new ByteBudget(options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES);
+  const redact = options.redact ?? ((m: string) => m);
+  return (req, res) => {
+    const started = performance.now();
+    const ctx: RequestContext = { req, res, kind: '-', token: '-', bytesIn: 0, bytesOut: 0, redact };
+    res.on('close', () => options.log(logLine(ctx, performance.now() - started)));
+    handle(options, budget, ctx).catch((err: unknown) => {
+      const detail = sendError(ctx, err);
+      if (detail !== undefined) options.log(`error: ${req.method ?? '-'} ${ctx.kind}: ${detail}`);
+    });
+  };
+}
+
+function logLine(ctx: RequestContext, ms: number): string {
+  const status = ctx.res.headersSent ? ctx.res.statusCode : 0;
+  const cut = ctx.res.writableFinished ? '' : ' (cut)';
+  return `${new Date().toISOString()} ${ctx.req.method ?? '-'} ${ctx.kind} ${status}${cut} in=${ctx.bytesIn} out=${ctx.bytesOut} ${ms.toFixed(0)}ms token=${ctx.token}${ctx.code ? ` code=${ctx.code}` : ''}`;
+}
+
+async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx: RequestContext): Promise<void> {
+  const target = ctx.req.url ?? '';
+  if (!target.startsWith('/')) throw new BlockrepError('BAD_REQUEST', 'the request target must be a path');
+  const q = target.indexOf('?');
+  const path = q < 0 ? target : target.slice(0, q);
+  const query = q < 0 ? '' : target.slice(q + 1);
+  const method = ctx.req.method ?? '';
+
+  const principal = await options.tokens.authenticate(ctx.req.headers.authorization);
+  ctx.token = principal.name;
+
+  if (path.startsWith(OBJECTS_PATH)) {
+    if (query !== '') throw new BlockrepError('BAD_REQUEST', 'object requests take no query');
+    if (method !== 'HEAD' && method !== 'GET' && method !== 'PUT' && method !== 'DELETE') {
+      throw new BlockrepError('METHOD_NOT_ALLOWED', `${method} is not an operation on objects`);
+    }
+    const ref = parseObjectKey(keyFromPath(path.slice(OBJECTS_PATH.length)));
+    ctx.kind = ref.kind;
+    authorizeObject(principal, method, ref);
+    return handleObject(options, budget, ctx, method, ref);
+  }
+  switch (path) {
+    case CONFIG_PATH:
+      ctx.kind = 'config';
+      requireMethod(method, 'GET', query);
+      return sendJson(ctx, 200, options.repo.config);
+    case LIST_PATH:
+      ctx.kind = 'list';
+      requireMethod(method, 'GET', '');
+      noBody(ctx);
+      return handleList(options, ctx, principal, query);
+    case SIZES_PATH: {
+      ctx.kind = 'sizes';
+      requireMethod(method, 'POST', query);
+      const { keys } = await readJson(ctx, sizesRequestSchema, MAX_JSON_BODY_BYTES, 'a sizes request');
+      for (const key of keys) authorizeObject(principal, 'HEAD', parseObjectKey(key));
+      const sizes = await options.repo.backend.sizes(keys);
+      return sendJson(ctx, 200, { sizes: sizes.map((s) => s ?? null) });
+    }
+    case FLUSH_PATH:
+      ctx.kind = 'flush';
+      requireMethod(method, 'POST', query);
+      noBody(ctx);
+      authorizeFlush(principal);
+      await options.repo.flush();
+      return sendEmpty(ctx, 204);
+    default:
+      throw new BlockrepError('BAD_REQUEST', 'no such endpoint (this is a blockrep repository server, API /v1)');
+  }
+}
+
+function requireMethod(method: string, allowed: string, query: string): void {
+  if (method !== allowed) throw new BlockrepError('METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allowed}`);
+  if (query !== '') throw new BlockrepError('BAD_REQUEST', 'this endpoint takes no query');
+}
+
+function noBody(ctx: RequestContext): void {
+  if ((declaredLength(ctx) ?? 0) > 0 || ctx.req.headers['transfer-encoding'] !== undefined) {
+    throw new BlockrepError('BAD_REQUEST', `${ctx.req.method} takes no body here`);
+  }
+}
+
+async function handleObject(options: RepositoryServerOptions, budget: ByteBudget, ctx: RequestContext, method: Method, ref: ObjectRef): Promise<void> {
+  const { repo } = options;
+  switch (method) {
+    case 'HEAD':
+    case 'GET':
+      noBody(ctx);
+      return sendObject(repo, ctx, ref);
+    case 'DELETE':
+      noBody(ctx);
+      await repo.backend.remove(ref.key);
+      return sendEmpty(ctx, 204);
+    case 'PUT': {
+      const ifNoneMatch = ctx.req.headers['if-none-match'];
+      if (ifNoneMatch !== undefined && !ifNoneMatchSchema.safeParse(ifNoneMatch).success) {
+        throw new BlockrepError('BAD_REQUEST', 'only If-None-Match: * is supported');
+      }
+      let stored: number;
+      switch (ref.kind) {
+        case 'chunk':
+          stored = await receiveChunk(repo, ref.chunkId, ctx, budget);
+          break;
+        case 'manifest':
+          stored = await receiveManifest(repo, options.spoolDir, ref, ctx);
+          break;
+        case 'lock':
+          stored = await receiveLock(repo, ref, ctx, ifNoneMatch === '*');
+          break;
+        case 'config':
+          throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json is read-only over the network');
+      }
+      return sendEmpty(ctx, 201, { 'x-blockrep-stored-bytes': stored });
+    }
+  }
+}
+
+/** HEAD/GET of an object, whole or one range, streamed piece by piece through the backend. */
+async function sendObject(repo: Repository, ctx: RequestContext, ref: ObjectRef): Promise<void> {
+  const size = await repo.backend.size(ref.key);
+  if (size === undefined) throw new BlockrepError('NOT_FOUND', `${ref.key} does not exist`);
+  let start = 0;
+  let end = size; // exclusive
+  const range = ctx.req.headers.range;
+  if (range !== undefined) {
+    const parsed = rangeSchema.safeParse(range);
+    if (!parsed.success) throw new BlockrepError('BAD_REQUEST', 'only a single range "bytes=a-b" or "bytes=a-" is supported');
+    const [a, b] = parsed.data.slice('bytes='.length).split('-') as [string, string];
+    start = Number(a);
+    end = b === '' ? size : Math.min(size, Number(b) + 1);
+    if (b !== '' && Number(b) < start) throw new BlockrepError('BAD_REQUEST', 'a range must not end before it starts');
+    if (start >= size) {
+      // Not an error of the repository: the client reads past the end (an empty read).
+      return sendEmpty(ctx, 416, { 'content-range': `bytes */${size}` });
+    }
+  }
+  const headers: Record<string, string | number> = {
+    'content-type': ref.kind === 'config' ? 'application/json' : 'application/octet-stream',
+    'content-length': end - start,
+    'accept-ranges': 'bytes',
+    'cache-control': 'no-store',
+  };
+  if (range !== undefined) headers['content-range'] = `bytes ${start}-${end - 1}/${size}`;
+  ctx.res.writeHead(range !== undefined ? 206 : 200, headers);
+  if (ctx.req.method === 'HEAD') {
+    ctx.res.end();
+    return;
+  }
+  for (let pos = start; pos < end; ) {
+    const piece = await repo.backend.read(ref.key, pos, Math.min(READ_PIECE_BYTES, end - pos));
+    if (piece.length === 0) throw new BlockrepError('IO', `${ref.key} shrank while being sent`);
+    if (!(await writePiece(ctx, piece))) return;
+    pos += piece.length;
+  }
+  ctx.res.end();
+}
+
+async function handleList(options: RepositoryServerOptions, ctx: RequestContext, principal: Principal, query: string): Promise<void> {
+  const params = new URLSearchParams(query);
+  if (params.getAll('prefix').length !== 1) throw new BlockrepError('BAD_REQUEST', 'a listing takes exactly one prefix parameter');
+  const parsed = listQuerySchema.safeParse(Object.fromEntries(params));
+  if (!parsed.success) throw new BlockrepError('BAD_REQUEST', 'a listing takes only ?prefix=…');
+  const { prefix } = parsed.data;
+  const scope = parseListPrefix(prefix);
+  authorizeList(principal, scope);
+  const filter = scope.kind === 'disks' || scope.kind === 'locks';
+  ctx.res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+  let pending = '';
+  let count = 0;
+  for await (const obj of options.repo.backend.list(prefix)) {
+    if (filter && !listedKeyVisible(principal, diskOfListedKey(obj.key))) continue;
+    pending += `${JSON.stringify({ key: obj.key, size: obj.size })}\n`;
+    count++;
+    if (pending.length >= LIST_WRITE_BYTES) {
+      if (!(await writePiece(ctx, Buffer.from(pending)))) return;
+      pending = '';
+    }
+  }
+  // The end line tells a complete listing from one cut short by a dropped connection.
+  pending += `${JSON.stringify({ end: true, count })}\n`;
+  await writePiece(ctx, Buffer.from(pending));
+  ctx.res.end();
+}
