@@ -180,6 +180,7 @@ async function sendAndCommit(
   const done = new Map<OverlayTarget, DiskBackupReport>();
   const failures: VmBackupFailure[] = [];
   try {
+    await options.onPhase?.('snapshot-taken');
     for (const t of snapshot.targets) {
       if (options.signal?.aborted || snapshot.thawError) break;
       const diskId = `${vm}/${t.disk.id}`;
