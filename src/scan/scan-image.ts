@@ -3,6 +3,7 @@ import type { ImageSpec } from '../image/image-reader.js';
 import { openImage } from '../image/open-image.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { inThreadScan } from './in-thread-scan.js';
+import { LocalSegmentScanner } from './local-segment-scanner.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import { ScanGeometry } from './scan-geometry.js';
 import { resolveScanTuning, type ScanTuning } from './scan-tuning.js';
@@ -55,8 +56,8 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
     throw new BlockrepError('USAGE', `workers must be an integer from 0 to ${MAX_WORKERS}, not ${workers}`);
   }
   opts.signal?.throwIfAborted();
-  // The main thread opens the image too: to learn its size, and to fail early and plainly
-  // (IMAGE_NOT_FOUND...) before any thread starts. In-thread scans keep this reader.
+  // The main thread opens the image itself: to learn its size, to fail early and plainly
+  // (IMAGE_NOT_FOUND...) before any thread starts, and to scan while the workers start.
   const reader = await openImage(opts.image);
   let readerOpen = true;
   const closeReader = async (): Promise<void> => {
@@ -95,8 +96,15 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
     if (workers === 0) {
       yield* inThreadScan({ ...common, reader });
     } else {
-      await closeReader(); // each worker opens its own
-      yield* workerPoolScan({ ...common, image: opts.image, workers });
+      // Each worker opens its own reader; this one scans while they start, then is closed.
+      let local: LocalSegmentScanner | undefined;
+      if (tuning.scanWhileWorkersStart) {
+        readerOpen = false;
+        local = new LocalSegmentScanner({ ...common, reader });
+      } else {
+        await closeReader();
+      }
+      yield* workerPoolScan({ ...common, image: opts.image, workers, local });
     }
   } finally {
     await closeReader();

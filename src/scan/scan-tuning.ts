@@ -19,6 +19,9 @@ export interface ScanTuning {
   readAhead: number;
   /** Segments queued on each worker, so it can read ahead across segment boundaries. */
   segmentsPerWorker: number;
+  /** Scan on the main thread until the first worker is ready (tests turn it off to make
+   * sure the workers do the work). */
+  scanWhileWorkersStart: boolean;
   /** Worker script; tests point it at a misbehaving worker. */
   workerUrl?: URL;
 }
@@ -31,6 +34,7 @@ export const defaultScanTuning: ScanTuning = {
   unitBytes: 4 * MiB,
   readAhead: 1,
   segmentsPerWorker: 2,
+  scanWhileWorkersStart: true,
 };
 
 export function resolveScanTuning(overrides: Partial<ScanTuning> | undefined): ScanTuning {

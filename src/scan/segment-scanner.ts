@@ -72,7 +72,7 @@ export class SegmentScanner {
     }
   }
 
-  async *run(tasks: AsyncIterable<SegmentTask>): AsyncGenerator<SegmentResult> {
+  async *run(tasks: AsyncIterable<SegmentTask> | Iterable<SegmentTask>): AsyncGenerator<SegmentResult> {
     const units = this.plan(tasks);
     const pending: Array<Promise<Unit | undefined>> = [];
     let issued = 0;
@@ -141,7 +141,7 @@ export class SegmentScanner {
   }
 
   /** Splits each task into runs of known-zero blocks and reads of at most unitBlocks blocks. */
-  private async *plan(tasks: AsyncIterable<SegmentTask>): AsyncGenerator<Omit<Unit, 'slot'>> {
+  private async *plan(tasks: AsyncIterable<SegmentTask> | Iterable<SegmentTask>): AsyncGenerator<Omit<Unit, 'slot'>> {
     const { geometry, reader } = this.o;
     for await (const task of tasks) {
       const start = geometry.blockOffset(task.startBlock);

@@ -3,6 +3,7 @@ import type { ImageSpec } from '../image/image-reader.js';
 import { BlockrepError, errorCodes, type ErrorCode } from '../shared/blockrep-error.js';
 import type { ScanBatch, SegmentResult, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
+import type { LocalSegmentScanner } from './local-segment-scanner.js';
 import type { FromScanWorker, ScanWorkerInit, ToScanWorker } from './scan-protocol.js';
 import type { ScanTuning } from './scan-tuning.js';
 import type { SegmentPlanner } from './segment-planner.js';
@@ -17,6 +18,8 @@ export interface WorkerPoolScanOptions {
   lastZeroHash: bigint;
   planner: SegmentPlanner;
   parentTask: (seq: number, startBlock: number, count: number) => Promise<SegmentTask>;
+  /** Scans segments on the main thread until the first worker is ready; closed after. */
+  local: LocalSegmentScanner | undefined;
   signal: AbortSignal | undefined;
   tuning: ScanTuning;
 }
@@ -47,11 +50,15 @@ const WORKER_YOUNG_GENERATION_MB = 2;
  * yields results in block order. Because the consumer pulls, a slow consumer stops dispatch:
  * memory stays bounded by the segments in flight, whatever the image size.
  *
+ * Starting the workers takes a while (100–250 ms); until the first is ready, the main thread
+ * scans segments itself with `local`, so that time is not lost.
+ *
  * Any failure (a worker's error, a worker that dies, the parent hashes, an abort) stops the
  * scan: every worker is asked to close its reader and, failing that, terminated.
  */
 export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<ScanBatch> {
   const { geometry, tuning, signal, planner } = o;
+  let local = o.local;
   const maxInFlight = o.workers * tuning.segmentsPerWorker;
   const results = new Map<number, SegmentResult>();
   const states: WorkerState[] = [];
@@ -154,6 +161,19 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
         yield batch;
         continue;
       }
+      if (local !== undefined) {
+        if (!states.some((s) => s.ready) && !planner.done && nextSeq - nextYield < maxInFlight) {
+          // No worker has started yet: scan the next segment here meanwhile.
+          const { seq, startBlock, count } = planner.next();
+          nextSeq++;
+          results.set(seq, await local.scan(await o.parentTask(seq, startBlock, count)));
+          continue;
+        }
+        const done = local;
+        local = undefined;
+        await done.close();
+        continue;
+      }
       await nextEvent();
     }
     if (failure !== undefined) throw failure;
@@ -161,7 +181,7 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
     stopping = true;
     signal?.removeEventListener('abort', onAbort);
     results.clear();
-    await Promise.all(states.map((s) => closeWorker(s)));
+    await Promise.all([...states.map((s) => closeWorker(s)), local?.close()]);
   }
 }
 

@@ -77,19 +77,25 @@ const blocks = () => Math.ceil(image.length / blockSize);
 const zeroBlocksExpected = () =>
   Array.from({ length: blocks() }, (_, b) => (image.subarray(b * blockSize, (b + 1) * blockSize).every((x) => x === 0) ? 1 : 0));
 
+// Small images are scanned entirely on the main thread while the workers start; the worker
+// variants turn that off so the workers do all the work.
+const workersOnly = { scanWhileWorkersStart: false };
+
 describe.each([
-  { name: 'raw, default workers', format: 'raw' as const, workers: undefined },
-  { name: 'raw, 1 worker', format: 'raw' as const, workers: 1 },
-  { name: 'raw, in-thread', format: 'raw' as const, workers: 0 },
-  { name: 'qcow2, default workers', format: 'qcow2' as const, workers: undefined },
-  { name: 'qcow2, in-thread', format: 'qcow2' as const, workers: 0 },
-])('scanImage ($name)', ({ format, workers }) => {
+  { name: 'raw, defaults', format: 'raw' as const, workers: undefined, tuning: {} },
+  { name: 'raw, 2 workers only', format: 'raw' as const, workers: undefined, tuning: workersOnly },
+  { name: 'raw, 1 worker only', format: 'raw' as const, workers: 1, tuning: workersOnly },
+  { name: 'raw, in-thread', format: 'raw' as const, workers: 0, tuning: {} },
+  { name: 'qcow2, 2 workers only', format: 'qcow2' as const, workers: undefined, tuning: workersOnly },
+  { name: 'qcow2, in-thread', format: 'qcow2' as const, workers: 0, tuning: {} },
+])('scanImage ($name)', ({ format, workers, tuning }) => {
   const options = (extra: Partial<ScanOptions> = {}): ScanOptions => ({
     image: { path: format === 'raw' ? rawPath : qcow2Path, format },
     blockSize,
     ...(workers !== undefined ? { workers } : {}),
     ...extra,
   });
+  const scanImage = (opts: ScanOptions) => scanImageTuned(opts, tuning);
 
   it('hashes every block as xxhsum does, yields contiguous batches, flags zeros', async () => {
     const got = await collect(scanImage(options()));
@@ -145,6 +151,26 @@ describe.each([
   });
 });
 
+describe('scanImage hand-over from the main thread to the workers', () => {
+  it('gives the same batches whoever scans each segment', async () => {
+    const path = join(dir, 'larger.raw');
+    const bytes = await writeRawImage(path, [
+      { kind: 'random', bytes: 40 * MiB, seed: 21 },
+      { kind: 'zeros', bytes: 8 * MiB },
+      { kind: 'random', bytes: 16 * MiB + 4096, seed: 22 },
+    ]);
+    const api = await xxhash();
+    const expected: bigint[] = [];
+    for (let at = 0; at < bytes.length; at += MiB) expected.push(api.h64Raw(bytes.subarray(at, at + MiB)));
+    for (const tuning of [{}, workersOnly, { denseSegmentBytes: MiB }]) {
+      const got = await collect(scanImageTuned({ image: { path }, blockSize: MiB, compress: false }, tuning));
+      expect(got.hashes, JSON.stringify(tuning)).toEqual(expected);
+      expect(got.zero.filter((z) => z === 1)).toHaveLength(8);
+      expect(got.chunks).toHaveLength(expected.length - 8);
+    }
+  });
+});
+
 describe('scanImage zero extents', () => {
   it('does not read regions a qcow2 image leaves unallocated', async () => {
     const got = await collect(scanImage({ image: { path: qcow2Path }, blockSize }));
@@ -177,7 +203,7 @@ describe('scanImage failures', () => {
     for (const workers of [2, 1, 0]) {
       const seen: number[] = [];
       const error = await (async () => {
-        for await (const batch of scanImage({ image: { path }, blockSize, workers })) seen.push(batch.startBlock);
+        for await (const batch of scanImageTuned({ image: { path }, blockSize, workers }, workersOnly)) seen.push(batch.startBlock);
       })().catch((err: unknown) => err);
       expect(error, `workers: ${workers}`).toBeInstanceOf(BlockrepError);
       expect(error).toMatchObject({ code: 'IMAGE_CORRUPT', details: { path } });
@@ -201,7 +227,7 @@ describe('scanImage failures', () => {
     const controller = new AbortController();
     const seen: number[] = [];
     const error = await (async () => {
-      for await (const batch of scanImage({ image: { path: rawPath }, blockSize, signal: controller.signal })) {
+      for await (const batch of scanImageTuned({ image: { path: rawPath }, blockSize, signal: controller.signal }, workersOnly)) {
         seen.push(batch.startBlock);
         controller.abort();
       }
@@ -215,7 +241,7 @@ describe('scanImage failures', () => {
   it('closes the workers when the consumer stops early', async () => {
     const fds = openFds();
     const before = threads();
-    for await (const batch of scanImage({ image: { path: rawPath }, blockSize })) {
+    for await (const batch of scanImageTuned({ image: { path: rawPath }, blockSize }, workersOnly)) {
       expect(batch.startBlock).toBe(0);
       break;
     }
@@ -226,7 +252,7 @@ describe('scanImage failures', () => {
   it('fails, without hanging, when a worker dies', async () => {
     const scan = scanImageTuned(
       { image: { path: rawPath }, blockSize },
-      { workerUrl: new URL('./fixtures/dying-worker.mjs', import.meta.url) },
+      { ...workersOnly, workerUrl: new URL('./fixtures/dying-worker.mjs', import.meta.url) },
     );
     const error = await collect(scan).catch((err: unknown) => err);
     expect(error).toMatchObject({ code: 'INTERNAL' });
@@ -238,7 +264,7 @@ describe('scanImage failures', () => {
     const controller = new AbortController();
     const scan = scanImageTuned(
       { image: { path: rawPath }, blockSize, signal: controller.signal },
-      { workerUrl: new URL('./fixtures/stuck-worker.mjs', import.meta.url) },
+      { ...workersOnly, workerUrl: new URL('./fixtures/stuck-worker.mjs', import.meta.url) },
     );
     setTimeout(() => controller.abort(), 50);
     const started = Date.now();
