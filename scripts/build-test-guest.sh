@@ -9,6 +9,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${BLOCKREP_GUEST_DIR:-$root/.cache/test-guest}"
 guest_src="$root/scripts/guest"
 
+# One build at a time (test files start in parallel).
+mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9
+
 # What the result depends on: this script and the guest-side files.
 key="$(cat "$0" "$guest_src/init" "$guest_src/writer.sh" | sha256sum | cut -c1-16)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$key" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ]; then

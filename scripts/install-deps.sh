@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # Installs what blockrep's tests, demo and benchmarks need on a Debian machine, once:
-# Debian packages via apt-get (when a command is missing) and the npm packages.
+# Debian packages via apt-get (when a command is missing), the npm packages, and the tiny test
+# guest that the live-VM tests boot (built from Debian packages, cached in .cache/test-guest;
+# skipped with BLOCKREP_SKIP_QEMU_TESTS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
+  # Live VMs: QEMU, the guest agent and what the test guest is made of; e2fsprogs makes and
+  # checks its ext4 disks.
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+  [ -x /usr/sbin/qemu-ga ] || need+=(qemu-guest-agent)
+  { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || need+=(busybox-static)
+  command -v depmod >/dev/null 2>&1 || need+=(kmod)
+  { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
+  command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+fi
 if [ "${1:-}" = "--bench" ]; then
   command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
@@ -27,3 +39,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm run --silent build
+
+# The test guest (quick when cached): built here, once, before tests run in parallel.
+if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
+  bash scripts/build-test-guest.sh >/dev/null
+fi

@@ -1,0 +1,162 @@
+#!/usr/bin/env node
+/**
+ * Benchmark of a live VM backup, run against the compiled dist/ by `npm run bench:live`.
+ *
+ * Boots the tiny test guest (scripts/guest/start-guest.sh: TCG, one vCPU, two 64 MiB ext4 data
+ * disks, disk1 qcow2 over a backing file via -drive, vd2 raw via -blockdev, a writer appending
+ * records all the time) under bench/work/live/, takes one full live backup (warm-up), then RUNS
+ * incremental live backups through the CLI (`blockrep backup --qmp … --json`), one second
+ * apart, and reports from their --json reports:
+ *   - the frozen window (frozenMs: freeze sent → thaw returned) and its parts: the freeze
+ *     (guest-fsfreeze-freeze round trip), the snapshot transaction, the thaw;
+ *   - the overlay lifetime of each disk (overlayMs: snapshot → the VM back on its base);
+ *   - the whole run (durationMs).
+ * Medians, with min / p90 / max. Writes bench/results/live.json and bench/results/live.md.
+ *
+ * Options: --runs N (default 12), --block-size SIZE (default the CLI's), --smp N (vCPUs, 1),
+ * --keep (keep the guest's disks and the repository under bench/work/live).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..');
+const work = join(here, 'work', 'live');
+const results = join(here, 'results');
+
+const args = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : def;
+};
+const RUNS = Number(opt('--runs', '12'));
+const BLOCK = opt('--block-size', undefined);
+const SMP = opt('--smp', '1');
+const KEEP = args.includes('--keep');
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
+const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), p90: pct(xs, 90), max: Math.max(...xs), runs: xs });
+
+/** CPU time (user+system, all processes) from /proc/stat, in seconds; for the machine's load. */
+function cpuSeconds() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const hz = 100;
+  return { busy: (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / hz, total: f.reduce((a, b) => a + b, 0) / hz };
+}
+
+function backup(vm, repo) {
+  const a = ['bin/blockrep.js', 'backup', '--qmp', join(vm, 'qmp.sock'), '--qga', join(vm, 'qga.sock'), '--repo', repo, '--json'];
+  if (BLOCK) a.push('--block-size', BLOCK);
+  const r = spawnSync(process.execPath, a, { cwd: root, encoding: 'utf8' });
+  let json;
+  try {
+    json = JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`blockrep backup failed (exit ${r.status}): ${r.stderr}${r.stdout}`);
+  }
+  if (r.status !== 0 || !json.ok) throw new Error(`blockrep backup failed (exit ${r.status}): ${r.stdout} ${r.stderr}`);
+  return json;
+}
+
+async function main() {
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  mkdirSync(results, { recursive: true });
+  const vm = join(work, 'vm');
+  const repo = join(work, 'repo');
+  execFileSync('bash', [join(root, 'scripts/guest/start-guest.sh'), vm, 'benchvm'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, GUEST_SMP: SMP } });
+  const qemuPid = Number(readFileSync(join(vm, 'qemu.pid'), 'utf8').trim());
+  const kernel = readFileSync(join(root, '.cache/test-guest/kernel-version'), 'utf8').trim();
+  try {
+    await sleep(2000);
+    process.stderr.write('warm-up: first (full) live backup\n');
+    const first = backup(vm, repo);
+    const reports = [];
+    const load = [];
+    for (let i = 0; i < RUNS; i++) {
+      await sleep(1000);
+      const c0 = cpuSeconds();
+      const r = backup(vm, repo);
+      const c1 = cpuSeconds();
+      load.push(Number((((c1.busy - c0.busy) / (c1.total - c0.total)) * cpus().length).toFixed(2)));
+      reports.push(r);
+      process.stderr.write(
+        `run ${i + 1}/${RUNS}: frozen ${r.frozenMs} ms (freeze ${r.snapshot.freezeMs}, transaction ${r.snapshot.transactionMs}, thaw ${r.snapshot.thawMs}); overlays ${r.disks.map((d) => d.overlayMs).join(' / ')} ms\n`,
+      );
+    }
+    const out = {
+      generatedAt: new Date().toISOString(),
+      machine: { cpu: cpus()[0]?.model ?? '?', cores: cpus().length, node: process.version, loadavgAtEnd: loadavg().map((x) => Number(x.toFixed(2))) },
+      guest: { accel: 'tcg', vcpus: Number(SMP), memoryMiB: 256, kernel, disks: ['disk1: qcow2 over a backing file, -drive', 'vd2: raw, -blockdev'], diskBytes: first.disks[0].imageBytes },
+      runs: RUNS,
+      blockSize: first.disks[0].blockSize,
+      warmUp: { frozenMs: first.frozenMs, overlayMs: first.disks.map((d) => d.overlayMs), durationMs: first.durationMs },
+      frozenMs: stats(reports.map((r) => r.frozenMs)),
+      freezeMs: stats(reports.map((r) => r.snapshot.freezeMs)),
+      transactionMs: stats(reports.map((r) => r.snapshot.transactionMs)),
+      thawMs: stats(reports.map((r) => r.snapshot.thawMs)),
+      overlayMs: Object.fromEntries(first.disks.map((d, i) => [d.disk, stats(reports.map((r) => r.disks[i].overlayMs))])),
+      durationMs: stats(reports.map((r) => r.durationMs)),
+      changedBlocks: Object.fromEntries(first.disks.map((d, i) => [d.disk, median(reports.map((r) => r.disks[i].changedBlocks))])),
+      machineLoadDuringRuns: stats(load),
+      target: { frozenMsMedian: 150 },
+    };
+    out.target.met = out.frozenMs.median <= out.target.frozenMsMedian;
+    writeFileSync(join(results, 'live.json'), `${JSON.stringify(out, null, 2)}\n`);
+    writeFileSync(join(results, 'live.md'), markdown(out));
+    process.stdout.write(markdown(out));
+  } finally {
+    try {
+      process.kill(qemuPid, 'SIGTERM');
+    } catch {
+      // gone already
+    }
+    await sleep(500);
+    if (!KEEP && existsSync(work)) rmSync(work, { recursive: true, force: true });
+  }
+}
+
+function markdown(o) {
+  const row = (name, s) => `| ${name} | **${s.median}** | ${s.min} | ${s.p90} | ${s.max} | ${s.runs.join(' ')} |`;
+  return [
+    '# Live backup benchmark',
+    '',
+    `Generated by \`npm run bench:live\` (bench/live-bench.mjs) on ${o.generatedAt}.`,
+    `Machine: ${o.machine.cpu}, ${o.machine.cores} cores, Node ${o.machine.node}; load average at the end ${o.machine.loadavgAtEnd.join(' / ')}.`,
+    `Guest: the test guest (scripts/build-test-guest.sh), QEMU ${o.guest.accel.toUpperCase()} (no KVM), ${o.guest.vcpus} vCPU, ${o.guest.memoryMiB} MiB, kernel ${o.guest.kernel}; ` +
+      `two ${o.guest.diskBytes / 1048576} MiB ext4 data disks (${o.guest.disks.join('; ')}), a writer appending records to both all the time.`,
+    `${o.runs} incremental live backups (\`blockrep backup --qmp … --json\`, block size ${o.blockSize / 1024} KiB), one second apart, after one full backup as warm-up ` +
+      `(frozen ${o.warmUp.frozenMs} ms, overlays ${o.warmUp.overlayMs.join(' / ')} ms).`,
+    'Times in ms, from the --json reports. frozenMs = freeze sent → thaw returned; overlayMs = snapshot → the VM back on its base (query-block checked).',
+    `CPU busy on the whole machine during the runs (cores of ${o.machine.cores}, includes QEMU's vCPU thread): median ${o.machineLoadDuringRuns.median}.`,
+    '',
+    '| measurement | median | min | p90 | max | runs |',
+    '|---|---|---|---|---|---|',
+    row('frozen window (frozenMs)', o.frozenMs),
+    row('  freeze (guest-fsfreeze-freeze round trip)', o.freezeMs),
+    row('  snapshot transaction (2 × blockdev-snapshot-sync)', o.transactionMs),
+    row('  thaw (guest-fsfreeze-thaw round trip)', o.thawMs),
+    ...Object.entries(o.overlayMs).map(([d, s]) => row(`overlay lifetime, ${d}`, s)),
+    row('whole run (durationMs)', o.durationMs),
+    '',
+    `Target: frozen window ≤ ${o.target.frozenMsMedian} ms median under TCG: **${o.target.met ? 'met' : 'NOT met'}** (median ${o.frozenMs.median} ms).`,
+    '',
+  ].join('\n');
+}
+
+main().catch((err) => {
+  process.stderr.write(`${err.stack ?? err}\n`);
+  process.exitCode = 1;
+});
