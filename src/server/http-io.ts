@@ -29,9 +29,44 @@ export function tooLarge(what: string, maxBytes: number): BlockrepError {
   return new BlockrepError('TOO_LARGE', `${what} is larger than its limit of ${maxBytes} bytes`);
 }
 
+/** Bytes of a refused body still read (and dropped) after the answer, so the client hears it. */
+const DISCARD_MAX_BYTES = 64 * 1024 * 1024;
+const DISCARD_MAX_MS = 10_000;
+
+/**
+ * The request body's pieces. Stopping early (a refusal) does not destroy the request: that
+ * would reset the connection under the answer; discardRest() deals with what is left.
+ */
+export function requestPieces(ctx: RequestContext): AsyncIterable<Buffer> {
+  const iterator = ctx.req.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer>;
+  return { [Symbol.asyncIterator]: () => iterator };
+}
+
+/**
+ * After an answer that did not read the whole body: read and drop the rest, up to a bound, so
+ * the client (still sending) receives the answer instead of a reset; past the bound, cut.
+ */
+export function discardRest(ctx: RequestContext): void {
+  const { req } = ctx;
+  if (req.readableEnded || req.destroyed) return;
+  let dropped = 0;
+  const cut = (): void => {
+    req.socket.destroy();
+  };
+  const timer = setTimeout(cut, DISCARD_MAX_MS);
+  timer.unref();
+  req.on('data', (piece: Buffer) => {
+    dropped += piece.length;
+    if (dropped > DISCARD_MAX_BYTES) cut();
+  });
+  req.once('end', () => clearTimeout(timer));
+  req.once('close', () => clearTimeout(timer));
+  req.resume();
+}
+
 /** The request body as pieces, counted, stopping with TOO_LARGE past `maxBytes`. */
 export async function* bodyPieces(ctx: RequestContext, maxBytes: () => number, what: string): AsyncIterable<Buffer> {
-  for await (const piece of ctx.req as AsyncIterable<Buffer>) {
+  for await (const piece of requestPieces(ctx)) {
     ctx.bytesIn += piece.length;
     if (ctx.bytesIn > maxBytes()) throw tooLarge(what, maxBytes());
     yield piece;
@@ -119,9 +154,8 @@ export function sendError(ctx: RequestContext, err: unknown): string | undefined
     const headers: Record<string, string> = { [ERROR_CODE_HEADER]: e.code };
     if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] = 'Bearer realm="blockrep"';
     if (e.code === 'UNAVAILABLE') headers['retry-after'] = '1';
-    // An unread body we refused on its size is not worth reading to keep the connection.
-    if (e.code === 'TOO_LARGE' && !ctx.req.readableEnded) headers.connection = 'close';
     sendJson(ctx, status, body, headers);
+    discardRest(ctx);
   }
   return internal || status >= 500 ? `${e.code}: ${e.message}` : undefined;
 }

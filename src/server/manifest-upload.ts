@@ -7,7 +7,7 @@ import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from
 import { idHex, isZeroId, ManifestReader } from '../manifest/manifest-reader.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError, isBlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
-import { checkDeclaredLength, tooLarge } from './http-io.js';
+import { checkDeclaredLength, requestPieces, tooLarge } from './http-io.js';
 import type { RequestContext } from './request-context.js';
 
 /** Everything before the entries: the fixed header, at most 64 KiB of meta, padding. */
@@ -70,7 +70,7 @@ async function spool(ctx: RequestContext, path: string, declared: number | undef
     let expected: number | undefined;
     let head = Buffer.alloc(0);
     let written = 0;
-    for await (const piece of ctx.req as AsyncIterable<Buffer>) {
+    for await (const piece of requestPieces(ctx)) {
       ctx.bytesIn += piece.length;
       if (expected === undefined) {
         head = Buffer.concat([head, piece.subarray(0, MAX_HEADER_BYTES - head.length)]);
