@@ -43,14 +43,27 @@ export function requestPieces(ctx: RequestContext): AsyncIterable<Buffer> {
 }
 
 /**
- * After an answer that did not read the whole body: read and drop the rest, up to a bound, so
- * the client (still sending) receives the answer instead of a reset; past the bound, cut.
+ * After an answer to a request whose body was not read (a refusal): read and drop the rest, up
+ * to a bound, then `done()` (which ends the answer). The answer itself is already written in
+ * full (it has a Content-Length), so a client still sending receives it; ending it only once the
+ * body is in keeps Node from closing a "Connection: close" socket under the client's writes.
  */
-export function discardRest(ctx: RequestContext): void {
+export function discardRest(ctx: RequestContext, done: () => void): void {
   const { req } = ctx;
-  if (req.readableEnded || req.destroyed) return;
+  if (req.readableEnded || req.destroyed) {
+    done();
+    return;
+  }
   let dropped = 0;
+  let finished = false;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    done();
+  };
   const cut = (): void => {
+    finished = true;
     req.socket.destroy();
   };
   const timer = setTimeout(cut, DISCARD_MAX_MS);
@@ -59,8 +72,8 @@ export function discardRest(ctx: RequestContext): void {
     dropped += piece.length;
     if (dropped > DISCARD_MAX_BYTES) cut();
   });
-  req.once('end', () => clearTimeout(timer));
-  req.once('close', () => clearTimeout(timer));
+  req.once('end', finish);
+  req.once('close', finish);
   req.resume();
 }
 
@@ -110,11 +123,15 @@ export function sendEmpty(ctx: RequestContext, status: number, headers: Record<s
   ctx.res.end();
 }
 
-export function sendJson(ctx: RequestContext, status: number, body: unknown, headers: Record<string, string> = {}): void {
+export function sendJson(ctx: RequestContext, status: number, body: unknown, headers: Record<string, string> = {}, options: { discardBody?: boolean } = {}): void {
   const data = Buffer.from(JSON.stringify(body));
   ctx.res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': data.length, 'cache-control': 'no-store' });
-  ctx.bytesOut += ctx.req.method === 'HEAD' ? 0 : data.length;
-  ctx.res.end(ctx.req.method === 'HEAD' ? undefined : data);
+  if (ctx.req.method !== 'HEAD') {
+    ctx.bytesOut += data.length;
+    ctx.res.write(data);
+  }
+  if (options.discardBody) discardRest(ctx, () => ctx.res.end());
+  else ctx.res.end();
 }
 
 /** Writes with backpressure; false once the client has gone. */
@@ -154,8 +171,7 @@ export function sendError(ctx: RequestContext, err: unknown): string | undefined
     const headers: Record<string, string> = { [ERROR_CODE_HEADER]: e.code };
     if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] = 'Bearer realm="blockrep"';
     if (e.code === 'UNAVAILABLE') headers['retry-after'] = '1';
-    sendJson(ctx, status, body, headers);
-    discardRest(ctx);
+    sendJson(ctx, status, body, headers, { discardBody: true });
   }
   return internal || status >= 500 ? `${e.code}: ${e.message}` : undefined;
 }
