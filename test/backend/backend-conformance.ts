@@ -3,10 +3,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Backend } from '../../src/backend/backend.js';
 import { decodeChunk, encodeChunk, type EncodedChunk } from '../../src/chunk/chunk-codec.js';
 import { ManifestReader } from '../../src/manifest/manifest-reader.js';
-import { ManifestWriter, type FinishedManifest } from '../../src/manifest/manifest-writer.js';
 import { Repository } from '../../src/repository/repository.js';
 import { diskIdToPathComponent } from '../../src/shared/disk-id.js';
 import { patternBytes } from '../support/qemu-tools.js';
+import { disposeTestManifests, testManifest } from '../support/test-manifests.js';
 
 /**
  * What every Backend must do, run unchanged against each implementation (local-backend.test.ts,
@@ -36,7 +36,7 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
     });
     afterAll(async () => {
       await fixture?.close();
-      for (const w of writers.splice(0)) await w.dispose();
+      await disposeTestManifests();
     });
 
     it('reports the size of an object, and undefined for a missing one', async () => {
@@ -168,9 +168,9 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
         for (const c of chunks) await repo.putChunk(c);
         const v1 = '20261126T033504.123Z-aaaaaa';
         const v2 = '20261126T033505.000Z-bbbbbb';
-        const m1 = await manifest('conf/vm', v1, null, [chunks[0]!.id, undefined, chunks[1]!.id]);
+        const m1 = await testManifest('conf/vm', v1, [chunks[0]!.id, undefined, chunks[1]!.id]);
         await repo.publishVersion('conf/vm', v1, m1);
-        await repo.publishVersion('conf/vm', v2, await manifest('conf/vm', v2, v1, [chunks[1]!.id, chunks[1]!.id, undefined]));
+        await repo.publishVersion('conf/vm', v2, await testManifest('conf/vm', v2, [chunks[1]!.id, chunks[1]!.id, undefined], v1));
         expect(await repo.listVersions('conf/vm')).toEqual([v1, v2]);
         expect(await repo.listDisks()).toContain('conf/vm');
         const reader = await repo.openManifest('conf/vm', v1);
@@ -178,7 +178,7 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
         expect(entries.ids.toString('hex', 0, 32)).toBe(chunks[0]!.id);
         expect((await repo.versionHeader('conf/vm', v2)).meta.parentVersionId).toBe(v1);
         // A commit that loses the race fails cleanly and leaves the first.
-        await expect(repo.publishVersion('conf/vm', v1, await manifest('conf/vm', v1, null, [undefined, undefined, undefined]))).rejects.toMatchObject({ code: 'EXISTS' });
+        await expect(repo.publishVersion('conf/vm', v1, await testManifest('conf/vm', v1, [undefined, undefined, undefined], null))).rejects.toMatchObject({ code: 'EXISTS' });
         // (Read from the backend itself: the client's manifest cache is not what is tested here.)
         expect((await ManifestReader.open(backend, Repository.manifestKey('conf/vm', v1))).header.zeroBlocks).toBe(1);
       });
@@ -202,24 +202,4 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
       });
     });
   });
-}
-
-const writers: ManifestWriter[] = [];
-
-/** A manifest of 4 KiB blocks; undefined = a zero block. */
-async function manifest(diskId: string, versionId: string, parent: string | null, ids: Array<string | undefined>): Promise<FinishedManifest> {
-  const writer = await ManifestWriter.create({
-    blockSize: 4096,
-    imageBytes: ids.length * 4096,
-    createdMs: Date.parse('2026-11-26T03:35:04Z'),
-    meta: { diskId, versionId, parentVersionId: parent, source: { kind: 'image', path: '/dev/null', format: 'raw' } },
-  });
-  const hashes = new BigUint64Array(ids.map((_, i) => BigInt(i + 1)));
-  const raw = Buffer.alloc(ids.length * 32);
-  ids.forEach((id, i) => {
-    if (id !== undefined) Buffer.from(id, 'hex').copy(raw, i * 32);
-  });
-  await writer.append(hashes, raw);
-  writers.push(writer); // its spool is what stream() reads: disposed when the suite ends
-  return writer.finish({ changedBlocks: ids.length, zeroBlocks: ids.filter((i) => i === undefined).length, storedBytes: 0 });
 }

@@ -4,12 +4,12 @@ import { compress } from 'zstd-napi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
 import { CHUNK_HEADER_BYTES, encodeChunk } from '../../src/chunk/chunk-codec.js';
-import { ManifestWriter } from '../../src/manifest/manifest-writer.js';
 import { Repository } from '../../src/repository/repository.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { patternBytes } from '../support/qemu-tools.js';
 import { rawRequest, type RawResponse } from '../support/raw-http.js';
 import { tempDir } from '../support/temp-dir.js';
+import { disposeTestManifests, testManifestBytes } from '../support/test-manifests.js';
 
 /**
  * The server trusts nothing a client sends: each bad request gets its status and code, and
@@ -28,6 +28,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await server?.stop();
+  await disposeTestManifests();
 });
 
 async function files(d = root): Promise<string[]> {
@@ -52,23 +53,6 @@ async function storesNothing(f: () => Promise<void>): Promise<void> {
   const before = await files();
   await f();
   expect(await files()).toEqual(before);
-}
-
-async function manifestBytes(diskId: string, versionId: string, ids: Array<string | undefined>): Promise<Buffer> {
-  const w = await ManifestWriter.create({
-    blockSize: 4096,
-    imageBytes: ids.length * 4096,
-    createdMs: Date.now(),
-    meta: { diskId, versionId, parentVersionId: null, source: { kind: 'image', path: '/x', format: 'raw' } },
-  });
-  const raw = Buffer.alloc(ids.length * 32);
-  ids.forEach((id, i) => id && Buffer.from(id, 'hex').copy(raw, i * 32));
-  await w.append(new BigUint64Array(ids.length).fill(7n), raw);
-  const done = await w.finish({ changedBlocks: ids.length, zeroBlocks: 0, storedBytes: 0 });
-  const pieces: Uint8Array[] = [];
-  for await (const p of done.stream()) pieces.push(p);
-  await w.dispose();
-  return Buffer.concat(pieces);
 }
 
 const objectPath = (key: string): string => `/v1/objects/${key.split('/').map(encodeURIComponent).join('/')}`;
@@ -212,7 +196,7 @@ describe('manifests', () => {
     const present = encodeChunk(patternBytes(4096, seed++));
     expect((await req('PUT', objectPath(Repository.chunkKey(present.id)), { body: present.blob })).status).toBe(201);
     const missing = 'f0'.repeat(32);
-    const body = await manifestBytes('web', V1, [present.id, undefined, missing]);
+    const body = await testManifestBytes('web', V1, [present.id, undefined, missing]);
     await storesNothing(async () => {
       const res = await req('PUT', objectPath(Repository.manifestKey('web', V1)), { body });
       expectRefused(res, 409, 'CHUNK_MISSING');
@@ -225,7 +209,7 @@ describe('manifests', () => {
   });
 
   it('refuses damaged, truncated, oversized and mislabelled manifests', async () => {
-    const good = await manifestBytes('web', V1, [undefined, undefined]);
+    const good = await testManifestBytes('web', V1, [undefined, undefined]);
     const key = Repository.manifestKey('web', V1);
     const damaged = Buffer.from(good);
     damaged[good.length - 40]! ^= 1;
@@ -242,10 +226,10 @@ describe('manifests', () => {
   });
 
   it('commits a good manifest once; a second commit of the version is 412 EXISTS', async () => {
-    const body = await manifestBytes('web', V1, [undefined]);
+    const body = await testManifestBytes('web', V1, [undefined]);
     const key = Repository.manifestKey('web', V1);
     expect((await req('PUT', objectPath(key), { body })).status).toBe(201);
-    const other = await manifestBytes('web', V1, [undefined]);
+    const other = await testManifestBytes('web', V1, [undefined]);
     await storesNothing(async () => {
       expectRefused(await req('PUT', objectPath(key), { body: other, headers: { 'if-none-match': '*' } }), 412, 'EXISTS');
       expectRefused(await req('PUT', objectPath(key), { body: other }), 412, 'EXISTS'); // versions are immutable either way
