@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { commitOverlay, type CommitResult } from '../hypervisor/block-commit.js';
+import { commitOverlay, queryJobs, type CommitResult } from '../hypervisor/block-commit.js';
 import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
 import type { GuestAgentClient } from '../hypervisor/guest-agent-client.js';
 import { planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget } from '../hypervisor/live-snapshot.js';
-import { isOverlayFile, isOverlayNode } from '../hypervisor/overlay-names.js';
+import { isCommitJob, isOverlayFile, isOverlayNode } from '../hypervisor/overlay-names.js';
 import { QmpClient } from '../hypervisor/qmp-client.js';
 import { listVmDisks, type VmDisk } from '../hypervisor/vm-disks.js';
 import { VmLock } from '../hypervisor/vm-lock.js';
@@ -100,13 +100,19 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
         details: { disk: leftover.id, overlay: leftover.file, recovery: recoveryStep },
       });
     }
+    const leftJob = (await queryJobs(qmp)).find((j) => isCommitJob(j.id));
+    if (leftJob) {
+      throw new BlockrepError('RECOVERY_NEEDED', `QEMU still has blockrep's commit job ${leftJob.id} (${leftJob.status}) from an earlier run. Run first: ${recoveryStep}`, {
+        details: { job: leftJob.id, recovery: recoveryStep },
+      });
+    }
     const selected = selectDisks(all, vm, request.disks);
     const targets = planOverlays(selected);
     for (const t of targets) assertDiskId(`${vm}/${t.disk.id}`);
 
     if (request.quiesce !== 'off') {
       try {
-        agent = await openGuestAgent(qmp, request.qgaSocket, options.timeouts?.agentSyncMs !== undefined ? { syncTimeoutMs: options.timeouts.agentSyncMs } : {});
+        agent = await openGuestAgent(qmp, request.qgaSocket, options.timeouts?.agentSyncMs !== undefined ? { syncTimeoutMs: options.timeouts.agentSyncMs } : {}, warn);
       } catch (err) {
         if (!isBlockrepError(err) || err.code !== 'AGENT_UNAVAILABLE' || request.quiesce === 'require') throw err;
         warn(`${err.message}; going on without freezing the guest: the backup is crash-consistent only (use --require-quiesce to fail instead)`);

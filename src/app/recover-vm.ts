@@ -38,7 +38,7 @@ export async function recoverVm(request: RecoverVmRequest, options: { onWarning?
     qmp = await QmpClient.connect(request.qmpSocket);
     let agentProblem: BlockrepError | undefined;
     try {
-      agent = await openGuestAgent(qmp, request.qgaSocket, options.agentSyncTimeoutMs !== undefined ? { syncTimeoutMs: options.agentSyncTimeoutMs } : {});
+      agent = await openGuestAgent(qmp, request.qgaSocket, options.agentSyncTimeoutMs !== undefined ? { syncTimeoutMs: options.agentSyncTimeoutMs } : {}, warn);
     } catch (err) {
       if (!isBlockrepError(err) || err.code !== 'AGENT_UNAVAILABLE') throw err;
       agentProblem = err;

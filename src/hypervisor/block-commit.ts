@@ -77,6 +77,11 @@ export async function commitOverlay(qmp: QmpClient, target: CommitTarget, recove
   const watcher = new JobWatcher(qmp, jobId, options.pollMs ?? 1000);
   try {
     let job = (await queryJobs(qmp)).find((j) => j.id === jobId);
+    if (job?.status === 'concluded' || job?.status === 'null') {
+      // An earlier job of the same name that ended but was never dismissed: not ours to reuse.
+      await dismiss(qmp, jobId);
+      job = undefined;
+    }
     if (job === undefined) {
       try {
         await qmp.execute('block-commit', { 'job-id': jobId, device: target.overlayNode, 'base-node': target.baseNode, 'auto-dismiss': false }, z.unknown());

@@ -90,7 +90,12 @@ async function findAgentChardevLabel(qmp: QmpClient): Promise<string | undefined
  * Opens the guest agent: checks with QMP that the guest has its port open, then connects and
  * resyncs. AGENT_UNAVAILABLE, with the reason, when no agent can answer.
  */
-export async function openGuestAgent(qmp: QmpClient, socketPath: string | undefined, options: GuestAgentOptions = {}): Promise<GuestAgentClient> {
+export async function openGuestAgent(
+  qmp: QmpClient,
+  socketPath: string | undefined,
+  options: GuestAgentOptions = {},
+  onWarning?: (message: string) => void,
+): Promise<GuestAgentClient> {
   const channel = await findAgentChannel(qmp, socketPath);
   if (!channel) {
     throw new BlockrepError(
@@ -104,6 +109,10 @@ export async function openGuestAgent(qmp: QmpClient, socketPath: string | undefi
       `no guest agent runs in the guest: the guest has not opened the agent's port (chardev ${channel.chardev}, ${channel.socketPath}); start qemu-guest-agent in the guest`,
       { details: { socket: channel.socketPath, chardev: channel.chardev } },
     );
+  }
+  if (channel.chardev === undefined) {
+    // QEMU may know the socket by a relative path; but it may also be another VM's agent.
+    onWarning?.(`the guest agent socket ${channel.socketPath} is not among this VM's chardevs (query-chardev); make sure it is this VM's agent`);
   }
   return GuestAgentClient.connect(channel.socketPath, options);
 }
