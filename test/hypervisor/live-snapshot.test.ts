@@ -135,4 +135,27 @@ describe.skipIf(skipQemuTests)('live snapshot and commit (real QEMU)', () => {
     expect(await imageHolds(disks[1]!.file, 'raw', 0x24, '64k', '64k')).toBe(true);
     expect(await overlayFiles()).toEqual([]);
   });
+
+  it('does not mistake an old concluded job of the same name for its own', async () => {
+    await withQmp(vm.qmpSocket, async (qmp) => {
+      const [t] = planOverlays((await listVmDisks(qmp)).disks.slice(0, 1));
+      const job = commitJobFor(t!.overlayNode);
+      // A killed run's commit that pivoted but was never dismissed.
+      await takeLiveSnapshot(qmp, undefined, [t!], { recoveryStep: RECOVER });
+      const ready = qmp.waitForEvent('BLOCK_JOB_READY', (d) => d.device === job, { timeoutMs: 10_000 });
+      await qmp.execute('block-commit', { 'job-id': job, device: t!.overlayNode, 'base-node': t!.baseNode, 'auto-dismiss': false }, z.unknown());
+      await ready.promise;
+      const done = qmp.waitForEvent('JOB_STATUS_CHANGE', (d) => d.id === job && d.status === 'concluded', { timeoutMs: 10_000 });
+      await qmp.execute('block-job-complete', { device: job }, z.unknown());
+      await done.promise;
+      // The next run's snapshot and commit, with the same names.
+      await takeLiveSnapshot(qmp, undefined, [t!], { recoveryStep: RECOVER });
+      await guestWrite(qmp, disks[0]!, 'write -P 0x16 0 64k');
+      await commitOverlay(qmp, t!, RECOVER);
+      expect(await qmp.execute('query-jobs', undefined, z.array(z.unknown()))).toEqual([]);
+    });
+    expect(await activeLayers(vm.qmpSocket)).toEqual(original);
+    expect(await imageHolds(disks[0]!.file, 'qcow2', 0x16, '0', '64k')).toBe(true);
+    expect(await overlayFiles()).toEqual([]);
+  });
 });
