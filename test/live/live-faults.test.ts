@@ -77,6 +77,20 @@ describe.skipIf(skipQemuTests)('live backup faults', () => {
     expect(again.json).toMatchObject({ ok: true, thawed: false, jobs: [], committed: [], removedFiles: [] });
   });
 
+  it('kill -9 at moments in between (no hold): recover always puts the VM right', async () => {
+    // From start-up through freeze, snapshot, scan and commit: wherever the kill lands.
+    for (const delayMs of [600, 750, 850, 1000, 1150, 1300, 1450]) {
+      const run = startCli(['backup', '--qmp', guest.qmpSocket, '--repo', repo, '--block-size', '256K', '--json']);
+      await sleep(delayMs);
+      run.child.kill('SIGKILL');
+      const r = await run.exit;
+      const rec = await runCli(['recover', '--qmp', guest.qmpSocket, '--json']);
+      expect(rec.code, `after a kill at ${delayMs} ms (exit ${r.code}): ${rec.stdout}${rec.stderr}`).toBe(0);
+      if (process.env.BLOCKREP_TEST_VERBOSE) console.log(delayMs, r.code, JSON.stringify({ thawed: rec.json.thawed, jobs: rec.json.jobs.length, committed: rec.json.committed.length, removed: rec.json.removedFiles.length }));
+      await guest.expectSafe();
+    }
+  });
+
   it('a snapshot folder QEMU cannot write: SNAPSHOT_FAILED, the overlay QEMU made for the other disk removed', async () => {
     await chmod(join(guest.dir, 'b'), 0o555);
     try {
