@@ -42,6 +42,7 @@ function recoverText(r: RecoverVmReport): string {
   for (const c of r.committed) lines.push(`disk ${c.disk}: overlay ${c.overlay} committed back; the disk runs on its own image again`);
   for (const f of r.removedFiles) lines.push(`removed leftover overlay file ${f}`);
   const nothing = !r.thawed && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0;
-  lines.push(nothing ? 'nothing to recover: the VM runs on its own images' : 'recovered: the VM runs on its own images');
+  if (r.warnings.length > 0) lines.push(`recovered what could be recovered; ${r.warnings.length} warning(s) above say what was left alone`);
+  else lines.push(nothing ? 'nothing to recover: the VM runs on its own images' : 'recovered: the VM runs on its own images');
   return lines.join('\n');
 }
