@@ -1,160 +1,175 @@
 import { execFileSync } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { openTestRepo, repoKinds, type TestRepo } from '../support/repo-kinds.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
 
 /**
  * The command-line contracts of design.md, end to end through the built CLI: JSON reports,
- * exit codes, damage detection and refusals that leave no version behind.
+ * exit codes, damage detection and refusals that leave no version behind — with the repository
+ * in a local directory and behind a real `blockrep serve` (repo-kinds.ts).
  */
-let dir: string;
-let img: string;
+let base: string;
 const qemuIo = (file: string, cmd: string): void => {
   execFileSync('qemu-io', ['-f', 'qcow2', file, '-c', cmd], { stdio: 'ignore' });
 };
 
 beforeAll(async () => {
-  dir = await tempDir();
-  img = join(dir, 'web01.qcow2');
-  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '24M']);
-  qemuIo(img, 'write -P 0x11 0 4M');
-  qemuIo(img, 'write -P 0x22 8M 2M');
-  qemuIo(img, 'write -z 12M 1M');
+  base = await tempDir();
 });
 
-describe('backup --json', () => {
-  it('prints the report of design.md and stores nothing new when nothing changed', async () => {
-    const repo = join(dir, 'repo-json');
-    const first = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
-    expect(first.code, first.stderr).toBe(0);
-    expect(first.json).toMatchObject({ ok: true, durationMs: expect.any(Number) });
-    const d = first.json.disks[0];
-    expect(Object.keys(d)).toEqual(expect.arrayContaining(['disk', 'version', 'imageBytes', 'blockSize', 'blocks', 'changedBlocks', 'zeroBlocks', 'bytesRead', 'bytesSent', 'durationMs']));
-    expect(d).toMatchObject({ disk: 'web01', imageBytes: 24 << 20, blockSize: 65536, blocks: 384, changedBlocks: 384 });
-    // 6 MiB of data in 96 blocks of two patterns: two distinct chunks, the rest zero.
-    expect(d.zeroBlocks).toBe(384 - 96);
-    expect(d.newChunks).toBe(2);
+describe.each(repoKinds)('with a $name repository', (kind) => {
+  let dir: string;
+  let img: string;
 
-    const second = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
-    expect(second.code).toBe(0);
-    const d2 = second.json.disks[0];
-    expect(d2).toMatchObject({ changedBlocks: 0, newChunks: 0, parentVersion: d.version });
-    const manifests = await readdir(join(repo, 'disks', 'web01'));
-    const manifestBytes = (await readFile(join(repo, 'disks', 'web01', `${d2.version}.manifest`))).length;
-    expect(manifests).toHaveLength(2);
-    expect(d2.bytesSent).toBe(manifestBytes);
-
-    qemuIo(img, 'write -P 0x33 100k 4k');
-    const third = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
-    expect(third.json.disks[0]).toMatchObject({ changedBlocks: 1, newChunks: 1 });
+  beforeAll(async () => {
+    dir = join(base, kind.name);
+    await mkdir(dir, { recursive: true });
+    img = join(dir, 'web01.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '24M']);
+    qemuIo(img, 'write -P 0x11 0 4M');
+    qemuIo(img, 'write -P 0x22 8M 2M');
+    qemuIo(img, 'write -z 12M 1M');
   });
 
-  it('fails with a JSON object, a code and a non-zero exit', async () => {
-    const r = await runCli(['backup', join(dir, 'missing.img'), '--repo', join(dir, 'repo-x'), '--json']);
-    expect(r.code).toBe(3);
-    expect(r.json).toMatchObject({ ok: false, code: 'IMAGE_NOT_FOUND', message: expect.stringContaining('missing.img') });
+  const openRepo = (name: string): Promise<TestRepo> => openTestRepo(kind, join(dir, name));
+  const cli = (repo: TestRepo, args: string[]) => runCli([...args, ...repo.args], { env: repo.env });
+
+  describe('backup --json', () => {
+    it('prints the report of design.md and stores nothing new when nothing changed', async () => {
+      const repo = await openRepo('repo-json');
+      const first = await cli(repo, ['backup', img, '--block-size', '64K', '--json']);
+      expect(first.code, first.stderr).toBe(0);
+      expect(first.json).toMatchObject({ ok: true, durationMs: expect.any(Number) });
+      const d = first.json.disks[0];
+      expect(Object.keys(d)).toEqual(expect.arrayContaining(['disk', 'version', 'imageBytes', 'blockSize', 'blocks', 'changedBlocks', 'zeroBlocks', 'bytesRead', 'bytesSent', 'durationMs']));
+      expect(d).toMatchObject({ disk: 'web01', imageBytes: 24 << 20, blockSize: 65536, blocks: 384, changedBlocks: 384 });
+      // 6 MiB of data in 96 blocks of two patterns: two distinct chunks, the rest zero.
+      expect(d.zeroBlocks).toBe(384 - 96);
+      expect(d.newChunks).toBe(2);
+
+      const second = await cli(repo, ['backup', img, '--block-size', '64K', '--json']);
+      expect(second.code).toBe(0);
+      const d2 = second.json.disks[0];
+      expect(d2).toMatchObject({ changedBlocks: 0, newChunks: 0, parentVersion: d.version });
+      const manifests = await readdir(join(repo.root, 'disks', 'web01'));
+      const manifestBytes = (await readFile(join(repo.root, 'disks', 'web01', `${d2.version}.manifest`))).length;
+      expect(manifests).toHaveLength(2);
+      expect(d2.bytesSent).toBe(manifestBytes);
+
+      qemuIo(img, 'write -P 0x33 100k 4k');
+      const third = await cli(repo, ['backup', img, '--block-size', '64K', '--json']);
+      expect(third.json.disks[0]).toMatchObject({ changedBlocks: 1, newChunks: 1 });
+    });
+
+    it('fails with a JSON object, a code and a non-zero exit', async () => {
+      const r = await cli(await openRepo('repo-x'), ['backup', join(dir, 'missing.img'), '--json']);
+      expect(r.code).toBe(3);
+      expect(r.json).toMatchObject({ ok: false, code: 'IMAGE_NOT_FOUND', message: expect.stringContaining('missing.img') });
+    });
+
+    it('rejects bad arguments as usage errors', async () => {
+      const repo = await openRepo('repo-usage');
+      expect((await cli(repo, ['backup', img, '--block-size', '3000'])).code).toBe(2);
+      expect((await cli(repo, ['backup', img, '--disk', '../etc'])).code).toBe(2);
+      const r = await cli(repo, ['backup', img, '--disk', 'a//b', '--json']);
+      expect(r.json).toMatchObject({ ok: false, code: 'INVALID_DISK_ID' });
+      expect((await cli(repo, ['restore', '--disk', 'x'])).code).toBe(2); // --to missing
+      expect((await runCli(['frobnicate'])).code).toBe(2);
+    });
   });
 
-  it('rejects bad arguments as usage errors', async () => {
-    const repo = join(dir, 'repo-usage');
-    expect((await runCli(['backup', img, '--repo', repo, '--block-size', '3000'])).code).toBe(2);
-    expect((await runCli(['backup', img, '--repo', repo, '--disk', '../etc'])).code).toBe(2);
-    const r = await runCli(['backup', img, '--repo', repo, '--disk', 'a//b', '--json']);
-    expect(r.json).toMatchObject({ ok: false, code: 'INVALID_DISK_ID' });
-    expect((await runCli(['restore', '--repo', repo, '--disk', 'x'])).code).toBe(2); // --to missing
-    expect((await runCli(['frobnicate'])).code).toBe(2);
+  describe('restore, verify and list', () => {
+    it('restores raw and qcow2 bit-exact and refuses to overwrite without --force', async () => {
+      const repo = await openRepo('repo-restore');
+      const b = await cli(repo, ['backup', img, '--disk', 'vm/vda', '--json']);
+      expect(b.code, b.stderr).toBe(0);
+      const raw = join(dir, 'restored.raw');
+      const r1 = await cli(repo, ['restore', '--disk', 'vm/vda', '--to', raw, '--json']);
+      expect(r1.code, r1.stderr).toBe(0);
+      expect(r1.json).toMatchObject({ ok: true, disk: 'vm/vda', version: b.json.disks[0].version });
+      execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', img, raw]);
+      const q = join(dir, 'restored.qcow2');
+      expect((await cli(repo, ['restore', '--disk', 'vm/vda', '--to', q, '--format', 'qcow2'])).code).toBe(0);
+      execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', img, q]);
+      execFileSync('qemu-img', ['check', '-q', q]);
+
+      const again = await cli(repo, ['restore', '--disk', 'vm/vda', '--to', raw]);
+      expect(again.code).toBe(1);
+      expect(again.stderr).toMatch(/already exists.*--force/);
+      expect((await cli(repo, ['restore', '--disk', 'vm/vda', '--to', raw, '--force'])).code).toBe(0);
+      expect((await cli(repo, ['restore', '--disk', 'vm/nope', '--to', join(dir, 'n.raw')])).code).toBe(3);
+      expect((await cli(repo, ['restore', '--disk', 'vm/vda', '--version', '20200101T000000.000Z-000000', '--to', join(dir, 'n.raw')])).code).toBe(3);
+
+      const list = await cli(repo, ['list', '--json']);
+      expect(list.json.disks).toEqual([{ disk: 'vm/vda', versions: [expect.objectContaining({ version: b.json.disks[0].version, imageBytes: 24 << 20 })] }]);
+    });
+
+    it('names the disk, version and block of a damaged chunk; restore of that version fails, another succeeds', async () => {
+      const repo = await openRepo('repo-damage');
+      const a = join(dir, 'a.qcow2');
+      const bImg = join(dir, 'b.qcow2');
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', a, '4M']);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', bImg, '4M']);
+      qemuIo(a, 'write -P 0x01 0 1M');
+      qemuIo(a, 'write -P 0x05 2M 1M');
+      qemuIo(bImg, 'write -P 0x02 0 1M');
+      const backup = await cli(repo, ['backup', a, bImg, '--block-size', '1M', '--json']);
+      expect(backup.code, backup.stderr).toBe(0);
+      expect((await cli(repo, ['verify'])).code).toBe(0);
+
+      // Flip one byte in the chunk of disk a's block 2.
+      const chunkOf = async (disk: string, block: number): Promise<string> => {
+        const version = backup.json.disks.find((d: { disk: string }) => d.disk === disk).version;
+        const m = await readFile(join(repo.root, 'disks', disk, `${version}.manifest`));
+        const headerBytes = m.readUInt32BE(8);
+        return m.toString('hex', headerBytes + block * 40 + 8, headerBytes + block * 40 + 40);
+      };
+      const id = await chunkOf('a', 2);
+      const path = join(repo.root, 'chunks', id.slice(0, 2), id);
+      const blob = await readFile(path);
+      blob[blob.length - 1]! ^= 0x40;
+      await writeFile(path, blob);
+
+      const v = await cli(repo, ['verify', '--json']);
+      expect(v.code).toBe(4);
+      expect(v.json).toMatchObject({ ok: false, code: 'VERIFY_FAILED' });
+      expect(v.json.damage).toEqual([expect.objectContaining({ disk: 'a', version: backup.json.disks[0].version, block: 2, chunk: id, code: 'CHUNK_CORRUPT' })]);
+      const text = await cli(repo, ['verify']);
+      expect(text.stdout).toMatch(/DAMAGED disk a version \S+ block 2/);
+
+      const bad = await cli(repo, ['restore', '--disk', 'a', '--to', join(dir, 'a.raw')]);
+      expect(bad.code).toBe(4);
+      expect(bad.stderr).toMatch(/block 2/);
+      expect((await readdir(dir)).filter((f) => f.includes('a.raw'))).toEqual([]);
+      const good = await cli(repo, ['restore', '--disk', 'b', '--to', join(dir, 'b.raw')]);
+      expect(good.code, good.stderr).toBe(0);
+      execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', bImg, join(dir, 'b.raw')]);
+    });
   });
-});
 
-describe('restore, verify and list', () => {
-  it('restores raw and qcow2 bit-exact and refuses to overwrite without --force', async () => {
-    const repo = join(dir, 'repo-restore');
-    const b = await runCli(['backup', img, '--repo', repo, '--disk', 'vm/vda', '--json']);
-    expect(b.code, b.stderr).toBe(0);
-    const raw = join(dir, 'restored.raw');
-    const r1 = await runCli(['restore', '--repo', repo, '--disk', 'vm/vda', '--to', raw, '--json']);
-    expect(r1.code, r1.stderr).toBe(0);
-    expect(r1.json).toMatchObject({ ok: true, disk: 'vm/vda', version: b.json.disks[0].version });
-    execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', img, raw]);
-    const q = join(dir, 'restored.qcow2');
-    expect((await runCli(['restore', '--repo', repo, '--disk', 'vm/vda', '--to', q, '--format', 'qcow2'])).code).toBe(0);
-    execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', img, q]);
-    execFileSync('qemu-img', ['check', '-q', q]);
-
-    const again = await runCli(['restore', '--repo', repo, '--disk', 'vm/vda', '--to', raw]);
-    expect(again.code).toBe(1);
-    expect(again.stderr).toMatch(/already exists.*--force/);
-    expect((await runCli(['restore', '--repo', repo, '--disk', 'vm/vda', '--to', raw, '--force'])).code).toBe(0);
-    expect((await runCli(['restore', '--repo', repo, '--disk', 'vm/nope', '--to', join(dir, 'n.raw')])).code).toBe(3);
-    expect((await runCli(['restore', '--repo', repo, '--disk', 'vm/vda', '--version', '20200101T000000.000Z-000000', '--to', join(dir, 'n.raw')])).code).toBe(3);
-
-    const list = await runCli(['list', '--repo', repo, '--json']);
-    expect(list.json.disks).toEqual([{ disk: 'vm/vda', versions: [expect.objectContaining({ version: b.json.disks[0].version, imageBytes: 24 << 20 })] }]);
+  describe('output when stdout is not a terminal', () => {
+    it('prints no progress and nothing on stderr on success', async () => {
+      const r = await cli(await openRepo('repo-quiet'), ['backup', img]);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).not.toMatch(/\r|\x1b\[/);
+      expect(r.stdout).toMatch(/disk web01: version \S+ \(first version\)/);
+    });
   });
 
-  it('names the disk, version and block of a damaged chunk; restore of that version fails, another succeeds', async () => {
-    const repo = join(dir, 'repo-damage');
-    const a = join(dir, 'a.qcow2');
-    const bImg = join(dir, 'b.qcow2');
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', a, '4M']);
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', bImg, '4M']);
-    qemuIo(a, 'write -P 0x01 0 1M');
-    qemuIo(a, 'write -P 0x05 2M 1M');
-    qemuIo(bImg, 'write -P 0x02 0 1M');
-    const backup = await runCli(['backup', a, bImg, '--repo', repo, '--block-size', '1M', '--json']);
-    expect(backup.code, backup.stderr).toBe(0);
-    expect((await runCli(['verify', '--repo', repo])).code).toBe(0);
-
-    // Flip one byte in the chunk of disk a's block 2.
-    const chunkOf = async (disk: string, block: number): Promise<string> => {
-      const version = backup.json.disks.find((d: { disk: string }) => d.disk === disk).version;
-      const m = await readFile(join(repo, 'disks', disk, `${version}.manifest`));
-      const headerBytes = m.readUInt32BE(8);
-      return m.toString('hex', headerBytes + block * 40 + 8, headerBytes + block * 40 + 40);
-    };
-    const id = await chunkOf('a', 2);
-    const path = join(repo, 'chunks', id.slice(0, 2), id);
-    const blob = await readFile(path);
-    blob[blob.length - 1]! ^= 0x40;
-    await writeFile(path, blob);
-
-    const v = await runCli(['verify', '--repo', repo, '--json']);
-    expect(v.code).toBe(4);
-    expect(v.json).toMatchObject({ ok: false, code: 'VERIFY_FAILED' });
-    expect(v.json.damage).toEqual([expect.objectContaining({ disk: 'a', version: backup.json.disks[0].version, block: 2, chunk: id, code: 'CHUNK_CORRUPT' })]);
-    const text = await runCli(['verify', '--repo', repo]);
-    expect(text.stdout).toMatch(/DAMAGED disk a version \S+ block 2/);
-
-    const bad = await runCli(['restore', '--repo', repo, '--disk', 'a', '--to', join(dir, 'a.raw')]);
-    expect(bad.code).toBe(4);
-    expect(bad.stderr).toMatch(/block 2/);
-    expect((await readdir(dir)).filter((f) => f.includes('a.raw'))).toEqual([]);
-    const good = await runCli(['restore', '--repo', repo, '--disk', 'b', '--to', join(dir, 'b.raw')]);
-    expect(good.code, good.stderr).toBe(0);
-    execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', bImg, join(dir, 'b.raw')]);
-  });
-});
-
-describe('output when stdout is not a terminal', () => {
-  it('prints no progress and nothing on stderr on success', async () => {
-    const r = await runCli(['backup', img, '--repo', join(dir, 'repo-quiet')]);
-    expect(r.code).toBe(0);
-    expect(r.stderr).toBe('');
-    expect(r.stdout).not.toMatch(/\r|\x1b\[/);
-    expect(r.stdout).toMatch(/disk web01: version \S+ \(first version\)/);
-  });
-});
-
-describe('block size', () => {
-  it('defaults to 256K for a new disk and then keeps the disk’s block size', async () => {
-    const repo = join(dir, 'repo-bs');
-    const first = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
-    expect(first.json.disks[0].blockSize).toBe(65536);
-    const second = await runCli(['backup', img, '--repo', repo, '--json']);
-    expect(second.json.disks[0]).toMatchObject({ blockSize: 65536, changedBlocks: 0 });
-    const other = await runCli(['backup', img, '--repo', repo, '--disk', 'fresh', '--json']);
-    expect(other.json.disks[0].blockSize).toBe(256 * 1024);
+  describe('block size', () => {
+    it('defaults to 256K for a new disk and then keeps the disk’s block size', async () => {
+      const repo = await openRepo('repo-bs');
+      const first = await cli(repo, ['backup', img, '--block-size', '64K', '--json']);
+      expect(first.json.disks[0].blockSize).toBe(65536);
+      const second = await cli(repo, ['backup', img, '--json']);
+      expect(second.json.disks[0]).toMatchObject({ blockSize: 65536, changedBlocks: 0 });
+      const other = await cli(repo, ['backup', img, '--disk', 'fresh', '--json']);
+      expect(other.json.disks[0].blockSize).toBe(256 * 1024);
+    });
   });
 });

@@ -2,13 +2,15 @@ import { mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { convertImage, convertToRaw, createImage, patchFile, patternBytes, qemuImg, qemuIo, u64be } from '../support/qemu-tools.js';
+import { openTestRepo, repoKinds } from '../support/repo-kinds.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
 
 /**
  * The whole product, offline: for every kind of image, back up → change with qemu-io → back
  * up → restore each version → byte-equal to `qemu-img convert -O raw` of that state. A third
- * backup with nothing changed must store no chunk.
+ * backup with nothing changed must store no chunk. Run with the repository in a directory and
+ * behind a real `blockrep serve` (repo-kinds.ts).
  */
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -86,147 +88,149 @@ const cases: Case[] = [
   },
 ];
 
-describe.each(cases)('round trip: $name', (c) => {
-  it('restores every version bit-exact and stores only changes', async () => {
-    const d = join(dir, c.name.replace(/[^a-z0-9]+/gi, '-'));
-    await rm(d, { recursive: true, force: true });
-    await mkdir(d, { recursive: true });
-    const repo = join(d, 'repo');
-    const { image, format } = await c.build(d);
-    const backup = async () => {
-      const r = await runCli(['backup', image, '--repo', repo, '--disk', 'vm/disk0', '--block-size', c.blockSize, '--json']);
-      expect(r.code, r.stderr + r.stdout).toBe(0);
-      return r.json.disks[0];
-    };
+describe.each(repoKinds)('with a $name repository', (kind) => {
+  describe.each(cases)('round trip: $name', (c) => {
+    it('restores every version bit-exact and stores only changes', async () => {
+      const d = join(dir, kind.name, c.name.replace(/[^a-z0-9]+/gi, '-'));
+      await rm(d, { recursive: true, force: true });
+      await mkdir(d, { recursive: true });
+      const repo = await openTestRepo(kind, join(d, 'repo'));
+      const { image, format } = await c.build(d);
+      const backup = async () => {
+        const r = await runCli(['backup', image, '--disk', 'vm/disk0', '--block-size', c.blockSize, '--json', ...repo.args], { env: repo.env });
+        expect(r.code, r.stderr + r.stdout).toBe(0);
+        return r.json.disks[0];
+      };
 
-    const v1 = await backup();
-    await convertToRaw(image, join(d, 'state1.raw'), format);
-    await qemuIo(image, c.change, { format });
-    const v2 = await backup();
-    await convertToRaw(image, join(d, 'state2.raw'), format);
-    expect(v2.changedBlocks).toBeGreaterThan(0);
-    expect(v2.changedBlocks).toBeLessThan(v2.blocks);
-    expect(v2.parentVersion).toBe(v1.version);
+      const v1 = await backup();
+      await convertToRaw(image, join(d, 'state1.raw'), format);
+      await qemuIo(image, c.change, { format });
+      const v2 = await backup();
+      await convertToRaw(image, join(d, 'state2.raw'), format);
+      expect(v2.changedBlocks).toBeGreaterThan(0);
+      expect(v2.changedBlocks).toBeLessThan(v2.blocks);
+      expect(v2.parentVersion).toBe(v1.version);
 
-    const v3 = await backup();
-    expect(v3).toMatchObject({ changedBlocks: 0, newChunks: 0 });
+      const v3 = await backup();
+      expect(v3).toMatchObject({ changedBlocks: 0, newChunks: 0 });
 
-    for (const [v, state] of [[v1, 'state1.raw'], [v2, 'state2.raw']] as const) {
-      const out = join(d, `restored-${state}`);
-      const r = await runCli(['restore', '--repo', repo, '--disk', 'vm/disk0', '--version', v.version, '--to', out]);
-      expect(r.code, r.stderr).toBe(0);
-      const expected = await readFile(join(d, state));
-      const actual = await readFile(out);
-      expect(actual.length).toBe(expected.length);
-      expect(actual.equals(expected), `${state} differs`).toBe(true);
-    }
-    const verify = await runCli(['verify', '--repo', repo]);
-    expect(verify.code, verify.stdout).toBe(0);
-    await rm(d, { recursive: true, force: true });
+      for (const [v, state] of [[v1, 'state1.raw'], [v2, 'state2.raw']] as const) {
+        const out = join(d, `restored-${state}`);
+        const r = await runCli(['restore', '--disk', 'vm/disk0', '--version', v.version, '--to', out, ...repo.args], { env: repo.env });
+        expect(r.code, r.stderr).toBe(0);
+        const expected = await readFile(join(d, state));
+        const actual = await readFile(out);
+        expect(actual.length).toBe(expected.length);
+        expect(actual.equals(expected), `${state} differs`).toBe(true);
+      }
+      const verify = await runCli(['verify', ...repo.args], { env: repo.env });
+      expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+      await rm(d, { recursive: true, force: true });
+    });
   });
-});
 
-describe('bad images are refused with a clear error and create no version', () => {
-  const refusals: Array<{ name: string; code: string; exit: number; message: RegExp; make(d: string): Promise<string> }> = [
-    {
-      name: 'encrypted',
-      code: 'IMAGE_UNSUPPORTED',
-      exit: 6,
-      message: /encrypt/i,
-      make: async (d) => {
-        const p = join(d, 'enc.qcow2');
-        await createImage(p, { format: 'qcow2', size: '1M', objects: ['secret,id=sec0,data=abc'], options: { 'encrypt.format': 'luks', 'encrypt.key-secret': 'sec0', 'encrypt.iter-time': 10 } });
-        return p;
+  describe('bad images are refused with a clear error and create no version', () => {
+    const refusals: Array<{ name: string; code: string; exit: number; message: RegExp; make(d: string): Promise<string> }> = [
+      {
+        name: 'encrypted',
+        code: 'IMAGE_UNSUPPORTED',
+        exit: 6,
+        message: /encrypt/i,
+        make: async (d) => {
+          const p = join(d, 'enc.qcow2');
+          await createImage(p, { format: 'qcow2', size: '1M', objects: ['secret,id=sec0,data=abc'], options: { 'encrypt.format': 'luks', 'encrypt.key-secret': 'sec0', 'encrypt.iter-time': 10 } });
+          return p;
+        },
       },
-    },
-    {
-      name: 'external data file',
-      code: 'IMAGE_UNSUPPORTED',
-      exit: 6,
-      message: /external data file/i,
-      make: async (d) => {
-        const p = join(d, 'ext.qcow2');
-        await createImage(p, { format: 'qcow2', size: '1M', options: { data_file: join(d, 'ext.data') } });
-        return p;
+      {
+        name: 'external data file',
+        code: 'IMAGE_UNSUPPORTED',
+        exit: 6,
+        message: /external data file/i,
+        make: async (d) => {
+          const p = join(d, 'ext.qcow2');
+          await createImage(p, { format: 'qcow2', size: '1M', options: { data_file: join(d, 'ext.data') } });
+          return p;
+        },
       },
-    },
-    {
-      name: 'corrupt bit',
-      code: 'IMAGE_CORRUPT',
-      exit: 6,
-      message: /corrupt/i,
-      make: async (d) => {
-        const p = join(d, 'corrupt.qcow2');
-        await createImage(p, { format: 'qcow2', size: '1M' });
-        await patchFile(p, 72, u64be(2n));
-        return p;
+      {
+        name: 'corrupt bit',
+        code: 'IMAGE_CORRUPT',
+        exit: 6,
+        message: /corrupt/i,
+        make: async (d) => {
+          const p = join(d, 'corrupt.qcow2');
+          await createImage(p, { format: 'qcow2', size: '1M' });
+          await patchFile(p, 72, u64be(2n));
+          return p;
+        },
       },
-    },
-    {
-      name: 'unknown incompatible feature',
-      code: 'IMAGE_UNSUPPORTED',
-      exit: 6,
-      message: /incompatible feature.*(bit )?20/i,
-      make: async (d) => {
-        const p = join(d, 'unknown.qcow2');
-        await createImage(p, { format: 'qcow2', size: '1M' });
-        await patchFile(p, 72, u64be(1n << 20n));
-        return p;
+      {
+        name: 'unknown incompatible feature',
+        code: 'IMAGE_UNSUPPORTED',
+        exit: 6,
+        message: /incompatible feature.*(bit )?20/i,
+        make: async (d) => {
+          const p = join(d, 'unknown.qcow2');
+          await createImage(p, { format: 'qcow2', size: '1M' });
+          await patchFile(p, 72, u64be(1n << 20n));
+          return p;
+        },
       },
-    },
-    {
-      name: 'truncated',
-      code: 'IMAGE_CORRUPT',
-      exit: 6,
-      message: /truncat|past the end|end of the file/i,
-      make: async (d) => {
-        const p = join(d, 'trunc.qcow2');
-        await convertImage(source, p, { fromFormat: 'raw', toFormat: 'qcow2' });
-        await truncate(p, 300 * KiB);
-        return p;
+      {
+        name: 'truncated',
+        code: 'IMAGE_CORRUPT',
+        exit: 6,
+        message: /truncat|past the end|end of the file/i,
+        make: async (d) => {
+          const p = join(d, 'trunc.qcow2');
+          await convertImage(source, p, { fromFormat: 'raw', toFormat: 'qcow2' });
+          await truncate(p, 300 * KiB);
+          return p;
+        },
       },
-    },
-    {
-      name: 'L1 table past the end of the file',
-      code: 'IMAGE_CORRUPT',
-      exit: 6,
-      message: /L1/,
-      make: async (d) => {
-        const p = join(d, 'l1.qcow2');
-        await convertImage(source, p, { fromFormat: 'raw', toFormat: 'qcow2' });
-        await patchFile(p, 40, u64be(1n << 40n));
-        return p;
+      {
+        name: 'L1 table past the end of the file',
+        code: 'IMAGE_CORRUPT',
+        exit: 6,
+        message: /L1/,
+        make: async (d) => {
+          const p = join(d, 'l1.qcow2');
+          await convertImage(source, p, { fromFormat: 'raw', toFormat: 'qcow2' });
+          await patchFile(p, 40, u64be(1n << 40n));
+          return p;
+        },
       },
-    },
-    {
-      name: 'backing loop',
-      code: 'BACKING_LOOP',
-      exit: 6,
-      message: /loop/i,
-      make: async (d) => {
-        const a = join(d, 'loop-a.qcow2');
-        const b = join(d, 'loop-b.qcow2');
-        await createImage(b, { format: 'qcow2', size: '1M' });
-        await createImage(a, { format: 'qcow2', backing: b, backingFormat: 'qcow2' });
-        await qemuImg('rebase', '-u', '-F', 'qcow2', '-b', a, b);
-        return a;
+      {
+        name: 'backing loop',
+        code: 'BACKING_LOOP',
+        exit: 6,
+        message: /loop/i,
+        make: async (d) => {
+          const a = join(d, 'loop-a.qcow2');
+          const b = join(d, 'loop-b.qcow2');
+          await createImage(b, { format: 'qcow2', size: '1M' });
+          await createImage(a, { format: 'qcow2', backing: b, backingFormat: 'qcow2' });
+          await qemuImg('rebase', '-u', '-F', 'qcow2', '-b', a, b);
+          return a;
+        },
       },
-    },
-  ];
+    ];
 
-  it.each(refusals)('$name', async (r) => {
-    const d = join(dir, 'bad');
-    await mkdir(d, { recursive: true });
-    const image = await r.make(d);
-    const repo = join(d, `repo-${r.code}-${r.name.replace(/\W+/g, '-')}`);
-    const res = await runCli(['backup', image, '--repo', repo, '--json']);
-    expect(res.code).toBe(r.exit);
-    expect(res.json).toMatchObject({ ok: false, code: r.code });
-    expect(res.json.message).toMatch(r.message);
-    const text = await runCli(['backup', image, '--repo', repo]);
-    expect(text.stderr).toMatch(/^blockrep: error: /);
-    expect(text.stderr).not.toMatch(/\n\s+at /); // no stack trace
-    const list = await runCli(['list', '--repo', repo, '--json']);
-    expect(list.json.disks).toEqual([]);
+    it.each(refusals)('$name', async (r) => {
+      const d = join(dir, kind.name, 'bad');
+      await mkdir(d, { recursive: true });
+      const image = await r.make(d);
+      const repo = await openTestRepo(kind, join(d, `repo-${r.code}-${r.name.replace(/\W+/g, '-')}`));
+      const res = await runCli(['backup', image, '--json', ...repo.args], { env: repo.env });
+      expect(res.code).toBe(r.exit);
+      expect(res.json).toMatchObject({ ok: false, code: r.code });
+      expect(res.json.message).toMatch(r.message);
+      const text = await runCli(['backup', image, ...repo.args], { env: repo.env });
+      expect(text.stderr).toMatch(/^blockrep: error: /);
+      expect(text.stderr).not.toMatch(/\n\s+at /); // no stack trace
+      const list = await runCli(['list', '--json', ...repo.args], { env: repo.env });
+      expect(list.json.disks).toEqual([]);
+    });
   });
 });

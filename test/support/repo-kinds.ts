@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { onTestFinished } from 'vitest';
 import { createToken } from '../../src/server/tokens-file.js';
 import { startServer } from './blockrep-server.js';
 
@@ -53,3 +54,10 @@ const http: RepoKind = {
 
 const selected = (process.env.BLOCKREP_TEST_REPO_KINDS ?? 'local,http').split(',');
 export const repoKinds: RepoKind[] = [local, http].filter((k) => selected.includes(k.name));
+
+/** A repository of `kind` at `root` for the running test, closed (server stopped) when it ends. */
+export async function openTestRepo(kind: RepoKind, root: string): Promise<TestRepo> {
+  const repo = await kind.open(root);
+  onTestFinished(() => repo.close());
+  return repo;
+}
