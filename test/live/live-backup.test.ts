@@ -1,3 +1,5 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../support/run-cli.js';
@@ -67,6 +69,19 @@ describe.skipIf(skipQemuTests)('live backup of a running guest', () => {
     }
     const verify = await runCli(['verify', '--repo', repo, '--json']);
     expect(verify.code, verify.stderr).toBe(0);
+  });
+
+  it('a send that fails for one disk still commits every overlay back; the other disk gets its version', async () => {
+    const repo = join(dir, 'repo-sendfail');
+    const first = await runCli(['backup', '--qmp', guest.qmpSocket, '--disks', 'disk1', '--repo', repo, '--json']);
+    expect(first.code, first.stderr).toBe(0);
+    // Another (live) process holds the repository lock of testvm/vd2.
+    await mkdir(join(repo, 'locks'), { recursive: true });
+    await writeFile(join(repo, 'locks', 'testvm%2Fvd2.lock'), JSON.stringify({ pid: process.ppid, host: hostname(), createdAt: new Date().toISOString(), purpose: 'backup' }));
+    const r = await runCli(['backup', '--qmp', guest.qmpSocket, '--repo', repo, '--json']);
+    expect(r.code).toBe(5);
+    expect(r.json).toMatchObject({ ok: false, code: 'REPO_LOCKED', quiesced: true, failures: [{ disk: 'testvm/vd2', code: 'REPO_LOCKED' }] });
+    expect(r.json.disks.map((d: { disk: string }) => d.disk)).toEqual(['testvm/disk1']);
   });
 
   it('an agent that does not answer: falls back to a crash-consistent backup with a warning, or fails with --require-quiesce', async () => {
