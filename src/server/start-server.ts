@@ -61,7 +61,8 @@ export async function startRepositoryServer(options: ServeOptions): Promise<Runn
   server.headersTimeout = 30_000;
   server.requestTimeout = 60 * 60_000;
   server.keepAliveTimeout = 65_000;
-  server.timeout = 120_000;
+  // A socket silent this long is dead; long enough for the server to check a large manifest.
+  server.timeout = 10 * 60_000;
   server.maxHeadersCount = 64;
   server.maxConnections = 1024;
 
