@@ -1,7 +1,10 @@
 import { resolve } from 'node:path';
 import { HttpBackend } from '../backend/http/http-backend.js';
 import { loadAccessToken, readCaFile } from '../backend/http/http-credentials.js';
+import type { Backend } from '../backend/backend.js';
 import { LocalBackend } from '../backend/local/local-backend.js';
+import { RateLimitedBackend } from '../backend/rate-limited-backend.js';
+import { RateLimiter } from '../shared/rate-limiter.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { Repository } from './repository.js';
 
@@ -12,6 +15,13 @@ export interface OpenRepositoryOptions {
   tokenFile?: string;
   /** For https:// repositories: the PEM file of the CA to trust. */
   cacert?: string;
+  /** Bytes per second sent to and read from the repository (`--bwlimit`), local or remote. */
+  bwlimit?: number;
+}
+
+function limited(backend: Backend, bwlimit: number | undefined): Backend {
+  // One limiter per direction for the whole process: every request shares the link.
+  return bwlimit === undefined ? backend : new RateLimitedBackend(backend, new RateLimiter(bwlimit), new RateLimiter(bwlimit));
 }
 
 /** REPO is a directory (the embedded default) or an http(s):// URL of a `blockrep serve`. */
@@ -22,7 +32,7 @@ export async function openRepository(location: string, options: OpenRepositoryOp
     if (ca !== undefined && !/^https:/i.test(location)) throw new BlockrepError('USAGE', '--cacert applies to https:// repositories only');
     const backend = new HttpBackend({ url: location, ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}) });
     try {
-      return await Repository.open(backend, { create: options.create ?? false });
+      return await Repository.open(limited(backend, options.bwlimit), { create: options.create ?? false });
     } catch (err) {
       await backend.close().catch(() => undefined);
       throw err;
@@ -34,5 +44,5 @@ export async function openRepository(location: string, options: OpenRepositoryOp
   if (options.tokenFile !== undefined || options.cacert !== undefined) {
     throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories only');
   }
-  return Repository.open(new LocalBackend(resolve(location)), options.create ? { create: true } : {});
+  return Repository.open(limited(new LocalBackend(resolve(location)), options.bwlimit), options.create ? { create: true } : {});
 }

@@ -6,13 +6,13 @@ import { openRepository } from '../../repository/open-repository.js';
 import { BlockrepError } from '../../shared/blockrep-error.js';
 import { assertDiskId, defaultDiskIdForImage } from '../../shared/disk-id.js';
 import { parseSize } from '../../shared/size.js';
+import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand, toBlockrepError, type CommandContext, type CommandResult } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
 import { backupText } from '../output/text-reports.js';
 import { parseIntOption } from '../parse-options.js';
 
-interface BackupOptions {
-  repo: string;
+interface BackupOptions extends RepositoryCliOptions {
   disk?: string;
   blockSize?: string;
   format?: ImageFormat;
@@ -25,27 +25,21 @@ interface BackupOptions {
   disks?: string;
   quiesce: boolean;
   requireQuiesce?: boolean;
-  tokenFile?: string;
-  cacert?: string;
 }
 
 export function registerBackup(program: Command): void {
-  program
-    .command('backup')
+  addRepositoryOptions(program.command('backup'))
     .description(
       'back up disk images (raw or qcow2) into a repository, storing only the blocks that changed since their last version; ' +
         'with --qmp, back up the disks of a running QEMU VM through a consistent live snapshot',
     )
     .argument('[image...]', 'image files or block devices to back up; each is one disk (not with --qmp)')
-    .requiredOption('--repo <repo>', 'repository: a directory (created on first use)')
     .option('--disk <id>', 'disk id (only with a single image); default: the image file name without its extension')
     .option('--block-size <size>', "block size for change detection and storage, a power of two from 4K to 16M (default: the disk's current block size, 256K for a new disk)")
     .option('--format <format>', 'image format, raw or qcow2 (default: detected; give it for raw images a guest could write a qcow2 header into)')
     .option('--workers <n>', 'scan threads (default: up to 2)')
     .option('--no-compress', 'store chunks uncompressed')
     .option('--json', 'print one JSON object as the report')
-    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
-    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
     .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP)")
     .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
     .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: QEMU's -name)")
@@ -70,7 +64,7 @@ export function registerBackup(program: Command): void {
           seen.add(j.diskId);
         }
         const started = Date.now();
-        const repo = await openRepository(opts.repo, { create: true, tokenFile: opts.tokenFile, cacert: opts.cacert });
+        const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts, { create: true }));
         const disks: DiskBackupReport[] = [];
         const failures: Array<{ disk: string; path: string; code: string; message: string }> = [];
         const errors: BlockrepError[] = [];
@@ -125,7 +119,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
   const warn = (m: string): void => {
     process.stderr.write(`blockrep: warning: ${m}\n`);
   };
-  const repo = await openRepository(opts.repo, { create: true, tokenFile: opts.tokenFile, cacert: opts.cacert });
+  const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts, { create: true }));
   const report = await backupVm(
     repo,
     {

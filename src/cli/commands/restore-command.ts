@@ -4,41 +4,35 @@ import { openRepository } from '../../repository/open-repository.js';
 import { BlockrepError } from '../../shared/blockrep-error.js';
 import { assertDiskId } from '../../shared/disk-id.js';
 import { assertVersionId } from '../../shared/version-id.js';
+import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 import { restoreText } from '../output/text-reports.js';
 
-interface RestoreOptions {
-  repo: string;
+interface RestoreOptions extends RepositoryCliOptions {
   disk: string;
   version: string;
   to: string;
   format: string;
   force?: boolean;
   json?: boolean;
-  tokenFile?: string;
-  cacert?: string;
 }
 
 export function registerRestore(program: Command): void {
-  program
-    .command('restore')
+  addRepositoryOptions(program.command('restore'))
     .description('write a version of a disk to an image file or block device, bit-exact (every chunk is checked on the way)')
-    .requiredOption('--repo <repo>', 'repository directory')
     .requiredOption('--disk <id>', 'disk id (see `blockrep list`)')
     .option('--version <id>', 'version id, or latest', 'latest')
     .requiredOption('--to <path>', 'image file (or block device, with --force) to write')
     .option('--format <format>', 'raw or qcow2', 'raw')
     .option('--force', 'replace an existing file or write onto a block device')
     .option('--json', 'print one JSON object as the report')
-    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
-    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
     .action(async (opts: RestoreOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         if (opts.format !== 'raw' && opts.format !== 'qcow2') throw new BlockrepError('USAGE', `--format must be raw or qcow2, not ${opts.format}`);
         const diskId = assertDiskId(opts.disk);
         const version = opts.version === 'latest' ? undefined : assertVersionId(opts.version);
-        const repo = await openRepository(opts.repo, { tokenFile: opts.tokenFile, cacert: opts.cacert });
+        const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts));
         const report = await restoreVersion(
           repo,
           { diskId, to: opts.to, format: opts.format, force: Boolean(opts.force), ...(version ? { version } : {}) },

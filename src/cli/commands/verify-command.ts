@@ -3,34 +3,28 @@ import { verifyRepository } from '../../app/verify-repository.js';
 import { openRepository } from '../../repository/open-repository.js';
 import { assertDiskId } from '../../shared/disk-id.js';
 import { assertVersionId } from '../../shared/version-id.js';
+import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_DAMAGED, EXIT_OK } from '../exit-codes.js';
 import { verifyText } from '../output/text-reports.js';
 
-interface VerifyOptions {
-  repo: string;
+interface VerifyOptions extends RepositoryCliOptions {
   disk?: string;
   version?: string;
   json?: boolean;
-  tokenFile?: string;
-  cacert?: string;
 }
 
 export function registerVerify(program: Command): void {
-  program
-    .command('verify')
+  addRepositoryOptions(program.command('verify'))
     .description('re-read every chunk the versions use and check its SHA-256; report each damaged disk, version and block')
-    .requiredOption('--repo <repo>', 'repository directory')
     .option('--disk <id>', 'only this disk')
     .option('--version <id>', 'only this version (or latest) of each selected disk')
     .option('--json', 'print one JSON object as the report')
-    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
-    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
     .action(async (opts: VerifyOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         const diskId = opts.disk === undefined ? undefined : assertDiskId(opts.disk);
         const version = opts.version === undefined || opts.version === 'latest' ? opts.version : assertVersionId(opts.version);
-        const repo = await openRepository(opts.repo, { tokenFile: opts.tokenFile, cacert: opts.cacert });
+        const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts));
         const report = await verifyRepository(repo, { ...(diskId ? { diskId } : {}), ...(version ? { version } : {}) }, { onProgress: ctx.onProgress });
         return {
           exitCode: report.ok ? EXIT_OK : EXIT_DAMAGED,

@@ -1,0 +1,34 @@
+import type { Command } from 'commander';
+import type { OpenRepositoryOptions } from '../repository/open-repository.js';
+import { BlockrepError } from '../shared/blockrep-error.js';
+import { parseSize } from '../shared/size.js';
+
+/** The options every command that reaches a repository takes, in one place. */
+export interface RepositoryCliOptions {
+  repo: string;
+  tokenFile?: string;
+  cacert?: string;
+  bwlimit?: string;
+}
+
+export function addRepositoryOptions(cmd: Command, repoHelp = 'repository: a directory, or http(s)://HOST:PORT of a blockrep serve'): Command {
+  return cmd
+    .requiredOption('--repo <repo>', repoHelp)
+    .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
+    .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
+    .option('--bwlimit <rate>', 'limit the bytes sent to and read from the repository, per second (e.g. 20M)');
+}
+
+export function repositoryOptionsFrom(opts: RepositoryCliOptions, extra: { create?: boolean } = {}): OpenRepositoryOptions {
+  let bwlimit: number | undefined;
+  if (opts.bwlimit !== undefined) {
+    bwlimit = parseSize(opts.bwlimit, '--bwlimit rate');
+    if (bwlimit < 1024) throw new BlockrepError('USAGE', `--bwlimit ${opts.bwlimit} is below 1K bytes per second`);
+  }
+  return {
+    ...extra,
+    ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
+    ...(opts.cacert !== undefined ? { cacert: opts.cacert } : {}),
+    ...(bwlimit !== undefined ? { bwlimit } : {}),
+  };
+}
