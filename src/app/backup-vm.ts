@@ -132,16 +132,22 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
       ...(options.timeouts?.freezeMs !== undefined ? { freezeTimeoutMs: options.timeouts.freezeMs } : {}),
       ...(options.timeouts?.thawMs !== undefined ? { thawTimeoutMs: options.timeouts.thawMs } : {}),
     });
-    for (const w of snapshot.warnings) warn(w);
-    // The agent's channel is free for others once the guest is thawed.
-    if (!snapshot.thawError) {
-      await agent?.close();
-      agent = undefined;
+    // From here on every overlay must be committed back: nothing may throw before sendAndCommit.
+    try {
+      for (const w of snapshot.warnings) warn(w);
+      // The agent's channel is free for others once the guest is thawed.
+      if (!snapshot.thawError) {
+        const a = agent;
+        agent = undefined;
+        await a?.close();
+      }
+    } catch {
+      // a warning printer or a closing socket must not keep the overlays in place
     }
 
     const { reports, failures } = await sendAndCommit(repo, qmp, vm, snapshot, request, options, recoveryStep);
     if (snapshot.thawError) throw snapshot.thawError;
-    if (signal?.aborted) {
+    if (signal?.aborted && reports.length + failures.length < snapshot.targets.length) {
       throw new BlockrepError('INTERRUPTED', `interrupted; no half-done version was published and every disk of VM ${vm} runs on its own image again`);
     }
     return {
