@@ -14,7 +14,9 @@
  * (process.resourceUsage().maxRSS, all threads). Writes bench/results/scan.json and scan.md.
  *
  * Options: --size BYTES (default 4 GiB), --reps N (3), --keep (keep bench/work images),
- * --profile (also write CPU profiles of one hash-only and one full scan to bench/work/prof).
+ * --profile (also write CPU profiles of one hash-only and one full scan to bench/work/prof),
+ * --quiet-wait SECONDS (60: before each measurement, wait up to this long for the machine to
+ * be otherwise idle).
  */
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -115,6 +117,22 @@ function otherCores(before, started, ownCpuSeconds) {
 
 const USER_HZ = 100;
 
+/**
+ * Waits, up to `maxSeconds`, until other processes use less than a quarter of a core over
+ * two seconds: this machine is shared, and a measurement taken while others compute says
+ * more about them than about us. The load during each run is recorded either way.
+ */
+function waitForQuiet(maxSeconds) {
+  const deadline = Date.now() + maxSeconds * 1000;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  do {
+    const before = cpuTicks();
+    Atomics.wait(pause, 0, 0, 2000);
+    const busy = (cpuTicks().busy - before.busy) / USER_HZ / 2;
+    if (busy < 0.25) return;
+  } while (Date.now() < deadline);
+}
+
 // ---------------------------------------------------------------- orchestration
 
 function arg(name, fallback) {
@@ -127,6 +145,7 @@ async function main() {
   const reps = Number(arg('--reps', '3'));
   const keep = process.argv.includes('--keep');
   const profile = process.argv.includes('--profile');
+  const quietWaitSeconds = Number(arg('--quiet-wait', '60'));
   mkdirSync(work, { recursive: true });
   mkdirSync(results, { recursive: true });
   const raw = join(work, `scan-bench-${size}.raw`);
@@ -167,6 +186,7 @@ async function main() {
   const add = (key, sample) => (samples[key] ??= []).push(sample);
   const measure = (key, path, run) => {
     warm(path);
+    waitForQuiet(quietWaitSeconds);
     add(key, run());
   };
   for (let rep = 1; rep <= reps; rep++) {
@@ -220,6 +240,7 @@ async function main() {
     image: { bytes: size, layout, qcow2FileBytes: statSync(qcow2).size },
     defaultBlockSize: DEFAULT_BLOCK,
     reps,
+    quietWaitSeconds,
     targets: { oursOverXxhsumRaw: 1.0, qcow2OverRawHash: 0.8, peakRssMiB: 200 },
     ratios,
     results: summary,
@@ -245,9 +266,42 @@ function profileRuns(job) {
     mkdirSync(dir, { recursive: true });
     runChild(j, ['--cpu-prof', '--cpu-prof-dir', dir]);
     const threads = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).map((f) => selfTimes(JSON.parse(readFileSync(join(dir, f), 'utf8'))));
-    out[name] = threads;
+    out[name] = { v8ByThread: threads, ...(hasPerf() ? { perf: perfCategories(j) } : {}) };
   }
   return out;
+}
+
+function hasPerf() {
+  return spawnSync('perf', ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * The whole process under `perf record` (every thread, kernel included), its samples sorted
+ * into what they were doing. V8's profiles cannot see the kernel copying file data.
+ */
+function perfCategories(job) {
+  const data = join(work, 'prof', 'perf.data');
+  sh('cat', [job.path], true);
+  const rec = spawnSync('perf', ['record', '-q', '-F', '999', '-o', data, '--', process.execPath, '--perf-basic-prof', fileURLToPath(import.meta.url), '--child', JSON.stringify(job)], { encoding: 'utf8', cwd: root });
+  if (rec.status !== 0) return { error: rec.stderr.slice(0, 300) };
+  const rep = spawnSync('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,sym', '--stdio', '-g', 'none'], { encoding: 'utf8', maxBuffer: 64 * MiB });
+  const categories = {};
+  for (const line of rep.stdout.split('\n')) {
+    const m = /^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const [, pct, dso, , sym] = m;
+    let cat = 'other';
+    if (/copy_to_iter|copy_user|copy_page_to_iter/.test(sym)) cat = 'kernel: copy from page cache';
+    else if (/wasm-function/.test(sym)) cat = 'xxh64 (WebAssembly)';
+    else if (dso.includes('kernel')) cat = 'kernel: other (page cache lookup, scheduling, faults)';
+    else if (/sha256|SHA256/i.test(sym)) cat = 'SHA-256';
+    else if (/ZSTD|zstd/.test(sym) || dso.includes('zstd')) cat = 'zstd';
+    else if (/memcmp|memmove|memcpy|memset/.test(sym)) cat = 'libc memcmp/memcpy';
+    else if (dso === 'node' || dso.includes('JIT')) cat = 'Node/V8 (JavaScript, start-up, GC)';
+    else if (dso.includes('libc')) cat = 'libc other (malloc...)';
+    categories[cat] = round((categories[cat] ?? 0) + Number(pct), 1);
+  }
+  return categories;
 }
 
 function selfTimes(profile) {
@@ -372,6 +426,7 @@ function markdown(r) {
       + `as qcow2 (qemu-img convert, which leaves zero runs unallocated): ${(r.image.qcow2FileBytes / GiB).toFixed(2)} GiB.`,
     `Block size ${kib(r.defaultBlockSize)} (the CLI default) unless stated; scans use the default 2 workers.`,
     'Each scan runs in a fresh process: times include starting Node, loading modules and starting the workers.',
+    'Before each measurement the bench waits (up to ' + r.quietWaitSeconds + ' s) for the shared machine to be otherwise idle.',
     '"CPU s" is user + system time of all threads; "other load" is the CPU other processes on this shared machine used during each run, in cores (of ' + r.machine.cores + ').',
     'Analysis and how to read these figures: [scan-notes.md](scan-notes.md).',
     '',
@@ -399,12 +454,18 @@ function markdown(r) {
     '',
   ];
   if (r.profiles) {
-    lines.push('## Where the time goes (CPU profile, self time per thread)', '');
-    for (const [name, threads] of Object.entries(r.profiles)) {
+    lines.push('## Where the time goes', '');
+    for (const [name, p] of Object.entries(r.profiles)) {
       lines.push(`### ${name}`, '');
-      threads.forEach((t, i) => {
-        lines.push(`thread ${i + 1} (${t.totalMs} ms sampled): ` + t.top.map((x) => `${x.fn} ${x.pct}%`).join('; '), '');
+      if (p.perf) {
+        lines.push('Whole process under `perf record` (% of CPU samples, all threads, kernel included):', '');
+        lines.push(...Object.entries(p.perf).sort((a, b) => b[1] - a[1]).map(([k, v]) => `- ${k}: ${v}%`), '');
+      }
+      lines.push('V8 CPU profile, self time per JavaScript thread (main first):', '');
+      p.v8ByThread.forEach((t, i) => {
+        lines.push(`- thread ${i + 1} (${t.totalMs} ms sampled): ` + t.top.map((x) => `${x.fn} ${x.pct}%`).join('; '));
       });
+      lines.push('');
     }
   }
   return lines.join('\n') + '\n';
