@@ -79,7 +79,7 @@ describe.skipIf(skipQemuTests)('live backup faults', () => {
 
   it('kill -9 at moments in between (no hold): recover always puts the VM right', async () => {
     // From start-up through freeze, snapshot, scan and commit: wherever the kill lands.
-    for (const delayMs of [600, 750, 850, 1000, 1150, 1300, 1450]) {
+    for (const delayMs of [700, 850, 1000, 1150, 1300]) {
       const run = startCli(['backup', '--qmp', guest.qmpSocket, '--repo', repo, '--block-size', '256K', '--json']);
       await sleep(delayMs);
       run.child.kill('SIGKILL');
