@@ -15,7 +15,10 @@
  *
  * Options: --runs N (default 12), --block-size SIZE (default the CLI's), --smp N (vCPUs, 1),
  * --idle (boot the guest without its writer: the floor of the frozen window; results go to
- * live-idle.*), --keep (keep the guest's disks and the repository under bench/work/live).
+ * live-idle.*), --keep (keep the guest's disks and the repository under bench/work/live),
+ * --quiet-wait SECONDS (60: before each run, wait up to this long until the processes other
+ * than the guest's QEMU use less than a quarter of a core: this machine is shared, and under
+ * TCG the guest's freeze runs only as fast as QEMU gets CPU).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,6 +42,7 @@ const SMP = opt('--smp', '1');
 const KEEP = args.includes('--keep');
 const IDLE = args.includes('--idle');
 const NAME = IDLE ? 'live-idle' : 'live';
+const QUIET_WAIT = Number(opt('--quiet-wait', '60'));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => {
@@ -52,11 +56,38 @@ const pct = (xs, p) => {
 };
 const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), p90: pct(xs, 90), max: Math.max(...xs), runs: xs });
 
-/** CPU time (user+system, all processes) from /proc/stat, in seconds; for the machine's load. */
-function cpuSeconds() {
+const USER_HZ = 100;
+
+/** Busy CPU time of the whole machine, and of one process, in seconds (from /proc). */
+function cpuSeconds(pid) {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  const hz = 100;
-  return { busy: (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / hz, total: f.reduce((a, b) => a + b, 0) / hz };
+  let own = 0;
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    own = (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+  } catch {
+    // the process is gone
+  }
+  return { at: Date.now(), busy: (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / USER_HZ, own };
+}
+
+/** Cores used between two samples by everything but the process sampled. */
+function otherCores(a, b) {
+  return Math.max(0, (b.busy - a.busy - (b.own - a.own)) / ((b.at - a.at) / 1000));
+}
+
+/** Waits up to `maxSeconds` until processes other than `pid` use < 0.25 core over 2 s; returns that load. */
+async function waitForQuiet(pid, maxSeconds) {
+  const deadline = Date.now() + maxSeconds * 1000;
+  let load;
+  do {
+    const a = cpuSeconds(pid);
+    await sleep(2000);
+    load = otherCores(a, cpuSeconds(pid));
+    if (load < 0.25) break;
+  } while (Date.now() < deadline);
+  return Number(load.toFixed(2));
 }
 
 function backup(vm, repo) {
@@ -88,15 +119,15 @@ async function main() {
     const first = backup(vm, repo);
     const reports = [];
     const load = [];
+    const quietBefore = [];
     for (let i = 0; i < RUNS; i++) {
-      await sleep(1000);
-      const c0 = cpuSeconds();
+      quietBefore.push(await waitForQuiet(qemuPid, QUIET_WAIT));
+      const c0 = cpuSeconds(qemuPid);
       const r = backup(vm, repo);
-      const c1 = cpuSeconds();
-      load.push(Number((((c1.busy - c0.busy) / (c1.total - c0.total)) * cpus().length).toFixed(2)));
+      load.push(Number(otherCores(c0, cpuSeconds(qemuPid)).toFixed(2)));
       reports.push(r);
       process.stderr.write(
-        `run ${i + 1}/${RUNS}: frozen ${r.frozenMs} ms (freeze ${r.snapshot.freezeMs}, transaction ${r.snapshot.transactionMs}, thaw ${r.snapshot.thawMs}); overlays ${r.disks.map((d) => d.overlayMs).join(' / ')} ms\n`,
+        `run ${i + 1}/${RUNS}: frozen ${r.frozenMs} ms (freeze ${r.snapshot.freezeMs}, transaction ${r.snapshot.transactionMs}, thaw ${r.snapshot.thawMs}); overlays ${r.disks.map((d) => d.overlayMs).join(' / ')} ms; other load before ${quietBefore[i]}, during ${load[i]} cores\n`,
       );
     }
     const out = {
@@ -113,7 +144,9 @@ async function main() {
       overlayMs: Object.fromEntries(first.disks.map((d, i) => [d.disk, stats(reports.map((r) => r.disks[i].overlayMs))])),
       durationMs: stats(reports.map((r) => r.durationMs)),
       changedBlocks: Object.fromEntries(first.disks.map((d, i) => [d.disk, median(reports.map((r) => r.disks[i].changedBlocks))])),
-      machineLoadDuringRuns: stats(load),
+      quietWaitSeconds: QUIET_WAIT,
+      otherLoadBeforeRuns: stats(quietBefore),
+      otherLoadDuringRuns: stats(load),
       target: { frozenMsMedian: 150 },
     };
     out.target.met = out.frozenMs.median <= out.target.frozenMsMedian;
@@ -144,7 +177,9 @@ function markdown(o) {
     `${o.runs} incremental live backups (\`blockrep backup --qmp … --json\`, block size ${o.blockSize / 1024} KiB), one second apart, after one full backup as warm-up ` +
       `(frozen ${o.warmUp.frozenMs} ms, overlays ${o.warmUp.overlayMs.join(' / ')} ms).`,
     'Times in ms, from the --json reports. frozenMs = freeze sent → thaw returned; overlayMs = snapshot → the VM back on its base (query-block checked).',
-    `CPU busy on the whole machine during the runs (cores of ${o.machine.cores}, includes QEMU's vCPU thread): median ${o.machineLoadDuringRuns.median}.`,
+    `Before each run the bench waited (up to ${o.quietWaitSeconds} s) until processes other than the guest's QEMU used < 0.25 core: ` +
+      `that load was median ${o.otherLoadBeforeRuns.median} (max ${o.otherLoadBeforeRuns.max}) cores before the runs and median ${o.otherLoadDuringRuns.median} ` +
+      `(max ${o.otherLoadDuringRuns.max}) during them (blockrep itself included) — this machine is shared, and under TCG the guest runs only as fast as QEMU gets CPU.`,
     '',
     '| measurement | median | min | p90 | max | runs |',
     '|---|---|---|---|---|---|',
