@@ -284,12 +284,18 @@ function perfCategories(job) {
   sh('cat', [job.path], true);
   const rec = spawnSync('perf', ['record', '-q', '-F', '999', '-o', data, '--', process.execPath, '--perf-basic-prof', fileURLToPath(import.meta.url), '--child', JSON.stringify(job)], { encoding: 'utf8', cwd: root });
   if (rec.status !== 0) return { error: rec.stderr.slice(0, 300) };
-  const rep = spawnSync('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,sym', '--stdio', '-g', 'none'], { encoding: 'utf8', maxBuffer: 64 * MiB });
+  const rep = spawnSync('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,sym', '--stdio', '-g', 'none', '--field-separator', '|'], {
+    encoding: 'utf8',
+    maxBuffer: 64 * MiB,
+  });
   const categories = {};
   for (const line of rep.stdout.split('\n')) {
-    const m = /^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)$/.exec(line);
-    if (!m) continue;
-    const [, pct, dso, , sym] = m;
+    if (line.startsWith('#')) continue;
+    const [pctField, dsoField, symField] = line.split('|');
+    if (symField === undefined) continue;
+    const pct = Number.parseFloat(pctField);
+    const dso = dsoField.trim();
+    const sym = symField.trim();
     let cat = 'other';
     if (/copy_to_iter|copy_user|copy_page_to_iter/.test(sym)) cat = 'kernel: copy from page cache';
     else if (/wasm-function/.test(sym)) cat = 'xxh64 (WebAssembly)';
@@ -297,9 +303,9 @@ function perfCategories(job) {
     else if (/sha256|SHA256/i.test(sym)) cat = 'SHA-256';
     else if (/ZSTD|zstd/.test(sym) || dso.includes('zstd')) cat = 'zstd';
     else if (/memcmp|memmove|memcpy|memset/.test(sym)) cat = 'libc memcmp/memcpy';
-    else if (dso === 'node' || dso.includes('JIT')) cat = 'Node/V8 (JavaScript, start-up, GC)';
+    else if (dso === 'node' || dso.includes('JIT') || dso.startsWith('libnode')) cat = 'Node/V8 (JavaScript, start-up, GC)';
     else if (dso.includes('libc')) cat = 'libc other (malloc...)';
-    categories[cat] = round((categories[cat] ?? 0) + Number(pct), 1);
+    categories[cat] = round((categories[cat] ?? 0) + pct, 1);
   }
   return categories;
 }
