@@ -251,7 +251,7 @@ async function main() {
   log(`wrote bench/results/scan.json and scan.md`);
   log(JSON.stringify(ratios));
   if (!keep) {
-    for (const f of readdirSync(work)) if (f.startsWith('scan-bench')) rmSync(join(work, f), { force: true });
+    for (const f of readdirSync(work)) if (f.startsWith(`scan-bench-${size}`)) rmSync(join(work, f), { force: true });
     log('removed the bench images (use --keep to keep them)');
   }
 }
