@@ -6,11 +6,21 @@ import type { Backend, BackendObject, WriteOptions } from './backend.js';
  * limiter's rate (one limiter per direction, shared by every request). Metadata calls pass.
  */
 export class RateLimitedBackend implements Backend {
+  readonly writeManifestDelta: Backend['writeManifestDelta'];
+
   constructor(
     private readonly inner: Backend,
     private readonly upload: RateLimiter,
     private readonly download: RateLimiter = upload,
-  ) {}
+  ) {
+    const sendDelta = inner.writeManifestDelta?.bind(inner);
+    this.writeManifestDelta = sendDelta
+      ? async (key, delta) => {
+          await this.upload.take(delta.byteLength);
+          return sendDelta(key, delta);
+        }
+      : undefined;
+  }
 
   get location(): string {
     return this.inner.location;

@@ -4,10 +4,12 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LocalBackend } from '../backend/local/local-backend.js';
 import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
+import { composeManifest, decodeDelta } from '../manifest/manifest-delta.js';
 import { idHex, isZeroId, ManifestReader } from '../manifest/manifest-reader.js';
-import type { Repository } from '../repository/repository.js';
+import { Repository } from '../repository/repository.js';
+import { MANIFEST_DELTA_TYPE, MAX_MANIFEST_DELTA_BYTES } from '../backend/http/http-protocol.js';
 import { BlockrepError, isBlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
-import { checkDeclaredLength, requestPieces, tooLarge } from './http-io.js';
+import { checkDeclaredLength, readBody, requestPieces, tooLarge } from './http-io.js';
 import type { RequestContext } from './request-context.js';
 
 /** Everything before the entries: the fixed header, at most 64 KiB of meta, padding. */
@@ -38,7 +40,11 @@ export async function receiveManifest(
   const spoolRoot = join(spoolDir, randomBytes(12).toString('hex'));
   const spoolPath = join(spoolRoot, ...ref.key.split('/'));
   try {
-    await spool(ctx, spoolPath, declared, where);
+    if (ctx.req.headers['content-type'] === MANIFEST_DELTA_TYPE) {
+      await composeFromDelta(repo, ref, ctx, spoolRoot, where);
+    } else {
+      await spool(ctx, spoolPath, declared, where);
+    }
     const reader = await ManifestReader.open(new LocalBackend(spoolRoot), ref.key);
     const meta = reader.header.meta;
     if (meta.diskId !== ref.diskId || meta.versionId !== ref.versionId) {
@@ -55,6 +61,30 @@ export async function receiveManifest(
   } finally {
     await rm(spoolRoot, { recursive: true, force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * A delta (manifest-delta.ts) against the parent version its header names, of the same disk:
+ * composed here from the parent this repository holds into the spool, where it is then checked
+ * like a manifest sent whole. The composition must match the digest the client computed.
+ */
+async function composeFromDelta(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, spoolRoot: string, where: string): Promise<void> {
+  checkDeclaredLength(ctx, MAX_MANIFEST_DELTA_BYTES, where);
+  const body = await readBody(ctx, MAX_MANIFEST_DELTA_BYTES, where);
+  const delta = decodeDelta(body, where);
+  const parentId = delta.header.meta.parentVersionId;
+  if (parentId === null) throw new BlockrepError('BAD_REQUEST', `${where}: a delta needs a parent version; send the whole manifest`);
+  if (delta.header.meta.diskId !== ref.diskId) throw new BlockrepError('BAD_REQUEST', `${where}: the delta is of disk ${delta.header.meta.diskId}`);
+  let parent: ManifestReader;
+  try {
+    parent = await ManifestReader.open(repo.backend, Repository.manifestKey(ref.diskId, parentId));
+  } catch (err) {
+    if (isBlockrepError(err) && (err.code === 'VERSION_NOT_FOUND' || err.code === 'INVALID_VERSION_ID')) {
+      throw new BlockrepError('BAD_REQUEST', `${where}: its parent version ${parentId} does not exist here; send the whole manifest`);
+    }
+    throw err;
+  }
+  await new LocalBackend(spoolRoot).write(ref.key, composeManifest(delta, parent, where));
 }
 
 /** Writes the body to `path`, refusing it as soon as it runs past what its header allows. */

@@ -2,6 +2,7 @@ import { BlockrepError, isBlockrepError } from '../../shared/blockrep-error.js';
 import type { Backend, BackendObject, WriteOptions } from '../backend.js';
 import { errorFromResponse } from './http-error.js';
 import {
+  MANIFEST_DELTA_TYPE,
   ERROR_CODE_HEADER,
   FLUSH_PATH,
   listLineSchema,
@@ -131,6 +132,29 @@ export class HttpBackend implements Backend {
     } finally {
       if (!(body instanceof Uint8Array)) await body.dispose();
     }
+  }
+
+  /** Sends a manifest as a delta against its parent; the server composes and checks it. */
+  async writeManifestDelta(key: string, delta: Uint8Array): Promise<number> {
+    await this.transport.exchange(
+      {
+        method: 'PUT',
+        path: objectPath(key),
+        headers: { 'content-type': MANIFEST_DELTA_TYPE, 'if-none-match': '*' },
+        body: delta,
+        accept: [201, 412],
+        what: `writing ${key}`,
+        headersTimeoutMs: 60_000 + Math.ceil(delta.byteLength / (1024 * 1024)) * HEADERS_MS_PER_MIB,
+      },
+      async (res) => {
+        if (res.statusCode === 201) return;
+        const error = await errorFromResponse(res, this.location, `writing ${key}`);
+        // A retry after a lost answer finds its own version there: that is success.
+        if (res.retried && (await this.size(key)) !== undefined) return;
+        throw error;
+      },
+    );
+    return delta.byteLength;
   }
 
   async flush(): Promise<void> {

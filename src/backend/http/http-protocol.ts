@@ -8,7 +8,9 @@ import { errorCodes } from '../../shared/blockrep-error.js';
  *   GET    /v1/config                 the repository's blockrep.json, checked
  *   HEAD   /v1/objects/<key>          size (Content-Length), 404 when missing
  *   GET    /v1/objects/<key>          bytes; `Range: bytes=a-b` or `bytes=a-` → 206
- *   PUT    /v1/objects/<key>          store; `If-None-Match: *` = exclusive (412 EXISTS)
+ *   PUT    /v1/objects/<key>          store; `If-None-Match: *` = exclusive (412 EXISTS); a
+ *                                      manifest may come as a delta against its parent
+ *                                      (Content-Type MANIFEST_DELTA_TYPE, manifest-delta.ts)
  *   DELETE /v1/objects/<key>          remove (204 also when missing)
  *   GET    /v1/list?prefix=<prefix>   NDJSON lines {key,size}, then {end:true,count}
  *   POST   /v1/sizes                  {keys:[…]} → {sizes:[n|null…]}
@@ -23,6 +25,11 @@ export const LIST_PATH = `${API_PREFIX}/list`;
 export const SIZES_PATH = `${API_PREFIX}/sizes`;
 export const FLUSH_PATH = `${API_PREFIX}/flush`;
 export const CONFIG_PATH = `${API_PREFIX}/config`;
+
+/** A manifest PUT whose body is a delta against the parent version named in its header. */
+export const MANIFEST_DELTA_TYPE = 'application/x-blockrep-manifest-delta';
+/** The largest delta accepted; a client with a larger change sends the whole manifest. */
+export const MAX_MANIFEST_DELTA_BYTES = 48 * 1024 * 1024;
 
 /** Every error response names its BlockrepError code here too (HEAD responses have no body). */
 export const ERROR_CODE_HEADER = 'x-blockrep-code';
