@@ -8,6 +8,7 @@ import type { RequestContext } from './request-context.js';
 /** Reading request bodies with hard limits, and writing responses with backpressure. */
 
 const contentLengthSchema = z.string().regex(/^\d{1,15}$/).transform(Number);
+const jsonTypeSchema = z.string().max(128).regex(/^application\/json\s*(;.*)?$/i);
 
 /** The declared Content-Length, or undefined for a chunked body; a malformed one is refused. */
 export function declaredLength(ctx: RequestContext): number | undefined {
@@ -100,8 +101,7 @@ export async function readBody(ctx: RequestContext, maxBytes: number, what: stri
 }
 
 export async function readJson<T>(ctx: RequestContext, schema: z.ZodType<T>, maxBytes: number, what: string): Promise<T> {
-  const type = ctx.req.headers['content-type'] ?? '';
-  if (!/^application\/json\b/i.test(type)) throw new BlockrepError('BAD_REQUEST', `${what} must be application/json`);
+  if (!jsonTypeSchema.safeParse(ctx.req.headers['content-type']).success) throw new BlockrepError('BAD_REQUEST', `${what} must be application/json`);
   const body = await readBody(ctx, maxBytes, what);
   let json: unknown;
   try {
