@@ -1,13 +1,14 @@
 import { openImage } from '../image/open-image.js';
 import type { ImageFormat } from '../image/image-reader.js';
 import { ManifestWriter } from '../manifest/manifest-writer.js';
-import { ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader } from '../manifest/manifest-reader.js';
+import { idHex, isZeroId, ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader } from '../manifest/manifest-reader.js';
 import type { Repository } from '../repository/repository.js';
 import { scanImage } from '../scan/scan-image.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { assertDiskId } from '../shared/disk-id.js';
 import { TaskPool } from '../shared/task-pool.js';
 import { newVersionId } from '../shared/version-id.js';
+import { ChunkUploader, type UploadTotals } from './chunk-uploader.js';
 import type { ProgressListener } from './progress.js';
 
 export interface BackupImageRequest {
@@ -35,6 +36,8 @@ export interface DiskBackupReport {
   /** New chunks stored, and chunks the repository already held. */
   newChunks: number;
   reusedChunks: number;
+  /** New chunks that travelled as patches against the block's previous chunk (remote only). */
+  patchedChunks: number;
   durationMs: number;
 }
 
@@ -92,13 +95,14 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     });
 
     const parentEntries = new ParentEntries(parent);
-    const inFlight = new Set<string>();
-    const totals = { changedBlocks: 0, zeroBlocks: 0, bytesRead: 0, bytesSent: 0, storedBytes: 0, newChunks: 0, reusedChunks: 0, blocksDone: 0 };
+    const totals = { changedBlocks: 0, zeroBlocks: 0, bytesRead: 0, blocksDone: 0 };
+    const uploads: UploadTotals = { bytesSent: 0, storedBytes: 0, newChunks: 0, reusedChunks: 0, patchedChunks: 0 };
+    const uploader = new ChunkUploader(repo, pool, uploads);
     const blocks = writer.blockCount;
 
     const scan = scanImage({
       image: { path: req.path, format },
-      blockSize: blockSize,
+      blockSize,
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.compress !== undefined ? { compress: options.compress } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
@@ -114,31 +118,22 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
         else if (!batch.zero[i] && prev && i < prev.hashes.length) prev.ids.copy(ids, i * 32, i * 32, i * 32 + 32);
       }
       for (const { index, chunk } of batch.chunks) {
-        Buffer.from(chunk.id, 'hex').copy(ids, (index - batch.startBlock) * 32);
-        if (inFlight.has(chunk.id)) continue;
-        inFlight.add(chunk.id);
-        await pool.submit(async () => {
-          if (await repo.hasChunk(chunk.id)) {
-            totals.reusedChunks++;
-          } else {
-            const n = await repo.putChunk(chunk);
-            totals.bytesSent += n;
-            totals.storedBytes += n;
-            totals.newChunks++;
-          }
-          inFlight.delete(chunk.id);
-        });
+        const i = index - batch.startBlock;
+        Buffer.from(chunk.id, 'hex').copy(ids, i * 32);
+        // The chunk this block had before: what a patch is made against.
+        const baseId = prev && i < prev.hashes.length && !isZeroId(prev.ids, i) ? idHex(prev.ids, i) : undefined;
+        await uploader.add(chunk, baseId);
       }
       await writer.append(batch.hashes, ids, batch.changed);
       totals.bytesRead += batch.bytesRead;
       totals.blocksDone += batch.count;
-      options.onProgress?.({ kind: 'scan', disk: diskId, blocksDone: totals.blocksDone, blocks, blockSize: blockSize, changedBlocks: totals.changedBlocks, bytesRead: totals.bytesRead, bytesSent: totals.bytesSent });
+      options.onProgress?.({ kind: 'scan', disk: diskId, blocksDone: totals.blocksDone, blocks, blockSize, changedBlocks: totals.changedBlocks, bytesRead: totals.bytesRead, bytesSent: uploads.bytesSent });
     }
-    await pool.drain();
+    await uploader.finish();
     if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', 'backup interrupted before its version was published');
 
-    const manifest = await writer.finish({ changedBlocks: totals.changedBlocks, zeroBlocks: totals.zeroBlocks, storedBytes: totals.storedBytes });
-    totals.bytesSent += await repo.publishVersion(diskId, versionId, manifest);
+    const manifest = await writer.finish({ changedBlocks: totals.changedBlocks, zeroBlocks: totals.zeroBlocks, storedBytes: uploads.storedBytes });
+    uploads.bytesSent += await repo.publishVersion(diskId, versionId, manifest);
 
     return {
       disk: diskId,
@@ -150,9 +145,10 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       changedBlocks: totals.changedBlocks,
       zeroBlocks: totals.zeroBlocks,
       bytesRead: totals.bytesRead,
-      bytesSent: totals.bytesSent,
-      newChunks: totals.newChunks,
-      reusedChunks: totals.reusedChunks,
+      bytesSent: uploads.bytesSent,
+      newChunks: uploads.newChunks,
+      reusedChunks: uploads.reusedChunks,
+      patchedChunks: uploads.patchedChunks,
       durationMs: Date.now() - started,
     };
   } finally {

@@ -44,6 +44,13 @@ export interface Backend {
    * Returns the bytes sent.
    */
   writeManifestDelta?(key: string, delta: Uint8Array): Promise<number>;
+  /**
+   * Optional, for backends behind a slow link (chunk-patch.ts): for each new block, which
+   * slices differ from the base chunk the far side holds (undefined: it cannot tell).
+   */
+  planChunkPatches?(sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>): Promise<Array<Buffer | undefined>>;
+  /** Optional: stores chunk `chunkId` given as a patch against a base chunk. Returns bytes sent. */
+  writeChunkPatch?(chunkKey: string, patch: Uint8Array): Promise<number>;
   /** Makes every earlier deferred write durable. */
   flush(): Promise<void>;
   /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */

@@ -7,6 +7,8 @@ import type { Backend, BackendObject, WriteOptions } from './backend.js';
  */
 export class RateLimitedBackend implements Backend {
   readonly writeManifestDelta: Backend['writeManifestDelta'];
+  readonly planChunkPatches: Backend['planChunkPatches'];
+  readonly writeChunkPatch: Backend['writeChunkPatch'];
 
   constructor(
     private readonly inner: Backend,
@@ -18,6 +20,14 @@ export class RateLimitedBackend implements Backend {
       ? async (key, delta) => {
           await this.upload.take(delta.byteLength);
           return sendDelta(key, delta);
+        }
+      : undefined;
+    this.planChunkPatches = inner.planChunkPatches?.bind(inner);
+    const sendPatch = inner.writeChunkPatch?.bind(inner);
+    this.writeChunkPatch = sendPatch
+      ? async (key, patch) => {
+          await this.upload.take(patch.byteLength);
+          return sendPatch(key, patch);
         }
       : undefined;
   }

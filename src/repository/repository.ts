@@ -105,6 +105,22 @@ export class Repository {
     return this.backend.write(Repository.chunkKey(chunk.id), chunk.blob, { deferSync: true });
   }
 
+  /** Whether a changed block can travel as a patch against its base chunk (chunk-patch.ts). */
+  get patchesChunks(): boolean {
+    return this.backend.planChunkPatches !== undefined && this.backend.writeChunkPatch !== undefined;
+  }
+
+  async planChunkPatches(sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>): Promise<Array<Buffer | undefined>> {
+    if (!this.backend.planChunkPatches) return items.map(() => undefined);
+    return this.backend.planChunkPatches(sliceBytes, items);
+  }
+
+  /** Stores chunk `id` from a patch against a base chunk the repository holds. Returns bytes sent. */
+  async putChunkPatch(id: string, patch: Uint8Array): Promise<number> {
+    if (!this.backend.writeChunkPatch) throw new BlockrepError('INTERNAL', 'this repository takes no chunk patches');
+    return this.backend.writeChunkPatch(Repository.chunkKey(id), patch);
+  }
+
   async readChunkBlob(id: string): Promise<Buffer> {
     try {
       return await this.backend.read(Repository.chunkKey(id));
@@ -205,11 +221,14 @@ export class Repository {
   async publishVersion(diskId: string, versionId: string, manifest: FinishedManifest): Promise<number> {
     await this.backend.flush();
     const key = Repository.manifestKey(diskId, versionId);
-    // Kept first, so the next run has it even if it has to ask again whether this one landed.
-    await this.manifestCache()?.store(key, manifest);
     const delta = this.backend.writeManifestDelta ? manifest.delta() : undefined;
-    if (delta && delta.length < manifest.bytes && this.backend.writeManifestDelta) return this.backend.writeManifestDelta(key, delta);
-    return this.backend.write(key, manifest.stream(), { exclusive: true });
+    const sent =
+      delta && delta.length < manifest.bytes && this.backend.writeManifestDelta
+        ? await this.backend.writeManifestDelta(key, delta)
+        : await this.backend.write(key, manifest.stream(), { exclusive: true });
+    // Only once it is the published version: the next run compares against it without a download.
+    await this.manifestCache()?.store(key, manifest);
+    return sent;
   }
 
   async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {

@@ -34,7 +34,7 @@ export async function receiveChunk(repo: Repository, chunkId: string, ctx: Reque
  * can claim (and fill) gigabytes. Every frame must state its content size, and together they
  * must equal the uncompressed length in the chunk header.
  */
-function checkDecodedSize(blob: Buffer, chunkId: string): void {
+export function checkDecodedSize(blob: Buffer, chunkId: string): void {
   if (blob.length < CHUNK_HEADER_BYTES || blob.readUInt32BE(0) !== CHUNK_MAGIC) {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${chunkId}: not a chunk blob (bad magic)`);
   }

@@ -9,7 +9,10 @@ import {
   OBJECTS_PATH,
   SIZES_PATH,
   sizesRequestSchema,
+  PATCH_PLANS_PATH,
+  CHUNK_PATCH_TYPE,
 } from '../backend/http/http-protocol.js';
+import { planPatches, receiveChunkPatch } from './chunk-patch-upload.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
@@ -110,6 +113,11 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
       const sizes = await options.repo.backend.sizes(keys);
       return sendJson(ctx, 200, { sizes: sizes.map((s) => s ?? null) });
     }
+    case PATCH_PLANS_PATH:
+      ctx.kind = 'patch-plans';
+      requireMethod(method, 'POST', query);
+      authorizeFlush(principal); // planning serves writing chunks: the same right
+      return sendJson(ctx, 200, await planPatches(options.repo, ctx));
     case FLUSH_PATH:
       ctx.kind = 'flush';
       requireMethod(method, 'POST', query);
@@ -152,7 +160,10 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
       let stored: number;
       switch (ref.kind) {
         case 'chunk':
-          stored = await receiveChunk(repo, ref.chunkId, ctx, budget);
+          stored =
+            ctx.req.headers['content-type'] === CHUNK_PATCH_TYPE
+              ? await receiveChunkPatch(repo, ref.chunkId, ctx, budget)
+              : await receiveChunk(repo, ref.chunkId, ctx, budget);
           break;
         case 'manifest':
           stored = await receiveManifest(repo, options.spoolDir, ref, ctx);

@@ -3,6 +3,10 @@ import type { Backend, BackendObject, WriteOptions } from '../backend.js';
 import { errorFromResponse } from './http-error.js';
 import {
   MANIFEST_DELTA_TYPE,
+  CHUNK_PATCH_TYPE,
+  MAX_PATCH_PLAN_ITEMS,
+  PATCH_PLANS_PATH,
+  patchPlanResponseSchema,
   ERROR_CODE_HEADER,
   FLUSH_PATH,
   listLineSchema,
@@ -132,6 +136,37 @@ export class HttpBackend implements Backend {
     } finally {
       if (!(body instanceof Uint8Array)) await body.dispose();
     }
+  }
+
+  async planChunkPatches(sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>): Promise<Array<Buffer | undefined>> {
+    const out: Array<Buffer | undefined> = [];
+    for (let i = 0; i < items.length; i += MAX_PATCH_PLAN_ITEMS) {
+      const part = items.slice(i, i + MAX_PATCH_PLAN_ITEMS);
+      const body = Buffer.from(JSON.stringify({ sliceBytes, items: part.map((it) => ({ base: it.baseId, hashes: it.hashes.toString('base64') })) }));
+      const answer = await this.transport.exchange(
+        { method: 'POST', path: PATCH_PLANS_PATH, headers: { 'content-type': 'application/json' }, body, accept: [200], what: 'planning chunk patches' },
+        async (res) => patchPlanResponseSchema.parse(JSON.parse((await readAll(res, contentLength(res, 'a patch plan'), 'a patch plan')).toString('utf8'))),
+      );
+      if (answer.items.length !== part.length) throw new BlockrepError('IO', `${this.location} answered a patch plan with ${answer.items.length} of ${part.length} items`);
+      for (const item of answer.items) out.push(item === null ? undefined : Buffer.from(item, 'base64'));
+    }
+    return out;
+  }
+
+  async writeChunkPatch(chunkKey: string, patch: Uint8Array): Promise<number> {
+    await this.transport.exchange(
+      {
+        method: 'PUT',
+        path: objectPath(chunkKey),
+        headers: { 'content-type': CHUNK_PATCH_TYPE },
+        body: patch,
+        accept: [201],
+        what: `writing ${chunkKey} as a patch`,
+        headersTimeoutMs: 60_000 + Math.ceil(patch.byteLength / (1024 * 1024)) * HEADERS_MS_PER_MIB,
+      },
+      async () => undefined,
+    );
+    return patch.byteLength;
   }
 
   /** Sends a manifest as a delta against its parent; the server composes and checks it. */

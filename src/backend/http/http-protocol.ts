@@ -15,6 +15,9 @@ import { errorCodes } from '../../shared/blockrep-error.js';
  *   GET    /v1/list?prefix=<prefix>   NDJSON lines {key,size}, then {end:true,count}
  *   POST   /v1/sizes                  {keys:[…]} → {sizes:[n|null…]}
  *   POST   /v1/flush                  make earlier writes durable (204)
+ *   POST   /v1/patch-plans            {sliceBytes, items:[{base, hashes}]} → {items:[bitmap|null]}:
+ *                                      which slices of each new block differ from its base chunk
+ *   PUT    /v1/objects/chunks/…       may carry a chunk patch (CHUNK_PATCH_TYPE, chunk-patch.ts)
  *
  * Each key segment travels percent-encoded (encodeURIComponent), so `%2F` in a disk's path
  * component goes as `%252F`; the server decodes each segment exactly once.
@@ -25,6 +28,19 @@ export const LIST_PATH = `${API_PREFIX}/list`;
 export const SIZES_PATH = `${API_PREFIX}/sizes`;
 export const FLUSH_PATH = `${API_PREFIX}/flush`;
 export const CONFIG_PATH = `${API_PREFIX}/config`;
+
+export const PATCH_PLANS_PATH = `${API_PREFIX}/patch-plans`;
+export const CHUNK_PATCH_TYPE = 'application/x-blockrep-chunk-patch';
+export const MAX_PATCH_PLAN_ITEMS = 1024;
+export const patchPlanRequestSchema = z
+  .object({
+    sliceBytes: z.number().int().min(512).max(16 * 1024 * 1024),
+    items: z
+      .array(z.object({ base: z.string().regex(/^[0-9a-f]{64}$/), hashes: z.string().max(44_000) }).strict())
+      .max(MAX_PATCH_PLAN_ITEMS),
+  })
+  .strict();
+export const patchPlanResponseSchema = z.object({ items: z.array(z.string().max(1024).nullable()) }).strict();
 
 /** A manifest PUT whose body is a delta against the parent version named in its header. */
 export const MANIFEST_DELTA_TYPE = 'application/x-blockrep-manifest-delta';
