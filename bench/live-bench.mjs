@@ -5,8 +5,8 @@
  * Boots the tiny test guest (scripts/guest/start-guest.sh: TCG, one vCPU, two 64 MiB ext4 data
  * disks, disk1 qcow2 over a backing file via -drive, vd2 raw via -blockdev, a writer appending
  * records all the time) under bench/work/live/, takes one full live backup (warm-up), then RUNS
- * incremental live backups through the CLI (`blockrep backup --qmp … --json`), one second
- * apart, and reports from their --json reports:
+ * incremental live backups through the CLI (`blockrep backup --qmp … --json`), each after a
+ * wait for a quiet machine, and reports from their --json reports:
  *   - the frozen window (frozenMs: freeze sent → thaw returned) and its parts: the freeze
  *     (guest-fsfreeze-freeze round trip), the snapshot transaction, the thaw;
  *   - the overlay lifetime of each disk (overlayMs: snapshot → the VM back on its base);
@@ -174,7 +174,7 @@ function markdown(o) {
     `Guest: the test guest (scripts/build-test-guest.sh), QEMU ${o.guest.accel.toUpperCase()} (no KVM), ${o.guest.vcpus} vCPU, ${o.guest.memoryMiB} MiB, kernel ${o.guest.kernel}; ` +
       `two ${o.guest.diskBytes / 1048576} MiB ext4 data disks (${o.guest.disks.join('; ')}), ` +
       (o.guest.writer ? 'a writer appending records to both all the time.' : 'idle (no writer): the floor of the frozen window.'),
-    `${o.runs} incremental live backups (\`blockrep backup --qmp … --json\`, block size ${o.blockSize / 1024} KiB), one second apart, after one full backup as warm-up ` +
+    `${o.runs} incremental live backups (\`blockrep backup --qmp … --json\`, block size ${o.blockSize / 1024} KiB, each a fresh process), after one full backup as warm-up ` +
       `(frozen ${o.warmUp.frozenMs} ms, overlays ${o.warmUp.overlayMs.join(' / ')} ms).`,
     'Times in ms, from the --json reports. frozenMs = freeze sent → thaw returned; overlayMs = snapshot → the VM back on its base (query-block checked).',
     `Before each run the bench waited (up to ${o.quietWaitSeconds} s) until processes other than the guest's QEMU used < 0.25 core: ` +
