@@ -18,7 +18,9 @@
  * live-idle.*), --keep (keep the guest's disks and the repository under bench/work/live),
  * --quiet-wait SECONDS (60: before each run, wait up to this long until the processes other
  * than the guest's QEMU use less than a quarter of a core: this machine is shared, and under
- * TCG the guest's freeze runs only as fast as QEMU gets CPU).
+ * TCG the guest's freeze runs only as fast as QEMU gets CPU), --disturbed CORES (0.25: a run
+ * during which other processes — not the guest's QEMU, not blockrep — used more is recorded as
+ * disturbed and repeated, up to 3 × RUNS attempts).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -43,6 +45,7 @@ const KEEP = args.includes('--keep');
 const IDLE = args.includes('--idle');
 const NAME = IDLE ? 'live-idle' : 'live';
 const QUIET_WAIT = Number(opt('--quiet-wait', '60'));
+const DISTURBED = Number(opt('--disturbed', '0.25'));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => {
@@ -90,10 +93,14 @@ async function waitForQuiet(pid, maxSeconds) {
   return Number(load.toFixed(2));
 }
 
+/**
+ * One live backup through the CLI; returns its --json report and the CPU seconds blockrep
+ * used (bash's `times` after the child exits: no extra tool needed).
+ */
 function backup(vm, repo) {
   const a = ['bin/blockrep.js', 'backup', '--qmp', join(vm, 'qmp.sock'), '--qga', join(vm, 'qga.sock'), '--repo', repo, '--json'];
   if (BLOCK) a.push('--block-size', BLOCK);
-  const r = spawnSync(process.execPath, a, { cwd: root, encoding: 'utf8' });
+  const r = spawnSync('bash', ['-c', '"$0" "$@"; rc=$?; times >&2; exit $rc', process.execPath, ...a], { cwd: root, encoding: 'utf8' });
   let json;
   try {
     json = JSON.parse(r.stdout);
@@ -101,7 +108,13 @@ function backup(vm, repo) {
     throw new Error(`blockrep backup failed (exit ${r.status}): ${r.stderr}${r.stdout}`);
   }
   if (r.status !== 0 || !json.ok) throw new Error(`blockrep backup failed (exit ${r.status}): ${r.stdout} ${r.stderr}`);
-  return json;
+  const lines = r.stderr.trim().split('\n');
+  const secs = (t) => {
+    const m = /^(\d+)m([\d.]+)s$/.exec(t);
+    return m ? Number(m[1]) * 60 + Number(m[2]) : 0;
+  };
+  const [user, sys] = (lines[lines.length - 1] ?? '').split(/\s+/);
+  return { report: json, cpuSeconds: secs(user) + secs(sys) };
 }
 
 async function main() {
@@ -116,25 +129,35 @@ async function main() {
   try {
     await sleep(2000);
     process.stderr.write('warm-up: first (full) live backup\n');
-    const first = backup(vm, repo);
+    const first = backup(vm, repo).report;
     const reports = [];
     const load = [];
     const quietBefore = [];
-    for (let i = 0; i < RUNS; i++) {
-      quietBefore.push(await waitForQuiet(qemuPid, QUIET_WAIT));
+    const disturbed = [];
+    for (let attempt = 0; reports.length < RUNS && attempt < RUNS * 3; attempt++) {
+      const before = await waitForQuiet(qemuPid, QUIET_WAIT);
       const c0 = cpuSeconds(qemuPid);
-      const r = backup(vm, repo);
-      load.push(Number(otherCores(c0, cpuSeconds(qemuPid)).toFixed(2)));
+      const { report: r, cpuSeconds: own } = backup(vm, repo);
+      const c1 = cpuSeconds(qemuPid);
+      // Cores used during the run by processes other than the guest's QEMU and this blockrep.
+      const other = Number(Math.max(0, otherCores(c0, c1) - own / ((c1.at - c0.at) / 1000)).toFixed(2));
+      const line = `frozen ${r.frozenMs} ms (freeze ${r.snapshot.freezeMs}, transaction ${r.snapshot.transactionMs}, thaw ${r.snapshot.thawMs}); overlays ${r.disks.map((d) => d.overlayMs).join(' / ')} ms; other load before ${before}, during ${other} cores`;
+      if (other > DISTURBED) {
+        disturbed.push({ frozenMs: r.frozenMs, otherCores: other });
+        process.stderr.write(`disturbed (other processes used ${other} cores), repeated: ${line}\n`);
+        continue;
+      }
+      quietBefore.push(before);
+      load.push(other);
       reports.push(r);
-      process.stderr.write(
-        `run ${i + 1}/${RUNS}: frozen ${r.frozenMs} ms (freeze ${r.snapshot.freezeMs}, transaction ${r.snapshot.transactionMs}, thaw ${r.snapshot.thawMs}); overlays ${r.disks.map((d) => d.overlayMs).join(' / ')} ms; other load before ${quietBefore[i]}, during ${load[i]} cores\n`,
-      );
+      process.stderr.write(`run ${reports.length}/${RUNS}: ${line}\n`);
     }
+    if (reports.length === 0) throw new Error('every run was disturbed by other processes; try again on a quieter machine (or raise --disturbed)');
     const out = {
       generatedAt: new Date().toISOString(),
       machine: { cpu: cpus()[0]?.model ?? '?', cores: cpus().length, node: process.version, loadavgAtEnd: loadavg().map((x) => Number(x.toFixed(2))) },
       guest: { accel: 'tcg', vcpus: Number(SMP), memoryMiB: 256, kernel, writer: !IDLE, disks: ['disk1: qcow2 over a backing file, -drive', 'vd2: raw, -blockdev'], diskBytes: first.disks[0].imageBytes },
-      runs: RUNS,
+      runs: reports.length,
       blockSize: first.disks[0].blockSize,
       warmUp: { frozenMs: first.frozenMs, overlayMs: first.disks.map((d) => d.overlayMs), durationMs: first.durationMs },
       frozenMs: stats(reports.map((r) => r.frozenMs)),
@@ -147,6 +170,8 @@ async function main() {
       quietWaitSeconds: QUIET_WAIT,
       otherLoadBeforeRuns: stats(quietBefore),
       otherLoadDuringRuns: stats(load),
+      disturbedThreshold: DISTURBED,
+      disturbedRuns: disturbed,
       target: { frozenMsMedian: 150 },
     };
     out.target.met = out.frozenMs.median <= out.target.frozenMsMedian;
@@ -179,7 +204,9 @@ function markdown(o) {
     'Times in ms, from the --json reports. frozenMs = freeze sent → thaw returned; overlayMs = snapshot → the VM back on its base (query-block checked).',
     `Before each run the bench waited (up to ${o.quietWaitSeconds} s) until processes other than the guest's QEMU used < 0.25 core: ` +
       `that load was median ${o.otherLoadBeforeRuns.median} (max ${o.otherLoadBeforeRuns.max}) cores before the runs and median ${o.otherLoadDuringRuns.median} ` +
-      `(max ${o.otherLoadDuringRuns.max}) during them (blockrep itself included) — this machine is shared, and under TCG the guest runs only as fast as QEMU gets CPU.`,
+      `(max ${o.otherLoadDuringRuns.max}) during them (QEMU and blockrep excluded) — this machine is shared, and under TCG the guest runs only as fast as QEMU gets CPU. ` +
+      `Runs during which other processes used more than ${o.disturbedThreshold} core were recorded as disturbed and repeated: ${o.disturbedRuns.length}` +
+      (o.disturbedRuns.length ? ` (their frozen windows: ${o.disturbedRuns.map((d) => d.frozenMs).join(' ')} ms).` : '.'),
     '',
     '| measurement | median | min | p90 | max | runs |',
     '|---|---|---|---|---|---|',
