@@ -29,7 +29,13 @@ export function finalExitCode(): number {
 export async function runCommand(json: boolean, handler: (ctx: CommandContext) => Promise<CommandResult>): Promise<void> {
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (controller.signal.aborted) process.exit(exitCodeFor('INTERRUPTED'));
+    if (controller.signal.aborted) {
+      // Never exit in the middle of the clean-up a first signal started: it may be thawing a
+      // guest or committing overlays back. A process that truly hangs can be killed and
+      // `blockrep recover` puts the VM right.
+      process.stderr.write(`blockrep: ${signal} again: still cleaning up; wait, or kill -9 and run blockrep recover\n`);
+      return;
+    }
     controller.abort(new BlockrepError('INTERRUPTED', `interrupted by ${signal}`));
   };
   process.on('SIGINT', onSignal);
