@@ -12,6 +12,7 @@ export const lockBodySchema = z
     pid: z.number().int().nonnegative(),
     host: z.string().max(256),
     createdAt: z.string().max(64),
+    startTime: z.string().max(32).optional(), // lock-holder.ts: tells a reused pid from the holder
     purpose: z.string().max(256),
   })
   .strict();
@@ -25,7 +26,7 @@ export async function receiveLock(repo: Repository, ref: { key: string; diskId: 
   } catch {
     throw new BlockrepError('BAD_REQUEST', 'a lock must be JSON');
   }
-  if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose}');
+  if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose[, startTime]}');
   try {
     return await repo.backend.write(ref.key, body, { exclusive });
   } catch (err) {
