@@ -1,8 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { open, readFile, unlink } from 'node:fs/promises';
-import { hostname } from 'node:os';
-import { z } from 'zod';
 import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
+import { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
 
 /**
  * One blockrep run per VM at a time: a lock file next to the VM's QMP socket
@@ -12,44 +10,20 @@ import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
  * kill -9 never blocks the next one.
  */
 
-const lockSchema = z.object({ pid: z.number().int(), host: z.string(), startTime: z.string().optional(), createdAt: z.string(), purpose: z.string() });
-type LockInfo = z.infer<typeof lockSchema>;
+const lockSchema = lockHolderSchema;
+type LockInfo = LockHolder;
 
 export function vmLockPathFor(qmpSocket: string): string {
   return `${qmpSocket}.blockrep.lock`;
 }
 
-/** A process's start time in clock ticks since boot (field 22 of /proc/PID/stat), if known. */
-function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parentheses: count from the last ")".
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[19];
-  } catch {
-    return undefined;
-  }
-}
-
-function isStale(holder: LockInfo): boolean {
-  if (holder.host !== hostname()) return false;
-  if (holder.pid === process.pid) return false;
-  try {
-    process.kill(holder.pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
-  }
-  // The pid exists: stale only if it is another process than the one that took the lock.
-  const now = processStartTime(holder.pid);
-  return holder.startTime !== undefined && now !== undefined && now !== holder.startTime;
-}
 
 export class VmLock {
   private constructor(readonly path: string) {}
 
   static async acquire(qmpSocket: string, purpose: string): Promise<VmLock> {
     const path = vmLockPathFor(qmpSocket);
-    const info: LockInfo = { pid: process.pid, host: hostname(), startTime: processStartTime(process.pid), createdAt: new Date().toISOString(), purpose };
+    const info: LockInfo = currentHolder(purpose);
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         const fh = await open(path, 'wx', 0o644);
@@ -72,7 +46,7 @@ export class VmLock {
         continue;
       }
       if (holder === undefined) continue; // gone meanwhile
-      if (isStale(holder)) {
+      if (holderIsGone(holder)) {
         await removeIfSame(path, holder);
         continue;
       }

@@ -1,11 +1,10 @@
-import { hostname } from 'node:os';
-import { z } from 'zod';
 import type { Backend } from '../backend/backend.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
 import { diskIdToPathComponent } from '../shared/disk-id.js';
+import { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
 
-const lockSchema = z.object({ pid: z.number().int(), host: z.string(), createdAt: z.string(), purpose: z.string() });
-type LockInfo = z.infer<typeof lockSchema>;
+const lockSchema = lockHolderSchema;
+type LockInfo = LockHolder;
 
 /**
  * One writer per disk: an object created exclusively under `locks/`. A lock whose holder was a
@@ -19,7 +18,7 @@ export class DiskLock {
 
   static async acquire(backend: Backend, diskId: string, purpose: string): Promise<DiskLock> {
     const key = `locks/${diskIdToPathComponent(diskId)}.lock`;
-    const info: LockInfo = { pid: process.pid, host: hostname(), createdAt: new Date().toISOString(), purpose };
+    const info: LockInfo = currentHolder(purpose);
     const body = Buffer.from(JSON.stringify(info));
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
@@ -29,7 +28,7 @@ export class DiskLock {
         if (!isBlockrepError(err) || err.code !== 'EXISTS') throw err;
       }
       const holder = await readHolder(backend, key);
-      if (holder && isStale(holder)) {
+      if (holder && holderIsGone(holder)) {
         await backend.remove(key);
         continue;
       }
@@ -54,13 +53,3 @@ async function readHolder(backend: Backend, key: string): Promise<LockInfo | und
   }
 }
 
-function isStale(holder: LockInfo): boolean {
-  if (holder.host !== hostname()) return false;
-  if (holder.pid === process.pid) return false;
-  try {
-    process.kill(holder.pid, 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
-  }
-}
