@@ -1,4 +1,4 @@
-import { decodeChunk, type EncodedChunk } from '../chunk/chunk-codec.js';
+import { unpackChunk, type EncodedChunk } from '../chunk/chunk-codec.js';
 import { DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../chunk/chunk-patch.js';
 import type { Repository } from '../repository/repository.js';
 import { isBlockrepError } from '../shared/blockrep-error.js';
@@ -60,7 +60,7 @@ export class ChunkUploader {
 
     const patchable = this.repo.patchesChunks ? missing.filter((m) => m.baseId !== undefined) : [];
     const raws = new Map<string, Buffer>();
-    for (const m of patchable) raws.set(m.chunk.id, decodeChunk(m.chunk.blob, m.chunk.id));
+    for (const m of patchable) raws.set(m.chunk.id, unpackChunk(m.chunk.blob, m.chunk.id)); // hashed when encoded: no second SHA-256
     const plans = await this.repo.planChunkPatches(
       this.sliceBytes,
       patchable.map((m) => ({ baseId: m.baseId!, hashes: sliceHashes(raws.get(m.chunk.id)!, this.sliceBytes) })),

@@ -63,6 +63,19 @@ export function encodeChunk(raw: Uint8Array, options: { compress?: boolean } = {
  * Any mismatch is CHUNK_CORRUPT: damaged data is never handed on.
  */
 export function decodeChunk(blob: Uint8Array, expectedId: string): Buffer {
+  const raw = unpackChunk(blob, expectedId);
+  const actual = chunkId(raw);
+  if (actual !== expectedId) {
+    throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: content hashes to ${actual}`);
+  }
+  return raw;
+}
+
+/**
+ * The content of a blob this process just encoded (its id already computed from the same
+ * bytes): checks the form, not the SHA-256. Anything read from storage goes through decodeChunk.
+ */
+export function unpackChunk(blob: Uint8Array, expectedId: string): Buffer {
   const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
   if (buf.byteLength < CHUNK_HEADER_BYTES || buf.readUInt32BE(0) !== CHUNK_MAGIC) {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: not a chunk blob (bad magic)`);
@@ -91,10 +104,6 @@ export function decodeChunk(blob: Uint8Array, expectedId: string): Buffer {
   }
   if (raw.byteLength !== rawLength) {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: length ${raw.byteLength}, header says ${rawLength}`);
-  }
-  const actual = chunkId(raw);
-  if (actual !== expectedId) {
-    throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: content hashes to ${actual}`);
   }
   return raw;
 }
