@@ -133,6 +133,8 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', 'backup interrupted before its version was published');
 
     const manifest = await writer.finish({ changedBlocks: totals.changedBlocks, zeroBlocks: totals.zeroBlocks, storedBytes: uploads.storedBytes });
+    // A run whose lock expired and was taken over must not publish beside its successor.
+    await lock.assertHeld();
     uploads.bytesSent += await repo.publishVersion(diskId, versionId, manifest);
 
     return {

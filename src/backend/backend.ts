@@ -51,6 +51,12 @@ export interface Backend {
   planChunkPatches?(sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>): Promise<Array<Buffer | undefined>>;
   /** Optional: stores chunk `chunkId` given as a patch against a base chunk. Returns bytes sent. */
   writeChunkPatch?(chunkKey: string, patch: Uint8Array): Promise<number>;
+  /**
+   * Optional: how many ms ago the object was last written, by the storage's own clock (its
+   * modification time against its "now"), or undefined when it does not exist. Lock leases
+   * (disk-lock.ts) are judged by it, so the clocks of the hosts that write locks do not matter.
+   */
+  objectAgeMs?(key: string): Promise<number | undefined>;
   /** Makes every earlier deferred write durable. */
   flush(): Promise<void>;
   /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */

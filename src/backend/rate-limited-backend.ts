@@ -9,6 +9,7 @@ export class RateLimitedBackend implements Backend {
   readonly writeManifestDelta: Backend['writeManifestDelta'];
   readonly planChunkPatches: Backend['planChunkPatches'];
   readonly writeChunkPatch: Backend['writeChunkPatch'];
+  readonly objectAgeMs: Backend['objectAgeMs'];
 
   constructor(
     private readonly inner: Backend,
@@ -23,6 +24,7 @@ export class RateLimitedBackend implements Backend {
         }
       : undefined;
     this.planChunkPatches = inner.planChunkPatches?.bind(inner);
+    this.objectAgeMs = inner.objectAgeMs?.bind(inner);
     const sendPatch = inner.writeChunkPatch?.bind(inner);
     this.writeChunkPatch = sendPatch
       ? async (key, patch) => {

@@ -33,6 +33,7 @@ const table: Partial<Record<ErrorCode, number>> = {
   CHUNK_MISSING: EXIT_DAMAGED,
   REPO_CORRUPT: EXIT_DAMAGED,
   REPO_LOCKED: EXIT_LOCKED,
+  LOCK_LOST: EXIT_LOCKED,
   VM_LOCKED: EXIT_LOCKED,
   IMAGE_UNSUPPORTED: EXIT_IMAGE_REFUSED,
   IMAGE_CORRUPT: EXIT_IMAGE_REFUSED,
@@ -65,7 +66,8 @@ Exit codes:
   2    usage error: bad arguments, disk id, version id or size
   3    not found: repository, disk, version or image
   4    damage: verify found damaged or missing data, or stored data failed its checks
-  5    locked: another blockrep process is writing the same disk or working on the same VM
+  5    locked: another blockrep process is writing the same disk or working on the same VM,
+       or took over this run's disk lock after it expired (nothing was published)
   6    image refused: corrupt, truncated, encrypted, unsupported feature, backing loop
   7    no space left on the device
   8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another

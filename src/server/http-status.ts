@@ -22,6 +22,7 @@ const table: Partial<Record<ErrorCode, number>> = {
   // A manifest that refers to a chunk the repository lacks: upload the chunk, then retry.
   CHUNK_MISSING: 409,
   REPO_LOCKED: 409,
+  LOCK_LOST: 409,
   EXISTS: 412, // If-None-Match: * failed
   TOO_LARGE: 413,
   CHUNK_CORRUPT: 422, // the body is well-formed HTTP but its content fails its checks

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_LEASE_MS } from '../repository/disk-lock.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
 import { readBody } from './http-io.js';
@@ -14,6 +15,10 @@ export const lockBodySchema = z
     createdAt: z.string().max(64),
     startTime: z.string().max(32).optional(), // lock-holder.ts: tells a reused pid from the holder
     purpose: z.string().max(256),
+    // The lease (disk-lock.ts): which acquisition this is, how long it holds unrenewed, when last renewed.
+    lockId: z.string().max(64).optional(),
+    leaseMs: z.number().int().positive().max(MAX_LEASE_MS).optional(),
+    renewedAt: z.string().max(64).optional(),
   })
   .strict();
 
@@ -26,7 +31,7 @@ export async function receiveLock(repo: Repository, ref: { key: string; diskId: 
   } catch {
     throw new BlockrepError('BAD_REQUEST', 'a lock must be JSON');
   }
-  if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose[, startTime]}');
+  if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose[, startTime, lockId, leaseMs, renewedAt]}');
   try {
     return await repo.backend.write(ref.key, body, { exclusive });
   } catch (err) {

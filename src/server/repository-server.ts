@@ -11,6 +11,7 @@ import {
   sizesRequestSchema,
   PATCH_PLANS_PATH,
   CHUNK_PATCH_TYPE,
+  AGE_HEADER,
 } from '../backend/http/http-protocol.js';
 import { planPatches, receiveChunkPatch } from './chunk-patch-upload.js';
 import type { Repository } from '../repository/repository.js';
@@ -205,6 +206,12 @@ async function sendObject(repo: Repository, ctx: RequestContext, ref: ObjectRef)
     'cache-control': 'no-store',
   };
   if (range !== undefined) headers['content-range'] = `bytes ${start}-${end - 1}/${size}`;
+  if (ref.kind === 'lock') {
+    // Lock leases are judged by the repository's clock (disk-lock.ts).
+    const age = await repo.backend.objectAgeMs?.(ref.key);
+    if (age === undefined) throw new BlockrepError('NOT_FOUND', `${ref.key} does not exist`);
+    headers[AGE_HEADER] = Math.round(age);
+  }
   ctx.res.writeHead(range !== undefined ? 206 : 200, headers);
   if (ctx.req.method === 'HEAD') {
     ctx.res.end();

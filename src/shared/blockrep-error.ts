@@ -20,6 +20,7 @@ export const errorCodes = [
   'REPO_FORMAT', // repository or manifest from another (older/newer) format version
   'REPO_CORRUPT', // stored data that fails its checks
   'REPO_LOCKED',
+  'LOCK_LOST', // this run's disk lock expired and was taken over: it published nothing
   'DISK_NOT_FOUND',
   'VERSION_NOT_FOUND',
   'CHUNK_MISSING',

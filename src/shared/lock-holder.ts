@@ -5,7 +5,8 @@ import { z } from 'zod';
 /**
  * Who holds a lock (a disk's in the repository, a VM's next to its QMP socket), and whether
  * that holder is gone: a process on this host that no longer exists, or whose pid now belongs
- * to another process (told apart by its start time). Holders on other hosts are never judged.
+ * to another process (told apart by its start time). Holders on other hosts are never judged
+ * here; a disk lock's lease (disk-lock.ts) covers them.
  */
 export const lockHolderSchema = z.object({
   pid: z.number().int(),
@@ -13,6 +14,12 @@ export const lockHolderSchema = z.object({
   startTime: z.string().optional(),
   createdAt: z.string(),
   purpose: z.string(),
+  /** Disk locks: a random id of this acquisition, so a holder knows its own lock from a successor's. */
+  lockId: z.string().optional(),
+  /** Disk locks: the holder renews within this many ms, or the lock may be taken over. */
+  leaseMs: z.number().int().optional(),
+  /** Disk locks: the holder's clock at its last renewal (for messages; expiry goes by the storage's clock). */
+  renewedAt: z.string().optional(),
 });
 export type LockHolder = z.infer<typeof lockHolderSchema>;
 

@@ -7,6 +7,7 @@ import {
   MAX_PATCH_PLAN_ITEMS,
   PATCH_PLANS_PATH,
   patchPlanResponseSchema,
+  AGE_HEADER,
   ERROR_CODE_HEADER,
   FLUSH_PATH,
   listLineSchema,
@@ -53,6 +54,18 @@ export class HttpBackend implements Backend {
     return this.transport.exchange({ method: 'HEAD', path: objectPath(key), accept: [200, 404], what: `reading ${key}` }, async (res) => {
       if (res.statusCode === 404) return this.missing(res, key);
       return contentLength(res, key);
+    });
+  }
+
+  /** The server answers a lock's age (AGE_HEADER); other objects have none. */
+  async objectAgeMs(key: string): Promise<number | undefined> {
+    return this.transport.exchange({ method: 'HEAD', path: objectPath(key), accept: [200, 404], what: `reading ${key}` }, async (res) => {
+      if (res.statusCode === 404) return this.missing(res, key);
+      const header = res.headers[AGE_HEADER];
+      if (typeof header !== 'string' || !/^\d{1,15}$/.test(header)) {
+        throw new BlockrepError('IO', `${this.location} did not say how old ${key} is (a blockrep serve older than this client?)`);
+      }
+      return Number(header);
     });
   }
 

@@ -47,6 +47,12 @@ export const MANIFEST_DELTA_TYPE = 'application/x-blockrep-manifest-delta';
 /** The largest delta accepted; a client with a larger change sends the whole manifest. */
 export const MAX_MANIFEST_DELTA_BYTES = 48 * 1024 * 1024;
 
+/**
+ * HEAD/GET of a lock carry its age: ms since it was last written, by the server's clock, so a
+ * client judges a lock's lease without trusting its own clock or the holder's.
+ */
+export const AGE_HEADER = 'x-blockrep-age-ms';
+
 /** Every error response names its BlockrepError code here too (HEAD responses have no body). */
 export const ERROR_CODE_HEADER = 'x-blockrep-code';
 

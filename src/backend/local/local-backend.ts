@@ -44,6 +44,16 @@ export class LocalBackend implements Backend {
     }
   }
 
+  async objectAgeMs(key: string): Promise<number | undefined> {
+    try {
+      // Never negative: a file written "in the future" (a clock stepped back) is as fresh as can be.
+      return Math.max(0, Date.now() - (await stat(this.path(key))).mtimeMs);
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
+      throw wrapSystemError(err, `reading ${key} in ${this.location}`);
+    }
+  }
+
   async sizes(keys: string[]): Promise<Array<number | undefined>> {
     const out = new Array<number | undefined>(keys.length);
     let next = 0;
