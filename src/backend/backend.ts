@@ -7,6 +7,27 @@
 export interface BackendObject {
   key: string;
   size: number;
+  /**
+   * Last modification, ms since the epoch by the storage's clock (local and HTTP listings give
+   * it): garbage collection keeps chunks written or touched after its cutoff.
+   */
+  mtimeMs?: number;
+}
+
+export interface SizesOptions {
+  /**
+   * Also refresh the modification time of every object found: a dedup hit that a new version
+   * will refer to, so a concurrent garbage collection keeps it (collect-garbage.ts).
+   */
+  touch?: boolean;
+}
+
+/** What removeIfOlder did. */
+export type ConditionalRemoval = 'removed' | 'young' | 'missing';
+
+export interface TempSweep {
+  files: number;
+  bytes: number;
 }
 
 export interface WriteOptions {
@@ -30,7 +51,7 @@ export interface Backend {
    * Sizes of many objects at once, in the order of `keys` (undefined: missing): "which of these
    * chunks do you already have" in one round trip per batch instead of one per chunk.
    */
-  sizes(keys: string[]): Promise<Array<number | undefined>>;
+  sizes(keys: string[], options?: SizesOptions): Promise<Array<number | undefined>>;
   /** The whole object, or `length` bytes from `offset`. A missing object throws code 'NOT_FOUND'. */
   read(key: string, offset?: number, length?: number): Promise<Buffer>;
   /**
@@ -63,5 +84,16 @@ export interface Backend {
   list(prefix: string): AsyncIterable<BackendObject>;
   /** Removes an object; a missing object is not an error. */
   remove(key: string): Promise<void>;
+  /**
+   * Optional (garbage collection): removes the object only if its modification time is before
+   * `cutoffMs`, atomically with respect to `sizes(…, { touch: true })` — an object touched at
+   * any moment before the removal is kept.
+   */
+  removeIfOlder?(key: string, cutoffMs: number): Promise<ConditionalRemoval>;
+  /**
+   * Optional (garbage collection): removes temporary files that writes cut short (kill -9)
+   * left in the repository's folders, if last modified before `cutoffMs`.
+   */
+  removeStaleTemps?(cutoffMs: number): Promise<TempSweep>;
   close(): Promise<void>;
 }

@@ -1,5 +1,5 @@
 import { RateLimiter, throttle } from '../shared/rate-limiter.js';
-import type { Backend, BackendObject, WriteOptions } from './backend.js';
+import type { Backend, BackendObject, SizesOptions, WriteOptions } from './backend.js';
 
 /**
  * `--bwlimit`: wraps any backend so the bytes it writes and reads flow at no more than the
@@ -9,6 +9,8 @@ export class RateLimitedBackend implements Backend {
   readonly writeManifestDelta: Backend['writeManifestDelta'];
   readonly planChunkPatches: Backend['planChunkPatches'];
   readonly writeChunkPatch: Backend['writeChunkPatch'];
+  readonly removeIfOlder: Backend['removeIfOlder'];
+  readonly removeStaleTemps: Backend['removeStaleTemps'];
   readonly objectAgeMs: Backend['objectAgeMs'];
 
   constructor(
@@ -24,6 +26,8 @@ export class RateLimitedBackend implements Backend {
         }
       : undefined;
     this.planChunkPatches = inner.planChunkPatches?.bind(inner);
+    this.removeIfOlder = inner.removeIfOlder?.bind(inner);
+    this.removeStaleTemps = inner.removeStaleTemps?.bind(inner);
     this.objectAgeMs = inner.objectAgeMs?.bind(inner);
     const sendPatch = inner.writeChunkPatch?.bind(inner);
     this.writeChunkPatch = sendPatch
@@ -46,8 +50,8 @@ export class RateLimitedBackend implements Backend {
     return this.inner.size(key);
   }
 
-  sizes(keys: string[]): Promise<Array<number | undefined>> {
-    return this.inner.sizes(keys);
+  sizes(keys: string[], options?: SizesOptions): Promise<Array<number | undefined>> {
+    return this.inner.sizes(keys, options);
   }
 
   async read(key: string, offset?: number, length?: number): Promise<Buffer> {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { Backend } from '../backend/backend.js';
+import type { Backend, ConditionalRemoval, TempSweep } from '../backend/backend.js';
 import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/chunk-codec.js';
 import type { ManifestHeader } from '../manifest/manifest-format.js';
 import { ManifestReader } from '../manifest/manifest-reader.js';
@@ -7,6 +7,7 @@ import type { FinishedManifest } from '../manifest/manifest-writer.js';
 import { ManifestCache } from './manifest-cache.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
 import { assertDiskId, diskIdFromPathComponent, diskIdToPathComponent } from '../shared/disk-id.js';
+import { lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
 import { isVersionId } from '../shared/version-id.js';
 import { DiskLock } from './disk-lock.js';
 import { CONFIG_KEY, REPOSITORY_FORMAT, REPOSITORY_FORMAT_VERSION, repositoryConfigSchema, type RepositoryConfig } from './repository-config.js';
@@ -94,9 +95,17 @@ export class Repository {
     return (await this.backend.size(Repository.chunkKey(id))) !== undefined;
   }
 
-  /** Which of these chunks the repository holds, in order (batched by the backend). */
-  async hasChunks(ids: string[]): Promise<boolean[]> {
-    const sizes = await this.backend.sizes(ids.map((id) => Repository.chunkKey(id)));
+  /**
+   * Which of these chunks the repository holds, in order (batched by the backend). A dedup
+   * query: the caller will refer to the chunks found, so by default they are touched (their
+   * modification time set to now) and a garbage collection running meanwhile keeps them even
+   * if no published version uses them yet (collect-garbage.ts).
+   */
+  async hasChunks(ids: string[], options: { touch?: boolean } = {}): Promise<boolean[]> {
+    const sizes = await this.backend.sizes(
+      ids.map((id) => Repository.chunkKey(id)),
+      { touch: options.touch ?? true },
+    );
     return sizes.map((size) => size !== undefined);
   }
 
@@ -135,11 +144,31 @@ export class Repository {
     return decodeChunk(await this.readChunkBlob(id), id);
   }
 
-  async *listChunks(): AsyncIterable<{ id: string; size: number }> {
+  /** Every stored chunk, with its modification time when the backend lists it. */
+  async *listChunks(): AsyncIterable<{ id: string; size: number; mtimeMs?: number }> {
     for await (const obj of this.backend.list('chunks/')) {
       const id = obj.key.slice(obj.key.lastIndexOf('/') + 1);
-      if (isChunkId(id)) yield { id, size: obj.size };
+      if (isChunkId(id)) yield obj.mtimeMs === undefined ? { id, size: obj.size } : { id, size: obj.size, mtimeMs: obj.mtimeMs };
     }
+  }
+
+  /** Whether garbage collection can run on this backend (conditional removal). */
+  get collectsGarbage(): boolean {
+    return this.backend.removeIfOlder !== undefined;
+  }
+
+  /**
+   * Removes a chunk only if it was last written or touched before `cutoffMs` (garbage
+   * collection); race-free against hasChunks' touch.
+   */
+  async removeChunkIfOlder(id: string, cutoffMs: number): Promise<ConditionalRemoval> {
+    if (!this.backend.removeIfOlder) throw new BlockrepError('INTERNAL', `${this.location} cannot remove chunks conditionally`);
+    return this.backend.removeIfOlder(Repository.chunkKey(id), cutoffMs);
+  }
+
+  /** Temporary files that interrupted writes left, older than `cutoffMs`, removed. */
+  async removeStaleTemps(cutoffMs: number): Promise<TempSweep> {
+    return this.backend.removeStaleTemps ? this.backend.removeStaleTemps(cutoffMs) : { files: 0, bytes: 0 };
   }
 
   async flush(): Promise<void> {
@@ -229,6 +258,35 @@ export class Repository {
     // Only once it is the published version: the next run compares against it without a download.
     await this.manifestCache()?.store(key, manifest);
     return sent;
+  }
+
+  /**
+   * Removes a published version (retention). Its chunks stay until a garbage collection finds
+   * no version using them. Callers hold the disk's lock.
+   */
+  async removeVersion(diskId: string, versionId: string): Promise<void> {
+    await this.backend.remove(Repository.manifestKey(diskId, versionId));
+  }
+
+  /**
+   * The disk locks present, with their holder when readable: garbage collection keeps what
+   * every running writer may have touched since it took its lock.
+   */
+  async listLocks(): Promise<Array<{ key: string; holder: LockHolder | undefined; mtimeMs: number | undefined }>> {
+    const out: Array<{ key: string; holder: LockHolder | undefined; mtimeMs: number | undefined }> = [];
+    for await (const obj of this.backend.list('locks/')) {
+      if (!obj.key.endsWith('.lock')) continue;
+      let holder: LockHolder | undefined;
+      try {
+        const parsed = lockHolderSchema.safeParse(JSON.parse((await this.backend.read(obj.key)).toString('utf8')));
+        holder = parsed.success ? parsed.data : undefined;
+      } catch (err) {
+        if (isBlockrepError(err) && err.code === 'NOT_FOUND') continue; // released meanwhile
+        if (!(err instanceof SyntaxError)) throw err;
+      }
+      out.push({ key: obj.key, holder, mtimeMs: obj.mtimeMs });
+    }
+    return out;
   }
 
   async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {

@@ -88,6 +88,17 @@ export function listedKeyVisible(p: Principal, diskId: string | undefined): bool
   return mayOnDisk(p, 'read', diskId);
 }
 
+/**
+ * Garbage collection (conditional chunk removal, temp sweep) decides from what it can see: a
+ * token that could not read every disk would miss versions and remove the chunks they use. So
+ * it needs read and admin on "*".
+ */
+export function authorizeCollectGarbage(p: Principal): void {
+  if (!mayOnAllDisks(p, 'admin') || !mayOnAllDisks(p, 'read')) {
+    throw new BlockrepError('FORBIDDEN', `token ${JSON.stringify(p.name)} may not collect garbage (needs read and admin on "*")`);
+  }
+}
+
 export function authorizeFlush(p: Principal): void {
   if (!mayOnAnyDisk(p, 'write')) throw new BlockrepError('FORBIDDEN', `token ${JSON.stringify(p.name)} may not write`);
 }

@@ -11,12 +11,16 @@ import {
   sizesRequestSchema,
   PATCH_PLANS_PATH,
   CHUNK_PATCH_TYPE,
+  IF_OLDER_THAN_HEADER,
+  REMOVAL_HEADER,
+  SWEEP_TEMPS_PATH,
+  sweepTempsRequestSchema,
   AGE_HEADER,
 } from '../backend/http/http-protocol.js';
 import { planPatches, receiveChunkPatch } from './chunk-patch-upload.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
-import { authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
+import { authorizeCollectGarbage, authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
 import { ByteBudget } from './byte-budget.js';
 import { receiveChunk } from './chunk-upload.js';
 import { declaredLength, readJson, sendEmpty, sendError, sendJson, writePiece } from './http-io.js';
@@ -94,6 +98,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
     const ref = parseObjectKey(keyFromPath(path.slice(OBJECTS_PATH.length)));
     ctx.kind = ref.kind;
     authorizeObject(principal, method, ref);
+    if (method === 'DELETE' && ctx.req.headers[IF_OLDER_THAN_HEADER] !== undefined) return removeIfOlder(options.repo, ctx, ref, principal);
     return handleObject(options, budget, ctx, method, ref);
   }
   switch (path) {
@@ -109,9 +114,15 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
     case SIZES_PATH: {
       ctx.kind = 'sizes';
       requireMethod(method, 'POST', query);
-      const { keys } = await readJson(ctx, sizesRequestSchema, MAX_JSON_BODY_BYTES, 'a sizes request');
-      for (const key of keys) authorizeObject(principal, 'HEAD', parseObjectKey(key));
-      const sizes = await options.repo.backend.sizes(keys);
+      const { keys, touch } = await readJson(ctx, sizesRequestSchema, MAX_JSON_BODY_BYTES, 'a sizes request');
+      for (const key of keys) {
+        const ref = parseObjectKey(key);
+        authorizeObject(principal, 'HEAD', ref);
+        if (touch && ref.kind !== 'chunk') throw new BlockrepError('BAD_REQUEST', 'only chunks are touched');
+      }
+      // Touching (a dedup hit the caller will refer to: gc keeps it) serves writing.
+      if (touch) authorizeFlush(principal);
+      const sizes = await options.repo.backend.sizes(keys, touch ? { touch: true } : {});
       return sendJson(ctx, 200, { sizes: sizes.map((s) => s ?? null) });
     }
     case PATCH_PLANS_PATH:
@@ -119,6 +130,14 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
       requireMethod(method, 'POST', query);
       authorizeFlush(principal); // planning serves writing chunks: the same right
       return sendJson(ctx, 200, await planPatches(options.repo, ctx));
+    case SWEEP_TEMPS_PATH: {
+      ctx.kind = 'sweep-temps';
+      requireMethod(method, 'POST', query);
+      authorizeCollectGarbage(principal);
+      const { olderThanMs } = await readJson(ctx, sweepTempsRequestSchema, MAX_JSON_BODY_BYTES, 'a temp sweep');
+      const backend = options.repo.backend;
+      return sendJson(ctx, 200, backend.removeStaleTemps ? await backend.removeStaleTemps(olderThanMs) : { files: 0, bytes: 0 });
+    }
     case FLUSH_PATH:
       ctx.kind = 'flush';
       requireMethod(method, 'POST', query);
@@ -134,6 +153,18 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
 function requireMethod(method: string, allowed: string, query: string): void {
   if (method !== allowed) throw new BlockrepError('METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allowed}`);
   if (query !== '') throw new BlockrepError('BAD_REQUEST', 'this endpoint takes no query');
+}
+
+/** Garbage collection's removal of a chunk: only if old, race-free against touches (sizes). */
+async function removeIfOlder(repo: Repository, ctx: RequestContext, ref: ObjectRef, principal: Principal): Promise<void> {
+  noBody(ctx);
+  const olderThan = ctx.req.headers[IF_OLDER_THAN_HEADER];
+  if (ref.kind !== 'chunk' || typeof olderThan !== 'string' || !/^\d{1,15}$/.test(olderThan)) {
+    throw new BlockrepError('BAD_REQUEST', `${IF_OLDER_THAN_HEADER} applies to chunks and takes ms since the epoch`);
+  }
+  authorizeCollectGarbage(principal);
+  if (!repo.backend.removeIfOlder) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove chunks conditionally');
+  return sendEmpty(ctx, 204, { [REMOVAL_HEADER]: await repo.backend.removeIfOlder(ref.key, Number(olderThan)) });
 }
 
 function noBody(ctx: RequestContext): void {
@@ -240,7 +271,7 @@ async function handleList(options: RepositoryServerOptions, ctx: RequestContext,
   let count = 0;
   for await (const obj of options.repo.backend.list(prefix)) {
     if (filter && !listedKeyVisible(principal, diskOfListedKey(obj.key))) continue;
-    pending += `${JSON.stringify({ key: obj.key, size: obj.size })}\n`;
+    pending += `${JSON.stringify(obj.mtimeMs === undefined ? { key: obj.key, size: obj.size } : { key: obj.key, size: obj.size, mtimeMs: Math.floor(obj.mtimeMs) })}\n`;
     count++;
     if (pending.length >= LIST_WRITE_BYTES) {
       if (!(await writePiece(ctx, Buffer.from(pending)))) return;

@@ -1,5 +1,5 @@
 import { BlockrepError, isBlockrepError } from '../../shared/blockrep-error.js';
-import type { Backend, BackendObject, WriteOptions } from '../backend.js';
+import type { Backend, BackendObject, ConditionalRemoval, SizesOptions, TempSweep, WriteOptions } from '../backend.js';
 import { errorFromResponse } from './http-error.js';
 import {
   MANIFEST_DELTA_TYPE,
@@ -16,6 +16,11 @@ import {
   objectPath,
   SIZES_PATH,
   sizesResponseSchema,
+  IF_OLDER_THAN_HEADER,
+  REMOVAL_HEADER,
+  removalSchema,
+  SWEEP_TEMPS_PATH,
+  sweepTempsResponseSchema,
 } from './http-protocol.js';
 import { HttpTransport, type HttpResponse, type HttpTransportOptions } from './http-transport.js';
 import { spoolBody, type ReplayableBody } from './replayable-body.js';
@@ -69,7 +74,7 @@ export class HttpBackend implements Backend {
     });
   }
 
-  async sizes(keys: string[]): Promise<Array<number | undefined>> {
+  async sizes(keys: string[], options: SizesOptions = {}): Promise<Array<number | undefined>> {
     const out = new Array<number | undefined>(keys.length);
     let next = 0;
     const worker = async (): Promise<void> => {
@@ -82,7 +87,7 @@ export class HttpBackend implements Backend {
             method: 'POST',
             path: SIZES_PATH,
             headers: { 'content-type': 'application/json' },
-            body: Buffer.from(JSON.stringify({ keys: batch })),
+            body: Buffer.from(JSON.stringify(options.touch ? { keys: batch, touch: true } : { keys: batch })),
             accept: [200],
             what: `asking for the sizes of ${batch.length} objects`,
           },
@@ -245,6 +250,30 @@ export class HttpBackend implements Backend {
 
   async remove(key: string): Promise<void> {
     await this.transport.exchange({ method: 'DELETE', path: objectPath(key), accept: [204], what: `removing ${key}` }, async () => undefined);
+  }
+
+  async removeIfOlder(key: string, cutoffMs: number): Promise<ConditionalRemoval> {
+    return this.transport.exchange(
+      { method: 'DELETE', path: objectPath(key), headers: { [IF_OLDER_THAN_HEADER]: String(Math.floor(cutoffMs)) }, accept: [204], what: `removing ${key}` },
+      async (res) => {
+        const removal = removalSchema.safeParse(res.headers[REMOVAL_HEADER]);
+        // A server that does not know the condition removed the chunk unconditionally: stop here.
+        if (!removal.success) throw new BlockrepError('IO', `${this.location} does not support conditional removal (a blockrep serve older than this client?)`);
+        return removal.data;
+      },
+    );
+  }
+
+  async removeStaleTemps(cutoffMs: number): Promise<TempSweep> {
+    const body = Buffer.from(JSON.stringify({ olderThanMs: Math.max(0, Math.floor(cutoffMs)) }));
+    return this.transport.exchange(
+      { method: 'POST', path: SWEEP_TEMPS_PATH, headers: { 'content-type': 'application/json' }, body, accept: [200], what: 'removing stale temporary files' },
+      async (res) => {
+        const parsed = sweepTempsResponseSchema.safeParse(parseJson((await readAll(res, 4096, 'a temp sweep')).toString('utf8')));
+        if (!parsed.success) throw new BlockrepError('IO', `${this.location} answered a temp sweep with something else`);
+        return parsed.data;
+      },
+    );
   }
 
   async close(): Promise<void> {

@@ -11,9 +11,12 @@ import { errorCodes } from '../../shared/blockrep-error.js';
  *   PUT    /v1/objects/<key>          store; `If-None-Match: *` = exclusive (412 EXISTS); a
  *                                      manifest may come as a delta against its parent
  *                                      (Content-Type MANIFEST_DELTA_TYPE, manifest-delta.ts)
- *   DELETE /v1/objects/<key>          remove (204 also when missing)
- *   GET    /v1/list?prefix=<prefix>   NDJSON lines {key,size}, then {end:true,count}
- *   POST   /v1/sizes                  {keys:[…]} → {sizes:[n|null…]}
+ *   DELETE /v1/objects/<key>          remove (204 also when missing); a chunk with
+ *                                      IF_OLDER_THAN_HEADER only if older (gc), REMOVAL_HEADER says what happened
+ *   GET    /v1/list?prefix=<prefix>   NDJSON lines {key,size,mtimeMs}, then {end:true,count}
+ *   POST   /v1/sizes                  {keys:[…], touch?} → {sizes:[n|null…]}; touch refreshes the
+ *                                      modification time of the chunks found (a dedup hit)
+ *   POST   /v1/sweep-temps            {olderThanMs} → {files, bytes}: stale temporary files removed (gc)
  *   POST   /v1/flush                  make earlier writes durable (204)
  *   POST   /v1/patch-plans            {sliceBytes, items:[{base, hashes}]} → {items:[bitmap|null]}:
  *                                      which slices of each new block differ from its base chunk
@@ -28,6 +31,15 @@ export const LIST_PATH = `${API_PREFIX}/list`;
 export const SIZES_PATH = `${API_PREFIX}/sizes`;
 export const FLUSH_PATH = `${API_PREFIX}/flush`;
 export const CONFIG_PATH = `${API_PREFIX}/config`;
+export const SWEEP_TEMPS_PATH = `${API_PREFIX}/sweep-temps`;
+
+/** DELETE of a chunk: remove it only if last modified before this time (ms since the epoch). */
+export const IF_OLDER_THAN_HEADER = 'x-blockrep-if-older-than-ms';
+/** The answer to such a DELETE: removed, young (kept) or missing. */
+export const REMOVAL_HEADER = 'x-blockrep-removal';
+export const removalSchema = z.enum(['removed', 'young', 'missing']);
+export const sweepTempsRequestSchema = z.object({ olderThanMs: z.number().int().nonnegative() }).strict();
+export const sweepTempsResponseSchema = z.object({ files: z.number().int().nonnegative(), bytes: z.number().int().nonnegative() }).strict();
 
 export const PATCH_PLANS_PATH = `${API_PREFIX}/patch-plans`;
 export const CHUNK_PATCH_TYPE = 'application/x-blockrep-chunk-patch';
@@ -83,9 +95,9 @@ export const errorBodySchema = z.object({
 });
 export type ErrorBody = z.infer<typeof errorBodySchema>;
 
-export const sizesRequestSchema = z.object({ keys: z.array(z.string().max(512)).max(MAX_SIZES_KEYS) }).strict();
+export const sizesRequestSchema = z.object({ keys: z.array(z.string().max(512)).max(MAX_SIZES_KEYS), touch: z.boolean().optional() }).strict();
 export const sizesResponseSchema = z.object({ sizes: z.array(z.number().int().nonnegative().nullable()) }).strict();
 
-export const listEntrySchema = z.object({ key: z.string().max(512), size: z.number().int().nonnegative() }).strict();
+export const listEntrySchema = z.object({ key: z.string().max(512), size: z.number().int().nonnegative(), mtimeMs: z.number().int().nonnegative().optional() }).strict();
 export const listEndSchema = z.object({ end: z.literal(true), count: z.number().int().nonnegative() }).strict();
 export const listLineSchema = z.union([listEntrySchema, listEndSchema]);

@@ -1,12 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { constants, type Dirent } from 'node:fs';
-import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
-import { dirname, join, sep } from 'node:path';
+import { link, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { basename, dirname, join, sep } from 'node:path';
 import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/blockrep-error.js';
-import type { Backend, BackendObject, WriteOptions } from '../backend.js';
+import type { Backend, BackendObject, ConditionalRemoval, SizesOptions, TempSweep, WriteOptions } from '../backend.js';
 
 const KEY = /^[A-Za-z0-9._%-]+(\/[A-Za-z0-9._%-]+)*$/;
 const TEMP_PREFIX = '.tmp-';
+/** An object removeIfOlder moved aside for a moment: `.tmp-gc-<name>-<random>`, always put back if found. */
+const GC_ASIDE_PREFIX = `${TEMP_PREFIX}gc-`;
+const GC_ASIDE = /^\.tmp-gc-(.+)-[0-9a-f]{16}$/;
 /** stat() calls in flight for one sizes() call: enough to keep a disk queue busy, not a storm. */
 const SIZES_CONCURRENCY = 32;
 
@@ -54,17 +57,34 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async sizes(keys: string[]): Promise<Array<number | undefined>> {
+  async sizes(keys: string[], options: SizesOptions = {}): Promise<Array<number | undefined>> {
     const out = new Array<number | undefined>(keys.length);
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < keys.length) {
         const i = next++;
-        out[i] = await this.size(keys[i]!);
+        out[i] = options.touch ? await this.touch(keys[i]!) : await this.size(keys[i]!);
       }
     };
     await Promise.all(Array.from({ length: Math.min(SIZES_CONCURRENCY, keys.length) }, worker));
     return out;
+  }
+
+  /**
+   * Sets the object's modification time to now and returns its size (undefined: missing). The
+   * touch comes first: if it succeeds, a removeIfOlder that has not yet moved the object aside
+   * sees the new time; one that has, made the touch fail (missing: the caller writes it anew).
+   */
+  private async touch(key: string): Promise<number | undefined> {
+    const path = this.path(key);
+    try {
+      const now = new Date();
+      await utimes(path, now, now);
+      return (await stat(path)).size;
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
+      throw wrapSystemError(err, `touching ${key} in ${this.location}`);
+    }
   }
 
   async read(key: string, offset = 0, length?: number): Promise<Buffer> {
@@ -174,8 +194,8 @@ export class LocalBackend implements Backend {
       if (entry.isDirectory()) {
         yield* this.walk(full, key);
       } else if (entry.isFile()) {
-        const size = await stat(full).then((s) => s.size, () => undefined);
-        if (size !== undefined) yield { key, size };
+        const st = await stat(full).catch(() => undefined);
+        if (st !== undefined) yield { key, size: st.size, mtimeMs: st.mtimeMs };
       }
     }
   }
@@ -187,6 +207,78 @@ export class LocalBackend implements Backend {
       if (systemErrorCode(err) === 'ENOENT') return;
       throw wrapSystemError(err, `removing ${key} from ${this.location}`);
     }
+  }
+
+  /**
+   * Removes the object if it was last modified before `cutoffMs`, race-free against touch():
+   * the object is renamed aside (atomic), and its time is read again on the renamed file — the
+   * same inode, so a touch that landed before the rename shows — and put back if it is young.
+   * A touch after the rename finds nothing and the caller writes the object anew.
+   */
+  async removeIfOlder(key: string, cutoffMs: number): Promise<ConditionalRemoval> {
+    const target = this.path(key);
+    const aside = join(dirname(target), `${GC_ASIDE_PREFIX}${basename(target)}-${randomBytes(8).toString('hex')}`);
+    try {
+      if ((await stat(target)).mtimeMs >= cutoffMs) return 'young';
+      await rename(target, aside);
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return 'missing';
+      throw wrapSystemError(err, `removing ${key} from ${this.location}`);
+    }
+    try {
+      if ((await stat(aside)).mtimeMs < cutoffMs) {
+        await unlink(aside);
+        return 'removed';
+      }
+      await putBack(aside, target);
+      return 'young';
+    } catch (err) {
+      throw wrapSystemError(err, `removing ${key} from ${this.location}`);
+    }
+  }
+
+  /**
+   * Temporary files (`.tmp-*`) that writes cut short left in the repository's folders, older
+   * than `cutoffMs`, are removed; an object removeIfOlder had moved aside when its process was
+   * killed is put back, whatever its age (the next collection judges it again). Folders named
+   * `.tmp-*` (a server's upload spool) are the business of their owner and are left alone.
+   */
+  async removeStaleTemps(cutoffMs: number): Promise<TempSweep> {
+    const sweep: TempSweep = { files: 0, bytes: 0 };
+    const visit = async (dir: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return;
+        throw wrapSystemError(err, `listing ${dir}`);
+      }
+      for (const entry of entries) {
+        const full = join(dir, entry.name);
+        if (entry.isDirectory()) {
+          if (!entry.name.startsWith(TEMP_PREFIX)) await visit(full);
+          continue;
+        }
+        if (!entry.isFile() || !entry.name.startsWith(TEMP_PREFIX)) continue;
+        try {
+          const aside = GC_ASIDE.exec(entry.name);
+          if (aside) {
+            await putBack(full, join(dir, aside[1]!));
+            continue;
+          }
+          const st = await stat(full);
+          if (st.mtimeMs >= cutoffMs) continue;
+          await unlink(full);
+          sweep.files++;
+          sweep.bytes += st.size;
+        } catch (err) {
+          if (systemErrorCode(err) === 'ENOENT') continue; // finished or removed meanwhile
+          throw wrapSystemError(err, `removing ${full}`);
+        }
+      }
+    };
+    await visit(this.root);
+    return sweep;
   }
 
   async close(): Promise<void> {
@@ -215,6 +307,16 @@ async function writeAll(fh: import('node:fs/promises').FileHandle, data: Uint8Ar
     done += bytesWritten;
   }
   return done;
+}
+
+/** Puts an object moved aside back under its name (unless it was written anew meanwhile). */
+async function putBack(aside: string, target: string): Promise<void> {
+  try {
+    await link(aside, target);
+  } catch (err) {
+    if (systemErrorCode(err) !== 'EEXIST') throw err;
+  }
+  await unlink(aside);
 }
 
 async function syncDir(dir: string): Promise<void> {
