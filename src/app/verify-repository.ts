@@ -9,6 +9,12 @@ import type { ProgressListener } from './progress.js';
 export interface VerifyRequest {
   diskId?: string;
   version?: string;
+  /**
+   * Scrub: check only about `percent` % of the distinct chunks (every manifest is still read
+   * and checked). Which ones is decided by chunk id and `seed` (random when absent), so
+   * repeated runs cover different chunks and a test can repeat a run.
+   */
+  sample?: { percent: number; seed?: number };
 }
 
 export interface Damage {
@@ -27,6 +33,8 @@ export interface VerifyReport {
   versions: number;
   chunksChecked: number;
   bytesChecked: number;
+  /** With a sample: the share asked for and the seed that chose the chunks. */
+  sample?: { percent: number; seed: number };
   damage: Damage[];
   /** Damage entries beyond this many are counted, not listed. */
   damageNotListed: number;
@@ -34,6 +42,19 @@ export interface VerifyReport {
 }
 
 const MAX_LISTED_DAMAGE = 10_000;
+const SEED_RANGE = 2 ** 32;
+
+/**
+ * Whether a chunk is in the sample: chunk ids are SHA-256 digests, uniform, so the chunks whose
+ * first 32 bits fall in a window of `percent` % of the 32-bit range, starting at `seed`, are a
+ * uniform sample; another seed is another window (a run at 10 % with a random seed covers all
+ * chunks in about ten runs on average, and a fixed seed repeats a run).
+ */
+export function inSample(id: string, percent: number, seed: number): boolean {
+  if (percent >= 100) return true;
+  const position = (Number.parseInt(id.slice(0, 8), 16) - seed + SEED_RANGE) % SEED_RANGE;
+  return position < (percent / 100) * SEED_RANGE;
+}
 
 /**
  * Re-reads every chunk the selected versions use and checks its SHA-256 (and every manifest
@@ -46,6 +67,11 @@ export async function verifyRepository(
   options: { concurrency?: number; onProgress?: ProgressListener } = {},
 ): Promise<VerifyReport> {
   const started = Date.now();
+  const sample = req.sample === undefined ? undefined : { percent: req.sample.percent, seed: req.sample.seed ?? Math.floor(Math.random() * SEED_RANGE) };
+  if (sample && !(sample.percent > 0 && sample.percent <= 100)) throw new BlockrepError('USAGE', `a sample is more than 0 and at most 100 percent, not ${sample.percent}`);
+  if (sample && !(Number.isSafeInteger(sample.seed) && sample.seed >= 0 && sample.seed < SEED_RANGE)) {
+    throw new BlockrepError('USAGE', `a sample seed is a whole number from 0 to ${SEED_RANGE - 1}`);
+  }
   const disks = req.diskId !== undefined ? [assertDiskId(req.diskId)] : await repo.listDisks();
   if (req.diskId !== undefined && (await repo.listVersions(req.diskId)).length === 0) {
     throw new BlockrepError('DISK_NOT_FOUND', `disk ${req.diskId} has no versions in ${repo.location}`);
@@ -53,6 +79,7 @@ export async function verifyRepository(
   // id → problem (undefined = good). Bounded by the number of distinct chunks in the selection.
   const checked = new Map<string, { code: string; problem: string } | undefined>();
   const report: VerifyReport = { ok: true, disks: disks.length, versions: 0, chunksChecked: 0, bytesChecked: 0, damage: [], damageNotListed: 0, durationMs: 0 };
+  if (sample) report.sample = sample;
   const addDamage = (d: Damage): void => {
     report.ok = false;
     if (report.damage.length < MAX_LISTED_DAMAGE) report.damage.push(d);
@@ -79,6 +106,7 @@ export async function verifyRepository(
         for (let i = 0; i < entries.hashes.length; i++) {
           if (isZeroId(entries.ids, i)) continue;
           const id = idHex(entries.ids, i);
+          if (sample && !inSample(id, sample.percent, sample.seed)) continue;
           const block = entries.startBlock + i;
           if (checked.has(id)) {
             if (checked.get(id)) blockDamage.push({ block, id });

@@ -2,7 +2,9 @@ import { Command, CommanderError } from 'commander';
 import { createRequire } from 'node:module';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { registerBackup } from './commands/backup-command.js';
+import { registerGc } from './commands/gc-command.js';
 import { registerList } from './commands/list-command.js';
+import { registerPrune } from './commands/prune-command.js';
 import { registerRecover } from './commands/recover-command.js';
 import { registerRestore } from './commands/restore-command.js';
 import { registerServe } from './commands/serve-command.js';
@@ -25,6 +27,8 @@ function buildProgram(): Command {
   registerRestore(program);
   registerVerify(program);
   registerList(program);
+  registerPrune(program);
+  registerGc(program);
   registerRecover(program);
   registerServe(program);
   registerToken(program);

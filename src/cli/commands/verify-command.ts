@@ -1,16 +1,20 @@
 import type { Command } from 'commander';
 import { verifyRepository } from '../../app/verify-repository.js';
 import { openRepository } from '../../repository/open-repository.js';
+import { BlockrepError } from '../../shared/blockrep-error.js';
 import { assertDiskId } from '../../shared/disk-id.js';
 import { assertVersionId } from '../../shared/version-id.js';
 import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_DAMAGED, EXIT_OK } from '../exit-codes.js';
 import { verifyText } from '../output/text-reports.js';
+import { parseIntOption } from '../parse-options.js';
 
 interface VerifyOptions extends RepositoryCliOptions {
   disk?: string;
   version?: string;
+  sample?: string;
+  seed?: string;
   json?: boolean;
 }
 
@@ -19,13 +23,16 @@ export function registerVerify(program: Command): void {
     .description('re-read every chunk the versions use and check its SHA-256; report each damaged disk, version and block')
     .option('--disk <id>', 'only this disk')
     .option('--version <id>', 'only this version (or latest) of each selected disk')
+    .option('--sample <percent>', 'scrub: check only this percent of the chunks, a different share each run (every manifest is still checked)')
+    .option('--seed <n>', 'with --sample: choose the chunks from this seed (repeats a run; default random)')
     .option('--json', 'print one JSON object as the report')
     .action(async (opts: VerifyOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         const diskId = opts.disk === undefined ? undefined : assertDiskId(opts.disk);
         const version = opts.version === undefined || opts.version === 'latest' ? opts.version : assertVersionId(opts.version);
+        const sample = sampleFrom(opts);
         const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts));
-        const report = await verifyRepository(repo, { ...(diskId ? { diskId } : {}), ...(version ? { version } : {}) }, { onProgress: ctx.onProgress });
+        const report = await verifyRepository(repo, { ...(diskId ? { diskId } : {}), ...(version ? { version } : {}), ...(sample ? { sample } : {}) }, { onProgress: ctx.onProgress });
         return {
           exitCode: report.ok ? EXIT_OK : EXIT_DAMAGED,
           json: { ...report, ...(report.ok ? {} : { code: 'VERIFY_FAILED', message: `${report.damage.length + report.damageNotListed} damaged block(s) or manifest(s)` }) },
@@ -33,4 +40,16 @@ export function registerVerify(program: Command): void {
         };
       });
     });
+}
+
+function sampleFrom(opts: VerifyOptions): { percent: number; seed?: number } | undefined {
+  if (opts.sample === undefined) {
+    if (opts.seed !== undefined) throw new BlockrepError('USAGE', '--seed goes with --sample');
+    return undefined;
+  }
+  const percent = Number(opts.sample.replace(/%$/, ''));
+  if (!/^\d+(\.\d+)?%?$/.test(opts.sample.trim()) || !(percent > 0 && percent <= 100)) {
+    throw new BlockrepError('USAGE', `--sample must be a percentage above 0 and at most 100, not ${JSON.stringify(opts.sample)}`);
+  }
+  return { percent, ...(opts.seed !== undefined ? { seed: parseIntOption(opts.seed, '--seed', 0, 2 ** 32 - 1) } : {}) };
 }

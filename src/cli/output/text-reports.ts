@@ -37,7 +37,9 @@ export function verifyText(r: VerifyReport): string {
   }
   if (r.damageNotListed > 0) lines.push(`... and ${r.damageNotListed} more damaged blocks`);
   lines.push(
-    `${r.ok ? 'OK' : 'DAMAGE FOUND'}: ${r.disks} disk(s), ${r.versions} version(s), ${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)}) checked in ${(r.durationMs / 1000).toFixed(1)} s` +
+    `${r.ok ? 'OK' : 'DAMAGE FOUND'}: ${r.disks} disk(s), ${r.versions} version(s), ${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)}) checked` +
+      (r.sample ? ` (a ${r.sample.percent}% sample, seed ${r.sample.seed})` : '') +
+      ` in ${(r.durationMs / 1000).toFixed(1)} s` +
       (r.ok ? '' : `; ${r.damage.length + r.damageNotListed} damaged block(s) or manifest(s)`),
   );
   return lines.join('\n');
