@@ -17,10 +17,15 @@ export const EXIT_SNAPSHOT_FAILED = 9;
 export const EXIT_VM_NEEDS_RECOVERY = 10;
 export const EXIT_ACCESS_DENIED = 11;
 export const EXIT_UNAVAILABLE = 12;
+/** blockrep run: at least one VM was backed up and at least one failed. */
+export const EXIT_PARTIAL_FAILURE = 13;
 export const EXIT_INTERRUPTED = 130;
 
 const table: Partial<Record<ErrorCode, number>> = {
   USAGE: EXIT_USAGE,
+  CONFIG_INVALID: EXIT_USAGE,
+  PARTIAL_FAILURE: EXIT_PARTIAL_FAILURE,
+  RUN_FAILED: EXIT_FAILURE,
   INVALID_DISK_ID: EXIT_USAGE,
   INVALID_VERSION_ID: EXIT_USAGE,
   INVALID_SIZE: EXIT_USAGE,
@@ -62,8 +67,9 @@ export function exitCodeFor(code: ErrorCode): number {
 export const exitCodeHelp = `
 Exit codes:
   0    success
-  1    failure (the message says what went wrong)
-  2    usage error: bad arguments, disk id, version id or size
+  1    failure (the message says what went wrong); blockrep run: no VM could be backed up
+  2    usage error: bad arguments, disk id, version id or size, or a mistake in a job
+       configuration (the message names the file, line and path)
   3    not found: repository, disk, version or image
   4    damage: verify found damaged or missing data, or stored data failed its checks
   5    locked: another blockrep process is writing the same disk or working on the same VM,
@@ -78,4 +84,5 @@ Exit codes:
   11   access denied by the repository server: no token, an unknown token, or one without
        the right for this disk or operation
   12   the repository server cannot be reached or stays unavailable (after retries)
+  13   blockrep run: some VMs were backed up and some failed (the report names each failure)
   130  interrupted by a signal (nothing half-done was published)`;

@@ -7,6 +7,7 @@ import { registerList } from './commands/list-command.js';
 import { registerPrune } from './commands/prune-command.js';
 import { registerRecover } from './commands/recover-command.js';
 import { registerRestore } from './commands/restore-command.js';
+import { registerRun } from './commands/run-command.js';
 import { registerServe } from './commands/serve-command.js';
 import { registerToken } from './commands/token-command.js';
 import { registerVerify } from './commands/verify-command.js';
@@ -30,6 +31,7 @@ function buildProgram(): Command {
   registerPrune(program);
   registerGc(program);
   registerRecover(program);
+  registerRun(program);
   registerServe(program);
   registerToken(program);
   for (const cmd of program.commands) cmd.exitOverride().addHelpText('after', exitCodeHelp);

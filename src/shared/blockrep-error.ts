@@ -6,6 +6,9 @@
 export const errorCodes = [
   // usage and configuration
   'USAGE', // bad command-line arguments
+  'CONFIG_INVALID', // a job configuration file with mistakes (each named by file, line and path)
+  'PARTIAL_FAILURE', // blockrep run: some VMs were backed up, others failed (the report names them)
+  'RUN_FAILED', // blockrep run: no VM could be backed up
   'INVALID_DISK_ID',
   'INVALID_VERSION_ID',
   'INVALID_SIZE',

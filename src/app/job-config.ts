@@ -1,0 +1,409 @@
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { LineCounter, parseDocument } from 'yaml';
+import { z } from 'zod';
+import type { ImageFormat } from '../image/image-reader.js';
+import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { defaultDiskIdForImage, diskIdProblem } from '../shared/disk-id.js';
+import { parseSize } from '../shared/size.js';
+import { TOKEN_PATTERN } from '../backend/http/http-protocol.js';
+import { checkBlockSize } from './backup-image.js';
+import { describeValue, didYouMean, formatConfigPath, formatIssue, locate, type ConfigIssue, type ConfigPath } from './config-issues.js';
+import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/retention-policy.js';
+
+/**
+ * The job configuration of `blockrep run`: one repository, defaults, and the VMs to back up
+ * every night. YAML (JSON is YAML too). Every mistake is reported as `FILE:LINE:COL PATH:
+ * what is wrong — what to write`, every mistake found at once (the checks across entries —
+ * names, disk ids, files — once the file has the right shape), before anything runs. Relative paths
+ * are relative to the config file's folder, so a config means the same from any working
+ * directory (systemd, cron).
+ */
+
+export type Quiesce = 'auto' | 'require' | 'off';
+
+export interface JobRepository {
+  /** A directory (absolute) or an http(s):// URL. */
+  location: string;
+  tokenFile?: string;
+  cacert?: string;
+  /** Bytes per second for the whole run (one limit shared by every VM: they share the link). */
+  bwlimit?: number;
+}
+
+interface VmJobBase {
+  name: string;
+  /** Position in `vms`. */
+  index: number;
+  blockSize?: number;
+  compress: boolean;
+  retention?: RetentionPolicy;
+  /** `FILE:LINE:COL vms[i].key` for messages about this VM. */
+  where: (...path: ConfigPath) => string;
+}
+
+export interface LiveVmJob extends VmJobBase {
+  kind: 'live';
+  qmpSocket: string;
+  qgaSocket?: string;
+  /** Drive or device ids; default every writable disk. */
+  disks?: string[];
+  quiesce: Quiesce;
+}
+
+export interface ImageJob {
+  path: string;
+  format?: ImageFormat;
+  diskId: string;
+  where: string;
+}
+
+export interface ImageVmJob extends VmJobBase {
+  kind: 'image';
+  images: ImageJob[];
+}
+
+export type VmJob = LiveVmJob | ImageVmJob;
+
+export interface JobConfig {
+  /** The file as given. */
+  file: string;
+  repository: JobRepository;
+  parallel: number;
+  vms: VmJob[];
+}
+
+/**
+ * Two VMs at a time: each backup already reads with up to two scan threads and keeps up to 8
+ * chunk writes in flight, so a third VM adds memory (a first full backup peaks at ~260 MiB)
+ * and disk contention rather than speed on a small host; two lets one VM's freeze, snapshot
+ * and commit overlap another's upload.
+ */
+export const DEFAULT_PARALLEL = 2;
+export const MAX_PARALLEL = 16;
+
+/** What each key expects, for "expected …, got … — write e.g. …" messages. */
+const HINTS: Record<string, { expected: string; example: string }> = {
+  repository: { expected: 'a mapping with url (and tokenFile for a server)', example: 'repository: {url: https://backup.example:8417, tokenFile: /etc/blockrep/token}' },
+  url: { expected: 'a repository directory or http(s):// URL', example: 'url: https://backup.example:8417' },
+  tokenFile: { expected: 'the path of a file holding the access token', example: 'tokenFile: /etc/blockrep/token' },
+  cacert: { expected: 'the path of a PEM CA certificate', example: 'cacert: /etc/blockrep/ca.pem' },
+  defaults: { expected: 'a mapping of settings for every VM', example: 'defaults: {blockSize: 256K, bwlimit: 20M}' },
+  parallel: { expected: `a whole number of VMs backed up at once, 1 to ${MAX_PARALLEL}`, example: 'parallel: 2' },
+  vms: { expected: 'a list of VMs', example: 'vms: [{name: web01, qmp: /run/qemu/web01.qmp}]' },
+  name: { expected: 'the VM\'s name (letters, digits, ".", "_", "-"; the first part of its disk ids)', example: 'name: web01' },
+  qmp: { expected: 'a path to a QMP socket', example: 'qmp: /run/qemu/web01.qmp' },
+  qga: { expected: "a path to the guest agent's socket", example: 'qga: /run/qemu/web01.qga' },
+  disks: { expected: 'a list of drive or device ids', example: 'disks: [virtio0, virtio1]' },
+  images: { expected: 'a list of image files (or mappings with path, disk, format)', example: 'images: [/var/lib/images/archive.qcow2]' },
+  path: { expected: 'the path of an image file or block device', example: 'path: /var/lib/images/archive.qcow2' },
+  disk: { expected: 'a disk name (letters, digits, ".", "_", "-", "/")', example: 'disk: root' },
+  format: { expected: 'raw or qcow2', example: 'format: qcow2' },
+  blockSize: { expected: 'a block size, a power of two from 4K to 16M', example: 'blockSize: 256K' },
+  bwlimit: { expected: 'a rate in bytes per second, at least 1K', example: 'bwlimit: 20M' },
+  compress: { expected: 'true or false', example: 'compress: true' },
+  quiesce: { expected: 'auto, require or off', example: 'quiesce: auto' },
+  retention: { expected: 'a retention policy (keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, keepYearly)', example: 'retention: {keepDaily: 7, keepWeekly: 4}' },
+  keepLast: { expected: 'a whole number of versions, 0 or more', example: 'keepLast: 3' },
+  keepHourly: { expected: 'a whole number of hours, 0 or more', example: 'keepHourly: 24' },
+  keepDaily: { expected: 'a whole number of days, 0 or more', example: 'keepDaily: 7' },
+  keepWeekly: { expected: 'a whole number of weeks, 0 or more', example: 'keepWeekly: 4' },
+  keepMonthly: { expected: 'a whole number of months, 0 or more', example: 'keepMonthly: 12' },
+  keepYearly: { expected: 'a whole number of years, 0 or more', example: 'keepYearly: 2' },
+};
+
+function hintFor(path: ConfigPath): { expected: string; example: string } | undefined {
+  for (let i = path.length - 1; i >= 0; i--) {
+    const seg = path[i];
+    if (typeof seg === 'string') return HINTS[seg];
+  }
+  return undefined;
+}
+
+/** A size written as a number of bytes or with a unit (`256K`, `20M`). */
+function sizeField(check: (n: number) => void) {
+  return z.unknown().transform((v, ctx) => {
+    let n: number | undefined;
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) n = v;
+    else if (typeof v === 'string') {
+      try {
+        n = parseSize(v);
+      } catch {
+        n = undefined;
+      }
+    }
+    if (n === undefined) {
+      ctx.addIssue({ code: 'custom', message: '', params: { expectedGot: true } });
+      return z.NEVER;
+    }
+    try {
+      check(n);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: '', params: { expectedGot: true, why: err instanceof Error ? err.message : String(err) } });
+      return z.NEVER;
+    }
+    return n;
+  });
+}
+
+const blockSizeField = sizeField(checkBlockSize);
+const bwlimitField = sizeField((n) => {
+  if (n < 1024) throw new Error('below 1K bytes per second');
+});
+const quiesceField = z.enum(['auto', 'require', 'off']);
+const pathField = z.string().min(1);
+const retentionField = retentionPolicySchema.superRefine((p, ctx) => {
+  if (isEmptyPolicy(p)) {
+    ctx.addIssue({ code: 'custom', message: 'an empty retention policy would remove every version but the latest; give at least one keep rule above 0 — write e.g. retention: {keepDaily: 7, keepWeekly: 4}' });
+  }
+});
+
+const imageSchema = z.preprocess(
+  (v) => (typeof v === 'string' ? { path: v } : v),
+  z.strictObject({ path: pathField, disk: z.string().optional(), format: z.enum(['raw', 'qcow2']).optional() }),
+);
+
+const vmSchema = z.strictObject({
+  name: z.string(),
+  qmp: pathField.optional(),
+  qga: pathField.optional(),
+  disks: z.array(z.string().min(1)).min(1).optional(),
+  quiesce: quiesceField.optional(),
+  images: z.array(imageSchema).min(1).optional(),
+  blockSize: blockSizeField.optional(),
+  compress: z.boolean().optional(),
+  retention: retentionField.optional(),
+});
+
+const jobConfigSchema = z.strictObject({
+  repository: z.strictObject({ url: z.string().min(1), tokenFile: pathField.optional(), cacert: pathField.optional() }),
+  defaults: z
+    .strictObject({
+      blockSize: blockSizeField.optional(),
+      bwlimit: bwlimitField.optional(),
+      compress: z.boolean().optional(),
+      quiesce: quiesceField.optional(),
+      retention: retentionField.optional(),
+    })
+    .optional(),
+  parallel: z.number().int().min(1).max(MAX_PARALLEL).optional(),
+  vms: z.array(vmSchema).min(1),
+});
+
+type RawJobConfig = z.infer<typeof jobConfigSchema>;
+
+/** The keys each mapping may hold, for "did you mean". */
+function knownKeysAt(path: ConfigPath): string[] {
+  const p = path.filter((s) => typeof s === 'string');
+  const last = p[p.length - 1];
+  if (p.length === 0) return Object.keys(jobConfigSchema.shape);
+  if (last === 'repository') return ['url', 'tokenFile', 'cacert'];
+  if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'retention'];
+  if (last === 'retention') return ['keepLast', 'keepHourly', 'keepDaily', 'keepWeekly', 'keepMonthly', 'keepYearly'];
+  if (last === 'images') return ['path', 'disk', 'format'];
+  if (last === 'vms') return Object.keys(vmSchema.shape);
+  return [];
+}
+
+function valueAt(data: unknown, path: ConfigPath): unknown {
+  let v = data;
+  for (const seg of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string | number, unknown>)[seg];
+  }
+  return v;
+}
+
+/** Turns zod's issues into messages that say what to write. */
+function explain(issue: z.core.$ZodIssue, data: unknown): Array<{ path: ConfigPath; key: boolean; message: string }> {
+  const path = issue.path.filter((s): s is string | number => typeof s !== 'symbol');
+  const hint = hintFor(path);
+  const eg = hint ? ` — write e.g. ${hint.example}` : '';
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => {
+      const known = knownKeysAt(path);
+      const guess = didYouMean(key, known);
+      let message = `unknown key "${key}"`;
+      if (key === 'bwlimit' && path[0] === 'vms') message += ': the bandwidth limit is for the whole run (one link), set it in defaults.bwlimit';
+      else if (guess !== undefined) message += ` — did you mean "${guess}"?`;
+      else if (known.length > 0) message += ` (known here: ${known.join(', ')})`;
+      return { path: [...path, key], key: true, message };
+    });
+  }
+  const value = valueAt(data, path);
+  if (value === undefined && issue.code === 'invalid_type') {
+    const key = path[path.length - 1];
+    return [{ path, key: false, message: `missing${typeof key === 'string' ? ` key "${key}"` : ''}: expected ${hint?.expected ?? issue.expected}${eg}` }];
+  }
+  if (issue.code === 'custom' && issue.params?.expectedGot !== true) return [{ path, key: false, message: issue.message }];
+  const why = issue.code === 'custom' && typeof issue.params?.why === 'string' ? ` (${issue.params.why})` : '';
+  const expected = hint?.expected ?? (issue.code === 'invalid_type' ? issue.expected : 'another value');
+  if (issue.code === 'too_small' && Array.isArray(value)) return [{ path, key: false, message: `the list is empty: expected ${expected}${eg}` }];
+  if (issue.code === 'too_small' && typeof value === 'string') return [{ path, key: false, message: `empty: expected ${expected}${eg}` }];
+  return [{ path, key: false, message: `expected ${expected}, got ${describeValue(value)}${why}${eg}` }];
+}
+
+function configError(file: string, issues: ConfigIssue[]): BlockrepError {
+  const lines = issues.map((i) => formatIssue(file, i));
+  const message = lines.length === 1 ? lines[0]! : `${file}: ${lines.length} problems in the job configuration:\n  ${lines.join('\n  ')}`;
+  return new BlockrepError('CONFIG_INVALID', message, { details: { file, issues } });
+}
+
+/** Reads, parses and checks a job configuration; CONFIG_INVALID with every problem found. */
+export async function loadJobConfig(file: string): Promise<JobConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const sys = systemErrorCode(err);
+    const why = sys === 'ENOENT' ? 'it does not exist' : sys === 'EACCES' || sys === 'EPERM' ? 'permission denied' : sys === 'EISDIR' ? 'it is a folder' : String(err);
+    throw new BlockrepError(sys === 'ENOENT' ? 'USAGE' : 'CONFIG_INVALID', `cannot read the job configuration ${file}: ${why}`, { cause: err });
+  }
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const issues: ConfigIssue[] = [];
+  for (const e of doc.errors) {
+    const pos = e.linePos?.[0] ?? lines.linePos(e.pos[0]);
+    issues.push({ line: pos.line, column: pos.col, path: '(syntax)', message: `not valid YAML: ${e.message.split('\n')[0]}` });
+  }
+  if (issues.length > 0) throw configError(file, issues);
+  const data: unknown = doc.toJS();
+  if (data === null || data === undefined) {
+    throw configError(file, [{ line: 1, column: 1, path: '(top level)', message: 'the file is empty: expected a mapping with repository and vms — see README, "Nightly jobs"' }]);
+  }
+  const at = (path: ConfigPath, key = false): { line: number; column: number; path: string } => ({ ...locate(doc, lines, path, { key }), path: formatConfigPath(path) });
+  const parsed = jobConfigSchema.safeParse(data);
+  if (!parsed.success) {
+    // A check of a whole mapping (an empty retention policy) says nothing new when a key inside it is wrong.
+    const all = parsed.error.issues;
+    const inner = (i: z.core.$ZodIssue): boolean =>
+      i.code === 'custom' && all.some((o) => o.code !== 'custom' && o.path.length >= i.path.length && i.path.every((seg, k) => o.path[k] === seg));
+    for (const issue of all) {
+      if (inner(issue)) continue;
+      for (const e of explain(issue, data)) issues.push({ ...at(e.path, e.key), message: e.message });
+    }
+    issues.sort((a, b) => a.line - b.line || a.column - b.column);
+    throw configError(file, issues);
+  }
+  const base = dirname(resolve(file));
+  const where = (path: ConfigPath): string => formatIssue(file, { ...at(path), message: '' }).slice(0, -2);
+  const config = normalise(parsed.data, base, file, where, (path, message) => issues.push({ ...at(path), message }));
+  await checkFiles(config, parsed.data, (path, message) => issues.push({ ...at(path), message }));
+  if (issues.length > 0) {
+    issues.sort((a, b) => a.line - b.line || a.column - b.column);
+    throw configError(file, issues);
+  }
+  return config;
+}
+
+function normalise(raw: RawJobConfig, base: string, file: string, where: (path: ConfigPath) => string, problem: (path: ConfigPath, message: string) => void): JobConfig {
+  const remote = /^https?:\/\//i.test(raw.repository.url);
+  if (!remote && /^[a-z][a-z0-9+.-]*:\/\//i.test(raw.repository.url)) {
+    problem(['repository', 'url'], `repository URLs are http:// or https://, not ${raw.repository.url.split('://')[0]}:// — write e.g. url: https://backup.example:8417 or a directory`);
+  }
+  if (!remote) {
+    if (raw.repository.tokenFile !== undefined) problem(['repository', 'tokenFile'], 'a token file is for http(s):// repositories only; remove it, or make url a server URL');
+    if (raw.repository.cacert !== undefined) problem(['repository', 'cacert'], 'a CA certificate is for https:// repositories only');
+  } else if (raw.repository.cacert !== undefined && !/^https:/i.test(raw.repository.url)) {
+    problem(['repository', 'cacert'], 'a CA certificate is for https:// repositories only; use an https:// url');
+  }
+  const defaults = raw.defaults ?? {};
+  const names = new Map<string, number>();
+  const vms: VmJob[] = raw.vms.map((v, index) => {
+    const namePath = ['vms', index, 'name'];
+    if (!/^[A-Za-z0-9._-]+$/.test(v.name) || v.name === '.' || v.name === '..') {
+      problem(namePath, `the VM name ${JSON.stringify(v.name)} cannot be the first part of a disk id: use letters, digits, ".", "_", "-" — write e.g. name: web01`);
+    }
+    const twin = names.get(v.name);
+    if (twin !== undefined) problem(namePath, `the name ${v.name} is used by vms[${twin}] too; each VM needs its own (it names its disks)`);
+    else names.set(v.name, index);
+    if (v.qmp !== undefined && v.images !== undefined) problem(['vms', index, 'images'], 'a VM is either running (qmp) or shut down (images), not both; make two entries');
+    if (v.qmp === undefined && v.images === undefined) {
+      problem(['vms', index], 'give qmp (the socket of a running VM) or images (the disk images of a shut-down VM) — write e.g. qmp: /run/qemu/web01.qmp');
+    }
+    const common = {
+      name: v.name,
+      index,
+      compress: v.compress ?? defaults.compress ?? true,
+      where: (...path: ConfigPath) => where(['vms', index, ...path]),
+      ...(v.blockSize ?? defaults.blockSize) !== undefined ? { blockSize: (v.blockSize ?? defaults.blockSize)! } : {},
+      ...((v.retention ?? defaults.retention) !== undefined ? { retention: (v.retention ?? defaults.retention)! } : {}),
+    };
+    if (v.images !== undefined) {
+      for (const key of ['qga', 'disks', 'quiesce'] as const) {
+        if (v[key] !== undefined) problem(['vms', index, key], `${key} is for running VMs (with qmp); an offline VM lists its images`);
+      }
+      const ids = new Map<string, number>();
+      const images = v.images.map((img, j): ImageJob => {
+        const diskId = `${v.name}/${img.disk ?? defaultDiskIdForImage(img.path)}`;
+        const bad = diskIdProblem(diskId);
+        if (bad !== undefined) problem(['vms', index, 'images', j, img.disk !== undefined ? 'disk' : 'path'], `the disk id ${JSON.stringify(diskId)} is invalid: ${bad} — write e.g. disk: root`);
+        const other = ids.get(diskId);
+        if (other !== undefined) problem(['vms', index, 'images', j], `images[${other}] has the same disk id ${diskId}; give one of them another name with disk:`);
+        ids.set(diskId, j);
+        return { path: resolve(base, img.path), diskId, where: where(['vms', index, 'images', j]), ...(img.format ? { format: img.format } : {}) };
+      });
+      return { ...common, kind: 'image', images };
+    }
+    return {
+      ...common,
+      kind: 'live',
+      qmpSocket: resolve(base, v.qmp ?? ''),
+      quiesce: v.quiesce ?? defaults.quiesce ?? 'auto',
+      ...(v.qga !== undefined ? { qgaSocket: resolve(base, v.qga) } : {}),
+      ...(v.disks !== undefined ? { disks: v.disks } : {}),
+    };
+  });
+  return {
+    file,
+    parallel: raw.parallel ?? DEFAULT_PARALLEL,
+    repository: {
+      location: remote ? raw.repository.url : resolve(base, raw.repository.url),
+      ...(raw.repository.tokenFile !== undefined ? { tokenFile: resolve(base, raw.repository.tokenFile) } : {}),
+      ...(raw.repository.cacert !== undefined ? { cacert: resolve(base, raw.repository.cacert) } : {}),
+      ...(defaults.bwlimit !== undefined ? { bwlimit: defaults.bwlimit } : {}),
+    },
+    vms,
+  };
+}
+
+/**
+ * The files the whole run depends on must be readable now: a token or CA file that is not
+ * stops every VM, so it is a mistake in the configuration. Sockets and images belong to one
+ * VM each and are checked when that VM runs (a VM that is shut down must not stop the others).
+ */
+async function checkFiles(config: JobConfig, raw: RawJobConfig, problem: (path: ConfigPath, message: string) => void): Promise<void> {
+  const checks: Array<[keyof RawJobConfig['repository'], string | undefined]> = [
+    ['tokenFile', config.repository.tokenFile],
+    ['cacert', config.repository.cacert],
+  ];
+  for (const [key, path] of checks) {
+    if (path === undefined || raw.repository[key] === undefined || !/^https?:\/\//i.test(config.repository.location)) continue;
+    let text: string;
+    try {
+      text = await readSmallFile(path);
+    } catch (err) {
+      problem(['repository', key], `cannot read ${path}: ${whyUnreadable(err)}${key === 'tokenFile' ? ' — make the token file readable by the user blockrep runs as (mode 0600, owned by it)' : ''}`);
+      continue;
+    }
+    if (key === 'tokenFile' && !TOKEN_PATTERN.test(text.trim())) {
+      problem(['repository', key], `${path} does not hold a blockrep access token (brt_… as printed by \`blockrep token create\`)`);
+    }
+    if (key === 'cacert' && !text.includes('-----BEGIN CERTIFICATE-----')) problem(['repository', key], `${path} is not a PEM certificate`);
+  }
+}
+
+async function readSmallFile(path: string): Promise<string> {
+  const s = await stat(path);
+  if (s.isDirectory()) throw Object.assign(new Error('it is a folder'), { code: 'EISDIR' });
+  if (!s.isFile()) throw Object.assign(new Error('it is not a regular file'), { code: 'ENOTFILE' });
+  if (s.size > 1 << 20) throw Object.assign(new Error('it is larger than 1 MiB'), { code: 'EFBIG' });
+  return readFile(path, 'utf8');
+}
+
+export function whyUnreadable(err: unknown): string {
+  const sys = systemErrorCode(err);
+  if (sys === 'ENOENT') return 'it does not exist';
+  if (sys === 'EACCES' || sys === 'EPERM') return 'permission denied';
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,536 @@
+import { stat } from 'node:fs/promises';
+import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
+import { QmpClient } from '../hypervisor/qmp-client.js';
+import { listVmDisks } from '../hypervisor/vm-disks.js';
+import { openImage } from '../image/open-image.js';
+import { openRepository, type OpenRepositoryOptions } from '../repository/open-repository.js';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError, isBlockrepError, systemErrorCode, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
+import { backupImage, type DiskBackupReport } from './backup-image.js';
+import { backupVm } from './backup-vm.js';
+import type { ImageVmJob, JobConfig, LiveVmJob, VmJob } from './job-config.js';
+import { pruneVersions, type PruneReport } from './prune-versions.js';
+
+/**
+ * `blockrep run`: backs up every VM of a job configuration into one repository, a bounded
+ * number at a time. A VM that fails is reported and never stops the others; an interrupt
+ * stops starting VMs and lets the running ones clean up (backupVm thaws and commits back on
+ * every path). With a retention policy, each VM's disks are pruned right after their new
+ * versions are published. Never prints: events go to a callback, the result is data.
+ */
+
+export type EventLevel = 'info' | 'warn' | 'error';
+
+export interface RunEvent {
+  /** Milliseconds since the epoch. */
+  at: number;
+  level: EventLevel;
+  event: 'run-start' | 'run-done' | 'run-failed' | 'repository' | 'vm-start' | 'vm-done' | 'vm-failed' | 'vm-skipped' | 'disk-done' | 'disk-failed' | 'warning' | 'prune-done' | 'prune-failed' | 'check';
+  message: string;
+  vm?: string;
+  disk?: string;
+  code?: ErrorCode;
+  /** Figures for machines: bytes, blocks, milliseconds. Never secrets. */
+  data?: Record<string, unknown>;
+}
+
+export interface OkDiskReport extends DiskBackupReport {
+  status: 'ok';
+  /** Live disks: snapshot → back on its own image. */
+  overlayMs?: number;
+}
+
+export interface FailedDiskReport {
+  status: 'failed';
+  disk: string;
+  path: string;
+  code: ErrorCode;
+  message: string;
+}
+
+export type DiskRunReport = OkDiskReport | FailedDiskReport;
+
+export interface CheckReport {
+  check: 'qmp-socket' | 'qmp' | 'disks' | 'agent' | 'image' | 'repository-access';
+  status: 'ok' | 'warning' | 'failed';
+  message: string;
+  code?: ErrorCode;
+}
+
+export interface RetentionRunReport {
+  status: 'ok' | 'failed';
+  disks: string[];
+  report?: PruneReport;
+  code?: ErrorCode;
+  message?: string;
+}
+
+export type VmStatus = 'ok' | 'failed' | 'not-started';
+
+export interface VmRunReport {
+  vm: string;
+  kind: 'live' | 'image';
+  status: VmStatus;
+  /** Where the VM is in the config (`FILE:LINE:COL vms[i]`). */
+  where: string;
+  /** The VM's failure: its own error, or its first disk's, or its retention's. */
+  code?: ErrorCode;
+  message?: string;
+  startedAt?: string;
+  durationMs: number;
+  quiesced?: boolean;
+  frozenMs?: number;
+  snapshot?: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined };
+  disks: DiskRunReport[];
+  skippedDisks?: Array<{ id: string; reason: string }>;
+  warnings: string[];
+  retention?: RetentionRunReport;
+  /** --dry-run: what was checked. */
+  checks?: CheckReport[];
+}
+
+export interface RunReport {
+  ok: boolean;
+  dryRun: boolean;
+  interrupted: boolean;
+  config: string;
+  startedAt: string;
+  durationMs: number;
+  parallel: number;
+  repository: { location: string; status: 'ok' | 'failed'; code?: ErrorCode; message?: string; note?: string };
+  vms: VmRunReport[];
+  summary: { vms: number; ok: number; failed: number; notStarted: number; disks: number; changedBlocks: number; bytesSent: number };
+}
+
+export interface RunJobsOptions {
+  /** Only these VMs (by name); USAGE for a name the config does not have. */
+  only?: string[];
+  dryRun?: boolean;
+  /** Overrides the config's `parallel`. */
+  parallel?: number;
+  signal?: AbortSignal;
+  onEvent?: (event: RunEvent) => void;
+  /** Scan threads per backup (tests). */
+  workers?: number;
+  /** For tests: shorter waits on QMP and the agent. */
+  timeouts?: { qmpGreetingMs?: number; agentSyncMs?: number };
+  now?: () => Date;
+}
+
+/** A URL without user:password@, query or fragment, for logs and reports. */
+export function redactLocation(location: string): string {
+  if (!/^https?:\/\//i.test(location)) return location;
+  try {
+    const u = new URL(location);
+    return `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}`;
+  } catch {
+    return location.replace(/\/\/[^/@]*@/, '//');
+  }
+}
+
+export function selectVms(config: JobConfig, only: string[] | undefined): VmJob[] {
+  if (only === undefined || only.length === 0) return config.vms;
+  const names = config.vms.map((v) => v.name);
+  for (const name of only) {
+    if (!names.includes(name)) {
+      throw new BlockrepError('USAGE', `--only ${name}: ${config.file} has no VM of that name; its VMs: ${names.join(', ')}`);
+    }
+  }
+  return config.vms.filter((v) => only.includes(v.name));
+}
+
+export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): Promise<RunReport> {
+  const started = Date.now();
+  const now = options.now ?? (() => new Date());
+  const dryRun = options.dryRun ?? false;
+  const selected = selectVms(config, options.only);
+  const parallel = Math.max(1, Math.min(options.parallel ?? config.parallel, selected.length || 1));
+  const location = redactLocation(config.repository.location);
+  const emit = (e: Omit<RunEvent, 'at'>): void => {
+    try {
+      options.onEvent?.({ at: Date.now(), ...e });
+    } catch {
+      // a log that cannot be written must not stop a backup (or its clean-up)
+    }
+  };
+  emit({
+    level: 'info',
+    event: 'run-start',
+    message: `${dryRun ? 'checking' : 'backing up'} ${selected.length} VM(s) from ${config.file} into ${location}, ${parallel} at a time`,
+    data: { vms: selected.map((v) => v.name), parallel, dryRun, repository: location },
+  });
+
+  const reports: Array<VmRunReport | undefined> = selected.map(() => undefined);
+  const repository: RunReport['repository'] = { location, status: 'ok' };
+  let repo: Repository | undefined;
+  const repoOptions: OpenRepositoryOptions = {
+    create: !dryRun,
+    ...(config.repository.tokenFile !== undefined ? { tokenFile: config.repository.tokenFile } : {}),
+    ...(config.repository.cacert !== undefined ? { cacert: config.repository.cacert } : {}),
+    ...(config.repository.bwlimit !== undefined ? { bwlimit: config.repository.bwlimit } : {}),
+  };
+  try {
+    // One repository for the whole run: one connection pool and one bandwidth limit shared by
+    // every VM, as they share the link.
+    repo = await openRepository(config.repository.location, repoOptions);
+    emit({ level: 'info', event: 'repository', message: `repository ${location} opened${dryRun ? ' (access accepted)' : ''}` });
+  } catch (err) {
+    const e = asError(err);
+    if (dryRun && e.code === 'REPO_NOT_FOUND' && !/^https?:\/\//i.test(config.repository.location) && (await creatable(config.repository.location))) {
+      repository.note = 'no repository there yet: the first run creates it';
+      emit({ level: 'info', event: 'repository', message: `repository ${location}: ${repository.note}` });
+    } else {
+      repository.status = 'failed';
+      repository.code = e.code;
+      repository.message = e.message;
+      emit({ level: 'error', event: 'repository', code: e.code, message: `repository ${location}: ${e.message}` });
+    }
+  }
+
+  try {
+    if (repository.status === 'ok') {
+      const queue = selected.map((vm, i) => ({ vm, i }));
+      const worker = async (): Promise<void> => {
+        for (;;) {
+          if (options.signal?.aborted) return;
+          const next = queue.shift();
+          if (!next) return;
+          reports[next.i] = await runOne(repo, next.vm, options, dryRun, emit, now);
+        }
+      };
+      await Promise.all(Array.from({ length: parallel }, () => worker()));
+    }
+  } finally {
+    await repo?.backend.close().catch(() => undefined);
+  }
+
+  const vms = selected.map((vm, i): VmRunReport => {
+    const r = reports[i];
+    if (r) return r;
+    const why = repository.status === 'failed' ? `not started: the repository could not be opened (${repository.code})` : 'not started: the run was interrupted';
+    emit({ level: 'warn', event: 'vm-skipped', vm: vm.name, message: `VM ${vm.name} ${why}` });
+    return { vm: vm.name, kind: vm.kind, status: 'not-started', where: vm.where(), message: why, durationMs: 0, disks: [], warnings: [] };
+  });
+  const okDisks = vms.flatMap((v) => v.disks.filter((d): d is OkDiskReport => d.status === 'ok'));
+  const summary = {
+    vms: vms.length,
+    ok: vms.filter((v) => v.status === 'ok').length,
+    failed: vms.filter((v) => v.status === 'failed').length,
+    notStarted: vms.filter((v) => v.status === 'not-started').length,
+    disks: okDisks.length,
+    changedBlocks: okDisks.reduce((s, d) => s + d.changedBlocks, 0),
+    bytesSent: okDisks.reduce((s, d) => s + d.bytesSent, 0),
+  };
+  const interrupted = options.signal?.aborted ?? false;
+  const report: RunReport = {
+    ok: repository.status === 'ok' && summary.ok === summary.vms,
+    dryRun,
+    interrupted,
+    config: config.file,
+    startedAt: new Date(started).toISOString(),
+    durationMs: Date.now() - started,
+    parallel,
+    repository,
+    vms,
+    summary,
+  };
+  emit({
+    level: report.ok ? 'info' : 'error',
+    event: 'run-done',
+    message: `${dryRun ? 'checked' : 'done'}: ${summary.ok} of ${summary.vms} VM(s) ok, ${summary.failed} failed${summary.notStarted > 0 ? `, ${summary.notStarted} not started` : ''}${interrupted ? ' (interrupted)' : ''}`,
+    data: { ...summary, durationMs: report.durationMs },
+  });
+  return report;
+}
+
+type Emit = (e: Omit<RunEvent, 'at'>) => void;
+
+async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsOptions, dryRun: boolean, emit: Emit, now: () => Date): Promise<VmRunReport> {
+  const started = Date.now();
+  const report: VmRunReport = { vm: vm.name, kind: vm.kind, status: 'ok', where: vm.where(), startedAt: new Date(started).toISOString(), durationMs: 0, disks: [], warnings: [] };
+  const warn = (message: string): void => {
+    report.warnings.push(message);
+    emit({ level: 'warn', event: 'warning', vm: vm.name, message: `${vm.name}: ${message}` });
+  };
+  emit({
+    level: 'info',
+    event: 'vm-start',
+    vm: vm.name,
+    message: `${vm.name}: ${dryRun ? 'checking' : vm.kind === 'live' ? 'live backup' : 'image backup'} (${vm.kind === 'live' ? `qmp ${vm.qmpSocket}` : `${vm.images.length} image(s)`})`,
+  });
+  try {
+    if (dryRun) {
+      report.checks = vm.kind === 'live' ? await checkLiveVm(repo, vm, options) : await checkImageVm(repo, vm);
+      for (const c of report.checks) {
+        emit({ level: c.status === 'ok' ? 'info' : c.status === 'warning' ? 'warn' : 'error', event: 'check', vm: vm.name, message: `${vm.name}: ${c.check}: ${c.message}`, ...(c.code ? { code: c.code } : {}) });
+      }
+      const failed = report.checks.find((c) => c.status === 'failed');
+      if (failed) {
+        report.status = 'failed';
+        report.code = failed.code ?? 'INTERNAL';
+        report.message = failed.message;
+      }
+    } else {
+      if (!repo) throw new BlockrepError('INTERNAL', 'no repository');
+      if (vm.kind === 'live') await backupLiveVm(repo, vm, options, report, warn);
+      else await backupImageVm(repo, vm, options, report);
+      for (const d of report.disks) {
+        if (d.status === 'ok') {
+          emit({
+            level: 'info',
+            event: 'disk-done',
+            vm: vm.name,
+            disk: d.disk,
+            message: `${d.disk}: version ${d.version}, ${d.changedBlocks} of ${d.blocks} blocks changed, ${d.bytesSent} bytes sent, ${d.durationMs} ms`,
+            data: { version: d.version, changedBlocks: d.changedBlocks, blocks: d.blocks, bytesSent: d.bytesSent, durationMs: d.durationMs, ...(d.overlayMs !== undefined ? { overlayMs: d.overlayMs } : {}) },
+          });
+        } else {
+          emit({ level: 'error', event: 'disk-failed', vm: vm.name, disk: d.disk, code: d.code, message: `${d.disk}: ${d.code}: ${d.message}` });
+        }
+      }
+      const failedDisk = report.disks.find((d): d is FailedDiskReport => d.status === 'failed');
+      if (failedDisk) {
+        report.status = 'failed';
+        report.code = failedDisk.code;
+        report.message = `disk ${failedDisk.disk}: ${failedDisk.message}`;
+      }
+      const published = report.disks.filter((d) => d.status === 'ok').map((d) => d.disk);
+      if (vm.retention && published.length > 0 && !options.signal?.aborted) {
+        try {
+          const pruned = await pruneVersions(repo, { disks: published, policy: vm.retention, now: now() });
+          report.retention = { status: 'ok', disks: published, report: pruned };
+          emit({
+            level: 'info',
+            event: 'prune-done',
+            vm: vm.name,
+            message: `${vm.name}: retention kept ${pruned.versionsKept} version(s) and removed ${pruned.versionsRemoved} of ${published.join(', ')}`,
+            data: { versionsKept: pruned.versionsKept, versionsRemoved: pruned.versionsRemoved, disksSkipped: pruned.disksSkipped },
+          });
+          for (const d of pruned.disks) if (d.skipped) warn(`retention skipped ${d.disk}: ${d.skipped.message}`);
+        } catch (err) {
+          const e = asError(err);
+          report.retention = { status: 'failed', disks: published, code: e.code, message: e.message };
+          emit({ level: 'error', event: 'prune-failed', vm: vm.name, code: e.code, message: `${vm.name}: retention failed: ${e.message}` });
+          if (report.status === 'ok') {
+            report.status = 'failed';
+            report.code = e.code;
+            report.message = `its versions were published, but retention failed: ${e.message}`;
+          }
+        }
+      }
+    }
+  } catch (err) {
+    const e = asError(err, options.signal?.aborted);
+    report.status = 'failed';
+    report.code = e.code;
+    report.message = e.message;
+  }
+  report.durationMs = Date.now() - started;
+  if (report.status === 'ok') {
+    emit({
+      level: 'info',
+      event: 'vm-done',
+      vm: vm.name,
+      message: `${vm.name}: ${dryRun ? 'ready' : 'ok'}, ${report.durationMs} ms${report.frozenMs !== undefined ? `, frozen ${report.frozenMs} ms` : ''}`,
+      data: { durationMs: report.durationMs, ...(report.frozenMs !== undefined ? { frozenMs: report.frozenMs } : {}) },
+    });
+  } else {
+    emit({ level: 'error', event: 'vm-failed', vm: vm.name, ...(report.code ? { code: report.code } : {}), message: `${vm.name}: failed: ${report.message}` });
+  }
+  return report;
+}
+
+async function backupLiveVm(repo: Repository, vm: LiveVmJob, options: RunJobsOptions, report: VmRunReport, warn: (m: string) => void): Promise<void> {
+  await checkSocket(vm.qmpSocket, vm.where('qmp'), 'QMP_UNAVAILABLE', 'QMP');
+  const r = await backupVm(
+    repo,
+    {
+      qmpSocket: vm.qmpSocket,
+      ...(vm.qgaSocket !== undefined ? { qgaSocket: vm.qgaSocket } : {}),
+      vmName: vm.name,
+      ...(vm.disks ? { disks: vm.disks } : {}),
+      ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
+      quiesce: vm.quiesce,
+    },
+    {
+      compress: vm.compress,
+      onWarning: warn,
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.workers !== undefined ? { workers: options.workers } : {}),
+      ...(options.timeouts ? { timeouts: options.timeouts } : {}),
+    },
+  );
+  report.quiesced = r.quiesced;
+  if (r.frozenMs !== undefined) report.frozenMs = r.frozenMs;
+  report.snapshot = r.snapshot;
+  if (r.skippedDisks.length > 0) report.skippedDisks = r.skippedDisks;
+  report.disks = [
+    ...r.disks.map((d): OkDiskReport => ({ status: 'ok', ...d })),
+    ...r.failures.map((f): FailedDiskReport => ({ status: 'failed', ...f })),
+  ];
+}
+
+async function backupImageVm(repo: Repository, vm: ImageVmJob, options: RunJobsOptions, report: VmRunReport): Promise<void> {
+  for (const img of vm.images) {
+    if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', `interrupted before ${img.diskId}; nothing half-done was published`);
+    try {
+      const d = await backupImage(
+        repo,
+        {
+          path: img.path,
+          diskId: img.diskId,
+          source: { kind: 'image', vm: vm.name },
+          ...(img.format ? { format: img.format } : {}),
+          ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
+        },
+        { compress: vm.compress, ...(options.signal ? { signal: options.signal } : {}), ...(options.workers !== undefined ? { workers: options.workers } : {}) },
+      );
+      report.disks.push({ status: 'ok', ...d });
+    } catch (err) {
+      const e = asError(err, options.signal?.aborted);
+      const message = e.code === 'IMAGE_NOT_FOUND' || e.code === 'IMAGE_UNREADABLE' ? `${img.where}: ${e.message}` : e.message;
+      report.disks.push({ status: 'failed', disk: img.diskId, path: img.path, code: e.code, message });
+    }
+  }
+}
+
+/** The socket must be there and be a socket; said with where it is configured. */
+async function checkSocket(path: string, where: string, code: ErrorCode, what: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await stat(path)).isSocket();
+  } catch (err) {
+    if (systemErrorCode(err) === 'ENOENT') {
+      throw new BlockrepError(code, `${where}: no ${what} socket at ${path}: the VM is not running, or QEMU listens elsewhere`, { details: { socket: path } });
+    }
+    throw new BlockrepError(code, `${where}: cannot reach ${path}: ${wrapSystemError(err, 'stat').message}`, { cause: err, details: { socket: path } });
+  }
+  if (!isSocket) throw new BlockrepError(code, `${where}: ${path} is not a socket`, { details: { socket: path } });
+}
+
+/** Dry run of a live VM: every question asked read-only; nothing is frozen, locked or written. */
+async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, options: RunJobsOptions): Promise<CheckReport[]> {
+  const checks: CheckReport[] = [];
+  const fail = (check: CheckReport['check'], err: unknown): CheckReport[] => {
+    const e = asError(err, options.signal?.aborted);
+    checks.push({ check, status: 'failed', code: e.code, message: e.message });
+    return checks;
+  };
+  try {
+    await checkSocket(vm.qmpSocket, vm.where('qmp'), 'QMP_UNAVAILABLE', 'QMP');
+    checks.push({ check: 'qmp-socket', status: 'ok', message: `${vm.qmpSocket} is a socket` });
+  } catch (err) {
+    return fail('qmp-socket', err);
+  }
+  let qmp: QmpClient;
+  try {
+    qmp = await QmpClient.connect(vm.qmpSocket, options.timeouts?.qmpGreetingMs !== undefined ? { greetingTimeoutMs: options.timeouts.qmpGreetingMs } : {});
+    const v = qmp.greeting.QMP.version.qemu;
+    checks.push({ check: 'qmp', status: 'ok', message: `QEMU ${v.major}.${v.minor}.${v.micro} answers on its monitor` });
+  } catch (err) {
+    return fail('qmp', err);
+  }
+  try {
+    let diskIds: string[];
+    try {
+      const { disks } = await listVmDisks(qmp);
+      const chosen = vm.disks ?? disks.map((d) => d.id);
+      for (const want of chosen) {
+        if (!disks.some((d) => d.id === want || d.device === want || d.node === want)) {
+          throw new BlockrepError('USAGE', `${vm.where('disks')}: the VM has no disk ${JSON.stringify(want)}; its disks: ${disks.map((d) => d.id).join(', ')}`);
+        }
+      }
+      if (chosen.length === 0) throw new BlockrepError('USAGE', 'the VM has no writable disk to back up');
+      diskIds = chosen.map((id) => `${vm.name}/${disks.find((d) => d.id === id || d.device === id || d.node === id)?.id ?? id}`);
+      checks.push({ check: 'disks', status: 'ok', message: `will back up ${diskIds.join(', ')}` });
+    } catch (err) {
+      return fail('disks', err);
+    }
+    if (vm.quiesce !== 'off') {
+      try {
+        const agent = await openGuestAgent(qmp, vm.qgaSocket, options.timeouts?.agentSyncMs !== undefined ? { syncTimeoutMs: options.timeouts.agentSyncMs } : {});
+        try {
+          await agent.ping();
+          const state = await agent.status();
+          if (state === 'frozen') {
+            checks.push({ check: 'agent', status: 'failed', code: 'RECOVERY_NEEDED', message: `the guest is frozen now; run: blockrep recover --qmp ${vm.qmpSocket}` });
+          } else {
+            checks.push({ check: 'agent', status: 'ok', message: 'the guest agent answers guest-ping; the guest is thawed' });
+          }
+        } finally {
+          await agent.close();
+        }
+      } catch (err) {
+        const e = asError(err);
+        checks.push(
+          vm.quiesce === 'require'
+            ? { check: 'agent', status: 'failed', code: e.code, message: e.message }
+            : { check: 'agent', status: 'warning', code: e.code, message: `${e.message}; the backup will be crash-consistent only (quiesce: require makes this an error)` },
+        );
+      }
+    }
+    await checkRepositoryAccess(repo, diskIds, checks);
+  } finally {
+    await qmp.close();
+  }
+  return checks;
+}
+
+async function checkImageVm(repo: Repository | undefined, vm: ImageVmJob): Promise<CheckReport[]> {
+  const checks: CheckReport[] = [];
+  for (const img of vm.images) {
+    try {
+      const reader = await openImage({ path: img.path, ...(img.format ? { format: img.format } : {}) });
+      try {
+        checks.push({ check: 'image', status: 'ok', message: `${img.path}: ${reader.format}, ${reader.virtualSize} bytes, readable (disk ${img.diskId})` });
+      } finally {
+        await reader.close();
+      }
+    } catch (err) {
+      const e = asError(err);
+      checks.push({ check: 'image', status: 'failed', code: e.code, message: `${img.where}: ${e.message}` });
+    }
+  }
+  await checkRepositoryAccess(
+    repo,
+    vm.images.map((i) => i.diskId),
+    checks,
+  );
+  return checks;
+}
+
+/** Reads each disk's latest version: the token may read them (writing is not tried). */
+async function checkRepositoryAccess(repo: Repository | undefined, diskIds: string[], checks: CheckReport[]): Promise<void> {
+  if (!repo) return;
+  for (const disk of diskIds) {
+    try {
+      const latest = await repo.latestVersion(disk);
+      checks.push({ check: 'repository-access', status: 'ok', message: latest === undefined ? `${disk}: no version yet (the first backup is a full one)` : `${disk}: latest version ${latest}` });
+    } catch (err) {
+      const e = asError(err);
+      checks.push({ check: 'repository-access', status: 'failed', code: e.code, message: `${disk}: ${e.message}` });
+    }
+  }
+}
+
+/** A local repository folder that a run could create: it or its nearest existing parent is a folder. */
+async function creatable(path: string): Promise<boolean> {
+  let p = path;
+  for (let i = 0; i < 64; i++) {
+    try {
+      return (await stat(p)).isDirectory();
+    } catch {
+      const parent = p.replace(/\/[^/]*\/?$/, '') || '/';
+      if (parent === p) return false;
+      p = parent;
+    }
+  }
+  return false;
+}
+
+function asError(err: unknown, interrupted = false): BlockrepError {
+  if (isBlockrepError(err)) return interrupted && err.code !== 'INTERRUPTED' && err.code !== 'THAW_FAILED' && err.code !== 'COMMIT_FAILED' && err.code !== 'RECOVERY_NEEDED' ? new BlockrepError('INTERRUPTED', `interrupted: ${err.message}`, { cause: err }) : err;
+  if (interrupted) return new BlockrepError('INTERRUPTED', 'interrupted', { cause: err });
+  if (systemErrorCode(err) !== undefined) return wrapSystemError(err, 'unexpected system error');
+  return new BlockrepError('INTERNAL', `internal error: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
