@@ -1,3 +1,10 @@
+import { createHash } from 'node:crypto';
+
+/** The tag of an object's content for replaceIfMatch (and HTTP If-Match): its SHA-256, hex. */
+export function contentTag(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
 /**
  * Storage of named byte objects: all the repository needs from a place that keeps its data
  * (a local directory now; a `blockrep serve` over HTTP later). Keys are `/`-separated relative
@@ -78,6 +85,14 @@ export interface Backend {
    * (disk-lock.ts) are judged by it, so the clocks of the hosts that write locks do not matter.
    */
   objectAgeMs?(key: string): Promise<number | undefined>;
+  /**
+   * Optional: replaces the object with `data` (removes it when `data` is null) only if its
+   * content's tag (contentTag) is `tag`; false, changing nothing, when it differs or is missing.
+   * Atomic against every other conditional replacement and exclusive write made through the same
+   * process — a server's, for all its clients. Disk locks (disk-lock.ts) are renewed, taken over
+   * and released with it, so a late renewal never overwrites a successor's lock.
+   */
+  replaceIfMatch?(key: string, tag: string, data: Uint8Array | null): Promise<boolean>;
   /** Makes every earlier deferred write durable. */
   flush(): Promise<void>;
   /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */

@@ -12,6 +12,7 @@ export class RateLimitedBackend implements Backend {
   readonly removeIfOlder: Backend['removeIfOlder'];
   readonly removeStaleTemps: Backend['removeStaleTemps'];
   readonly objectAgeMs: Backend['objectAgeMs'];
+  readonly replaceIfMatch: Backend['replaceIfMatch'];
 
   constructor(
     private readonly inner: Backend,
@@ -29,6 +30,7 @@ export class RateLimitedBackend implements Backend {
     this.removeIfOlder = inner.removeIfOlder?.bind(inner);
     this.removeStaleTemps = inner.removeStaleTemps?.bind(inner);
     this.objectAgeMs = inner.objectAgeMs?.bind(inner);
+    this.replaceIfMatch = inner.replaceIfMatch?.bind(inner);
     const sendPatch = inner.writeChunkPatch?.bind(inner);
     this.writeChunkPatch = sendPatch
       ? async (key, patch) => {

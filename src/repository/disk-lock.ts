@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import type { Backend } from '../backend/backend.js';
+import { contentTag, type Backend } from '../backend/backend.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
 import { diskIdToPathComponent } from '../shared/disk-id.js';
 import { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
@@ -34,11 +34,11 @@ interface SeenLock {
  * lock has been taken over and fails (LOCK_LOST) before it publishes; it never removes a
  * successor's lock.
  *
- * What is not atomic: taking over (read, compare, remove, create) and renewing (read, compare,
- * rewrite) are separate requests, so two contenders that judge the same expired lock at the
- * same instant may both believe they took it; each checks its lock again before publishing, so
- * at most the one whose check came last proceeds, barring a check and a takeover within the
- * same few milliseconds.
+ * Renewing, taking over and releasing replace the lock only if it still has the content this
+ * process saw (backend replaceIfMatch): atomic in a server, which serialises them for all its
+ * clients, so a renewal that arrives late (retried across an outage, or from a holder paused
+ * for longer than its lease) can never overwrite a successor's lock. A local directory shared
+ * by several processes gets the same check without that atomicity (a read and a rename).
  */
 export class DiskLock {
   private timer: NodeJS.Timeout | undefined;
@@ -52,6 +52,8 @@ export class DiskLock {
     private readonly key: string,
     private readonly diskId: string,
     private readonly holder: LockHolder & { lockId: string; leaseMs: number },
+    /** The lock's content as this holder last wrote it. */
+    private written: Buffer,
   ) {}
 
   static async acquire(backend: Backend, diskId: string, purpose: string, options: { leaseMs?: number } = {}): Promise<DiskLock> {
@@ -59,19 +61,24 @@ export class DiskLock {
     const leaseMs = options.leaseMs ?? leaseFromEnv();
     const base = currentHolder(purpose);
     const holder = { ...base, lockId: randomBytes(12).toString('hex'), leaseMs, renewedAt: base.createdAt };
+    const body = Buffer.from(JSON.stringify(holder));
+    const held = (): DiskLock => {
+      const lock = new DiskLock(backend, key, diskId, holder, body);
+      lock.schedule();
+      return lock;
+    };
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await backend.write(key, Buffer.from(JSON.stringify(holder)), { exclusive: true });
-        const lock = new DiskLock(backend, key, diskId, holder);
-        lock.schedule();
-        return lock;
+        await backend.write(key, body, { exclusive: true });
+        return held();
       } catch (err) {
         if (!isBlockrepError(err) || err.code !== 'EXISTS') throw err;
       }
       const seen = await inspect(backend, key);
       if (seen === undefined) continue; // released meanwhile
       if (staleness(seen) !== undefined) {
-        await removeIfSame(backend, key, seen.raw);
+        // Replaced in one step, and only if nobody renewed or took it since it was judged.
+        if (await replaceIfMatch(backend, key, seen.raw, body)) return held();
         continue;
       }
       throw new BlockrepError('REPO_LOCKED', `disk ${diskId} is locked: ${describe(seen)}. ${whatToDo(seen, key, backend.location)}`, {
@@ -102,8 +109,10 @@ export class DiskLock {
     clearTimeout(this.timer);
     await this.renewing;
     if (this.lost) return; // a successor's lock is not ours to remove
+    if (await replaceIfMatch(this.backend, this.key, this.written, null)) return;
+    // A renewal whose answer was lost may have stored a newer content of ours.
     const seen = await inspect(this.backend, this.key, false);
-    if (seen?.holder?.lockId === this.holder.lockId) await this.backend.remove(this.key);
+    if (seen?.holder?.lockId === this.holder.lockId) await replaceIfMatch(this.backend, this.key, seen.raw, null);
   }
 
   private schedule(): void {
@@ -127,19 +136,28 @@ export class DiskLock {
   /** Rewrites the lock (its modification time is the renewal) if it is still ours. */
   private async renew(): Promise<void> {
     if (this.released || this.lost) return;
-    const seen = await inspect(this.backend, this.key, false);
-    if (seen?.holder?.lockId !== this.holder.lockId) {
-      const by = seen ? `it is now held by ${describe(seen)}` : 'it was removed';
-      this.lost = new BlockrepError(
-        'LOCK_LOST',
-        `the lock of disk ${this.diskId} was taken from this run (${by}): it had not been renewed within its lease of ${seconds(this.holder.leaseMs)}` +
-          `${this.lastError instanceof Error ? ` (last renewal failure: ${this.lastError.message})` : ''}. Nothing was published; chunks already stored stay for the next run. Run the backup again.`,
-        { details: seen?.holder ? { holder: publicHolder(seen.holder) } : {} },
-      );
+    const next = Buffer.from(JSON.stringify({ ...this.holder, renewedAt: new Date().toISOString() }));
+    if (await replaceIfMatch(this.backend, this.key, this.written, next)) {
+      this.written = next;
+      this.lastError = undefined;
       return;
     }
-    await this.backend.write(this.key, Buffer.from(JSON.stringify({ ...this.holder, renewedAt: new Date().toISOString() })));
-    this.lastError = undefined;
+    const seen = await inspect(this.backend, this.key, false);
+    if (seen?.holder?.lockId === this.holder.lockId) {
+      // Ours, as an earlier renewal left it whose answer was lost: renew from there.
+      if (await replaceIfMatch(this.backend, this.key, seen.raw, next)) {
+        this.written = next;
+        this.lastError = undefined;
+      }
+      return;
+    }
+    const by = seen ? `it is now held by ${describe(seen)}` : 'it was removed';
+    this.lost = new BlockrepError(
+      'LOCK_LOST',
+      `the lock of disk ${this.diskId} was taken from this run (${by}): it had not been renewed within its lease of ${seconds(this.holder.leaseMs)}` +
+        `${this.lastError instanceof Error ? ` (last renewal failure: ${this.lastError.message})` : ''}. Nothing was published; chunks already stored stay for the next run. Run the backup again.`,
+      { details: seen?.holder ? { holder: publicHolder(seen.holder) } : {} },
+    );
   }
 }
 
@@ -195,10 +213,17 @@ function leaseOf(holder: LockHolder | undefined): number {
   return ms !== undefined && ms >= MIN_LEASE_MS && ms <= MAX_LEASE_MS ? ms : DEFAULT_LEASE_MS;
 }
 
-/** Removes a stale lock unless it changed since it was judged (renewed, or taken by another). */
-async function removeIfSame(backend: Backend, key: string, raw: Buffer): Promise<void> {
-  const now = await inspect(backend, key);
-  if (now !== undefined && now.raw.equals(raw)) await backend.remove(key);
+/**
+ * Replaces the lock with `next` (removes it when null) if its content is still `expected`.
+ * Backends without conditional replacement get a read and a compare first (not atomic).
+ */
+async function replaceIfMatch(backend: Backend, key: string, expected: Buffer, next: Buffer | null): Promise<boolean> {
+  if (backend.replaceIfMatch) return backend.replaceIfMatch(key, contentTag(expected), next);
+  const now = await inspect(backend, key, false);
+  if (now === undefined || !now.raw.equals(expected)) return false;
+  if (next === null) await backend.remove(key);
+  else await backend.write(key, next);
+  return true;
 }
 
 function describe(seen: SeenLock): string {

@@ -24,6 +24,7 @@ const table: Partial<Record<ErrorCode, number>> = {
   REPO_LOCKED: 409,
   LOCK_LOST: 409,
   EXISTS: 412, // If-None-Match: * failed
+  CHANGED: 412, // If-Match failed
   TOO_LARGE: 413,
   CHUNK_CORRUPT: 422, // the body is well-formed HTTP but its content fails its checks
   REPO_CORRUPT: 422,

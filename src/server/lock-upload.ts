@@ -22,8 +22,11 @@ export const lockBodySchema = z
   })
   .strict();
 
-/** PUT of a lock object: small JSON, checked, stored (exclusively when asked). */
-export async function receiveLock(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, exclusive: boolean): Promise<number> {
+/**
+ * PUT of a lock object: small JSON, checked, stored — exclusively when asked, or (`ifMatch`, a
+ * content tag) only in place of the lock with that content, atomically: how a lease is renewed.
+ */
+export async function receiveLock(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, exclusive: boolean, ifMatch?: string): Promise<number> {
   const body = await readBody(ctx, MAX_LOCK_BYTES, 'a lock');
   let json: unknown;
   try {
@@ -32,6 +35,11 @@ export async function receiveLock(repo: Repository, ref: { key: string; diskId: 
     throw new BlockrepError('BAD_REQUEST', 'a lock must be JSON');
   }
   if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose[, startTime, lockId, leaseMs, renewedAt]}');
+  if (ifMatch !== undefined) {
+    if (!repo.backend.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot replace locks conditionally');
+    if (!(await repo.backend.replaceIfMatch(ref.key, ifMatch, body))) throw new BlockrepError('CHANGED', `the lock of disk ${ref.diskId} is not the one named by If-Match`);
+    return body.length;
+  }
   try {
     return await repo.backend.write(ref.key, body, { exclusive });
   } catch (err) {

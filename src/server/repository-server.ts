@@ -39,6 +39,8 @@ const DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024;
 
 const rangeSchema = z.string().regex(/^bytes=\d{1,15}-\d{0,15}$/, 'only a single range "bytes=a-b" or "bytes=a-" is supported');
 const ifNoneMatchSchema = z.literal('*', { message: 'only If-None-Match: * is supported' });
+/** If-Match: one content tag (backend.ts contentTag), on locks only. */
+const ifMatchSchema = z.string().regex(/^"[0-9a-f]{64}"$/);
 const listQuerySchema = z.object({ prefix: z.string().max(512) }).strict();
 
 export interface RepositoryServerOptions {
@@ -180,10 +182,17 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
     case 'GET':
       noBody(ctx);
       return sendObject(repo, ctx, ref);
-    case 'DELETE':
+    case 'DELETE': {
       noBody(ctx);
+      const tag = ifMatchOf(ctx, ref);
+      if (tag !== undefined) {
+        if (!repo.backend.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove locks conditionally');
+        if (!(await repo.backend.replaceIfMatch(ref.key, tag, null))) throw new BlockrepError('CHANGED', `${ref.key} is not the one named by If-Match`);
+        return sendEmpty(ctx, 204);
+      }
       await repo.backend.remove(ref.key);
       return sendEmpty(ctx, 204);
+    }
     case 'PUT': {
       const ifNoneMatch = ctx.req.headers['if-none-match'];
       if (ifNoneMatch !== undefined && !ifNoneMatchSchema.safeParse(ifNoneMatch).success) {
@@ -201,7 +210,7 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
           stored = await receiveManifest(repo, options.spoolDir, ref, ctx);
           break;
         case 'lock':
-          stored = await receiveLock(repo, ref, ctx, ifNoneMatch === '*');
+          stored = await receiveLock(repo, ref, ctx, ifNoneMatch === '*', ifMatchOf(ctx, ref));
           break;
         case 'config':
           throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json is read-only over the network');
@@ -209,6 +218,14 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
       return sendEmpty(ctx, 201, { 'x-blockrep-stored-bytes': stored });
     }
   }
+}
+
+/** The content tag of an If-Match header (locks only: how leases are renewed and released). */
+function ifMatchOf(ctx: RequestContext, ref: ObjectRef): string | undefined {
+  const header = ctx.req.headers['if-match'];
+  if (header === undefined) return undefined;
+  if (ref.kind !== 'lock' || !ifMatchSchema.safeParse(header).success) throw new BlockrepError('BAD_REQUEST', 'If-Match takes one content tag ("<sha256 hex>"), on locks only');
+  return header.slice(1, -1);
 }
 
 /** HEAD/GET of an object, whole or one range, streamed piece by piece through the backend. */

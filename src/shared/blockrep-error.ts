@@ -32,6 +32,7 @@ export const errorCodes = [
   'RESTORE_TARGET', // the restore target cannot be written as asked
   'NOT_FOUND', // a backend object that does not exist
   'EXISTS', // an exclusive write found the object already there
+  'CHANGED', // a conditional replacement (If-Match) found the object changed or gone
   'NO_SPACE',
   'IO',
   // repository server (HTTP); src/server/http-status.ts maps every code to its HTTP status

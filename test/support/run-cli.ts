@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
 const BIN = fileURLToPath(new URL('../../bin/blockrep.js', import.meta.url));
@@ -30,4 +31,34 @@ export function runCli(args: string[], options: { env?: Record<string, string>; 
       },
     );
   });
+}
+
+export interface SpawnedCli {
+  child: ChildProcess;
+  /** What it printed so far. */
+  stdout(): string;
+  stderr(): string;
+  /** Its end: code 128 + signal number when killed (137 for kill -9). */
+  exit: Promise<CliResult>;
+}
+
+/** Starts the built CLI as its own process, for tests that stop, kill or race it. */
+export function spawnCli(args: string[], options: { env?: Record<string, string> } = {}): SpawnedCli {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exit = new Promise<CliResult>((resolve) => {
+    child.on('close', (code, signal) => {
+      let json: unknown;
+      try {
+        json = JSON.parse(out);
+      } catch {
+        json = undefined;
+      }
+      resolve({ code: code ?? 128 + (signal ? osConstants.signals[signal] : 0), stdout: out, stderr: err, json });
+    });
+  });
+  return { child, stdout: () => out, stderr: () => err, exit };
 }

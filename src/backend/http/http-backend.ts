@@ -1,5 +1,5 @@
 import { BlockrepError, isBlockrepError } from '../../shared/blockrep-error.js';
-import type { Backend, BackendObject, ConditionalRemoval, SizesOptions, TempSweep, WriteOptions } from '../backend.js';
+import { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
 import { errorFromResponse } from './http-error.js';
 import {
   MANIFEST_DELTA_TYPE,
@@ -60,6 +60,30 @@ export class HttpBackend implements Backend {
       if (res.statusCode === 404) return this.missing(res, key);
       return contentLength(res, key);
     });
+  }
+
+  /** A PUT or DELETE with `If-Match: "<tag>"`; the server decides atomically (412 when it differs). */
+  async replaceIfMatch(key: string, tag: string, data: Uint8Array | null): Promise<boolean> {
+    const what = `${data === null ? 'removing' : 'replacing'} ${key} if unchanged`;
+    return this.transport.exchange(
+      data === null
+        ? { method: 'DELETE', path: objectPath(key), headers: { 'if-match': `"${tag}"` }, accept: [204, 412], what }
+        : { method: 'PUT', path: objectPath(key), headers: { 'content-type': 'application/octet-stream', 'if-match': `"${tag}"` }, body: data, accept: [201, 412], what },
+      async (res) => {
+        if (res.statusCode === 201 || res.statusCode === 204) return true;
+        const error = await errorFromResponse(res, this.location, what);
+        if (error.code !== 'CHANGED') throw error;
+        if (!res.retried) return false;
+        // An earlier attempt may have done it and only its answer was lost.
+        if (data === null) return (await this.size(key)) === undefined;
+        try {
+          return contentTag(await this.read(key)) === contentTag(data);
+        } catch (err) {
+          if (isBlockrepError(err) && err.code === 'NOT_FOUND') return false;
+          throw err;
+        }
+      },
+    );
   }
 
   /** The server answers a lock's age (AGE_HEADER); other objects have none. */

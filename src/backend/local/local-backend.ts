@@ -3,7 +3,7 @@ import { constants, type Dirent } from 'node:fs';
 import { link, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
 import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/blockrep-error.js';
-import type { Backend, BackendObject, ConditionalRemoval, SizesOptions, TempSweep, WriteOptions } from '../backend.js';
+import { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
 
 const KEY = /^[A-Za-z0-9._%-]+(\/[A-Za-z0-9._%-]+)*$/;
 const TEMP_PREFIX = '.tmp-';
@@ -22,6 +22,8 @@ export class LocalBackend implements Backend {
   private readonly root: string;
   private readonly dirsToSync = new Set<string>();
   private readonly knownDirs = new Set<string>();
+  /** replaceIfMatch() calls in progress, per key: each waits for the one before. */
+  private readonly conditional = new Map<string, Promise<unknown>>();
   /** Flushes run one after another: see flush(). */
   private flushChain: Promise<void> = Promise.resolve();
 
@@ -45,6 +47,29 @@ export class LocalBackend implements Backend {
       if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
       throw wrapSystemError(err, `reading ${key} in ${this.location}`);
     }
+  }
+
+  replaceIfMatch(key: string, tag: string, data: Uint8Array | null): Promise<boolean> {
+    const run = (this.conditional.get(key) ?? Promise.resolve())
+      .catch(() => undefined)
+      .then(async () => {
+        let current: Buffer;
+        try {
+          current = await this.read(key);
+        } catch (err) {
+          if (err instanceof BlockrepError && err.code === 'NOT_FOUND') return false;
+          throw err;
+        }
+        if (contentTag(current) !== tag) return false;
+        if (data === null) await this.remove(key);
+        else await this.write(key, data);
+        return true;
+      });
+    this.conditional.set(key, run);
+    void run.finally(() => {
+      if (this.conditional.get(key) === run) this.conditional.delete(key);
+    }).catch(() => undefined);
+    return run;
   }
 
   async objectAgeMs(key: string): Promise<number | undefined> {

@@ -1,0 +1,175 @@
+import { randomBytes } from 'node:crypto';
+import { open, readdir, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { expect } from 'vitest';
+import { createToken } from '../../src/server/tokens-file.js';
+import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
+import { runCli, spawnCli, type CliResult, type SpawnedCli } from '../support/run-cli.js';
+import { tempDir } from '../support/temp-dir.js';
+
+/**
+ * A repository behind a real `blockrep serve` on loopback (restartable on the same port after a
+ * kill -9), one raw image whose blocks a test rewrites, and the checks every fault test makes:
+ * `list` shows only whole versions, `verify` passes, and what a re-run sends.
+ */
+export const BLOCK_BYTES = 64 * 1024;
+export const IMAGE_BLOCKS = 128; // an 8 MiB image
+export const DISK = 'vm1';
+/** A stored chunk of random content: its block plus the chunk header. */
+export const CHUNK_FILE_BYTES = BLOCK_BYTES + 12;
+/** What a run sends besides chunks (the manifest delta): well under one chunk. */
+export const NON_CHUNK_MARGIN = 32 * 1024;
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class FaultRig {
+  server: RunningTestServer | undefined;
+  private port = 0;
+  /** Published versions, oldest first, as the tests expect them. */
+  readonly versions: string[] = [];
+  private seed = 1;
+
+  private constructor(
+    readonly dir: string,
+    readonly root: string,
+    readonly image: string,
+    private readonly tokensFile: string,
+    readonly tokenFile: string,
+  ) {}
+
+  static async create(prefix: string): Promise<FaultRig> {
+    const dir = await tempDir(prefix);
+    const tokensFile = join(dir, 'tokens.json');
+    const tokenFile = join(dir, 'token');
+    const { secret } = await createToken(tokensFile, { name: 'faults', disks: ['*'], rights: ['read', 'write'] });
+    await writeFile(tokenFile, `${secret}\n`, { mode: 0o600 });
+    const image = join(dir, `${DISK}.raw`);
+    await writeFile(image, randomBytes(IMAGE_BLOCKS * BLOCK_BYTES));
+    const rig = new FaultRig(dir, join(dir, 'repo'), image, tokensFile, tokenFile);
+    await rig.startServer();
+    return rig;
+  }
+
+  get url(): string {
+    if (!this.server) throw new Error('the server is not running');
+    return this.server.url;
+  }
+
+  /** Starts the server; after the first start, on the same port (clients keep their URL). */
+  async startServer(): Promise<void> {
+    this.server = await startServer({ root: this.root, tokensFile: this.tokensFile, listen: `127.0.0.1:${this.port}` });
+    this.port = Number(new URL(this.server.url).port);
+  }
+
+  async killServer(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    const exited = new Promise((r) => server.process.once('exit', r));
+    server.process.kill('SIGKILL');
+    await exited;
+    await server.stop(); // forgets it
+  }
+
+  async stop(): Promise<void> {
+    await this.server?.stop();
+    this.server = undefined;
+  }
+
+  backupArgs(url = this.url, extra: string[] = []): string[] {
+    return ['backup', this.image, '--disk', DISK, '--block-size', '64K', '--repo', url, '--token-file', this.tokenFile, '--json', ...extra];
+  }
+
+  env(extra: Record<string, string> = {}): Record<string, string> {
+    return { BLOCKREP_CACHE_DIR: join(this.dir, 'cache'), ...extra };
+  }
+
+  backup(options: { url?: string; extra?: string[]; env?: Record<string, string> } = {}): Promise<CliResult> {
+    return runCli(this.backupArgs(options.url, options.extra), { env: this.env(options.env) });
+  }
+
+  spawnBackup(options: { url?: string; extra?: string[]; env?: Record<string, string> } = {}): SpawnedCli {
+    return spawnCli(this.backupArgs(options.url, options.extra), { env: this.env(options.env) });
+  }
+
+  /** Rewrites `count` distinct blocks with random bytes (every one a new chunk). */
+  async rewriteBlocks(count: number): Promise<void> {
+    const fh = await open(this.image, 'r+');
+    try {
+      const stride = Math.floor(IMAGE_BLOCKS / count);
+      const offset = this.seed++ % stride;
+      for (let i = 0; i < count; i++) await fh.write(randomBytes(BLOCK_BYTES), 0, BLOCK_BYTES, ((offset + i * stride) % IMAGE_BLOCKS) * BLOCK_BYTES);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** The chunk files in the repository (name → bytes); temporary files are not chunks. */
+  async chunkFiles(): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    const top = join(this.root, 'chunks');
+    for (const sub of await readdir(top).catch(() => [] as string[])) {
+      if (sub.startsWith('.')) continue;
+      for (const name of await readdir(join(top, sub)).catch(() => [] as string[])) {
+        if (name.startsWith('.')) continue;
+        const size = await stat(join(top, sub, name)).then((s) => s.size, () => undefined);
+        if (size !== undefined) out.set(name, size);
+      }
+    }
+    return out;
+  }
+
+  /** Waits until at least `n` chunk files exist that were not in `before`. */
+  async waitForNewChunks(before: Map<string, number>, n: number, timeoutMs = 20_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const now = await this.chunkFiles();
+      if (newBytes(before, now).count >= n) return;
+      if (Date.now() > until) throw new Error(`fewer than ${n} new chunks after ${timeoutMs} ms`);
+      await sleep(10);
+    }
+  }
+
+  /** The manifest files stored for the disk (temporary files left aside). */
+  async manifestFiles(): Promise<string[]> {
+    const names = await readdir(join(this.root, 'disks', DISK)).catch(() => [] as string[]);
+    return names.filter((n) => n.endsWith('.manifest') && !n.startsWith('.')).map((n) => n.slice(0, -'.manifest'.length)).sort();
+  }
+
+  /**
+   * The repository holds exactly the expected versions, whole: `list` (through the server)
+   * shows them and only them, no other manifest is stored, and `verify` of every version (on
+   * the repository's directory) finds no damage.
+   */
+  async expectWhole(): Promise<void> {
+    const [listed, verified] = await Promise.all([
+      runCli(['list', '--repo', this.url, '--token-file', this.tokenFile, '--disk', DISK, '--json'], { env: this.env() }),
+      runCli(['verify', '--repo', this.root, '--json']),
+    ]);
+    expect(listed.code, listed.stderr + listed.stdout).toBe(0);
+    expect(listed.json.disks[0].versions.map((v: { version: string }) => v.version)).toEqual(this.versions);
+    expect(await this.manifestFiles()).toEqual(this.versions);
+    expect(verified.code, verified.stdout).toBe(0);
+    expect(verified.json).toMatchObject({ ok: true, versions: this.versions.length, damage: [] });
+  }
+
+  /** A backup that must succeed; its version joins the expected ones. */
+  expectPublished(result: CliResult): { version: string; bytesSent: number; newChunks: number; reusedChunks: number } {
+    expect(result.code, result.stderr + result.stdout).toBe(0);
+    const disk = result.json.disks[0];
+    this.versions.push(disk.version);
+    return disk;
+  }
+}
+
+/** Chunk files in `after` that were not in `before`: how many, and their bytes. */
+export function newBytes(before: Map<string, number>, after: Map<string, number>): { count: number; bytes: number } {
+  let count = 0;
+  let bytes = 0;
+  for (const [name, size] of after) {
+    if (before.has(name)) continue;
+    count++;
+    bytes += size;
+  }
+  return { count, bytes };
+}
