@@ -153,6 +153,44 @@ describe('job configuration mistakes', () => {
   });
 });
 
+describe('the shipped example and the systemd units', () => {
+  const scripts = join(import.meta.dirname, '../../scripts');
+
+  it('the example config (README, scripts/systemd/blockrep.yaml.example) is valid', async () => {
+    const token = join(dir, 'example-token');
+    await writeFile(token, `brt_${'a'.repeat(43)}\n`, { mode: 0o600 });
+    const text = (await readFile(join(scripts, 'systemd/blockrep.yaml.example'), 'utf8')).replace('/etc/blockrep/token', token);
+    const c = await loadJobConfig(await configFile(text, 'example.yaml'));
+    expect(c).toMatchObject({ parallel: 2, repository: { location: 'https://backup.example:8417', tokenFile: token, bwlimit: 20 << 20 } });
+    expect(c.vms.map((v) => [v.name, v.kind])).toEqual([
+      ['web01', 'live'],
+      ['db01', 'live'],
+      ['archive', 'image'],
+    ]);
+    expect(c.vms[1]).toMatchObject({ disks: ['virtio1'], quiesce: 'require', retention: { keepLast: 3, keepDaily: 14, keepWeekly: 8 } });
+    expect(c.vms[2]).toMatchObject({ blockSize: 1 << 20, images: [{ diskId: 'archive/archive' }, { diskId: 'archive/data', path: '/dev/vg0/archive-data', format: 'raw' }] });
+  });
+
+  it('install-systemd.sh --root installs units systemd accepts, and the example config once', async () => {
+    const root = join(dir, 'sysroot');
+    const install = (): string => execFileSync('bash', [join(scripts, 'install-systemd.sh'), '--root', root, '--bin', process.execPath], { encoding: 'utf8' });
+    expect(install()).toContain('wrote');
+    const service = await readFile(join(root, 'etc/systemd/system/blockrep-run.service'), 'utf8');
+    expect(service).toContain(`ExecStart=${process.execPath} run --config /etc/blockrep/blockrep.yaml --report /var/lib/blockrep/last-run.json`);
+    expect(service).toMatch(/^IOSchedulingClass=idle$/m);
+    const timer = await readFile(join(root, 'etc/systemd/system/blockrep-run.timer'), 'utf8');
+    expect(timer).toMatch(/^Persistent=true$/m);
+    expect(timer).toMatch(/^RandomizedDelaySec=/m);
+    expect((await stat(join(root, 'etc/blockrep/blockrep.yaml'))).mode & 0o777).toBe(0o600);
+    // A second install keeps the administrator's config.
+    await writeFile(join(root, 'etc/blockrep/blockrep.yaml'), '# mine\n');
+    expect(install()).not.toContain('wrote');
+    expect(await readFile(join(root, 'etc/blockrep/blockrep.yaml'), 'utf8')).toBe('# mine\n');
+    const analyze = execFileSync('sh', ['-c', 'command -v systemd-analyze || true'], { encoding: 'utf8' }).trim();
+    if (analyze !== '') execFileSync(analyze, ['verify', join(root, 'etc/systemd/system/blockrep-run.service'), join(root, 'etc/systemd/system/blockrep-run.timer')]);
+  });
+});
+
 describe('blockrep run with offline images', () => {
   it('one image missing: the others are backed up, exit 13, the report names the failure, its code and where it is configured', async () => {
     const file = await configFile(
