@@ -3,8 +3,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LocalBackend } from '../backend/local/local-backend.js';
-import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
-import { composeManifest, decodeDelta } from '../manifest/manifest-delta.js';
+import { decodeHeader, ENTRY_BYTES, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
+import { composeManifest, decodeDelta, type DecodedDelta } from '../manifest/manifest-delta.js';
 import { idHex, isZeroId, ManifestReader } from '../manifest/manifest-reader.js';
 import { Repository } from '../repository/repository.js';
 import { MANIFEST_DELTA_TYPE, MAX_MANIFEST_DELTA_BYTES } from '../backend/http/http-protocol.js';
@@ -14,6 +14,9 @@ import type { RequestContext } from './request-context.js';
 
 /** Everything before the entries: the fixed header, at most 64 KiB of meta, padding. */
 const MAX_HEADER_BYTES = FIXED_HEADER_BYTES + 64 * 1024 + 8;
+/** A delta entry (manifest-delta.ts): u64 block index, then a manifest entry (u64 xxHash64, chunk id). */
+const DELTA_ENTRY_BYTES = 8 + ENTRY_BYTES;
+const DELTA_ID_OFFSET = 8 + 8;
 /** Chunk ids asked about per hasChunks call. */
 const CHECK_BATCH = 4096;
 /** Chunk ids remembered as present while checking one manifest (many blocks share chunks). */
@@ -40,8 +43,9 @@ export async function receiveManifest(
   const spoolRoot = join(spoolDir, randomBytes(12).toString('hex'));
   const spoolPath = join(spoolRoot, ...ref.key.split('/'));
   try {
+    let delta: DecodedDelta | undefined;
     if (ctx.req.headers['content-type'] === MANIFEST_DELTA_TYPE) {
-      await composeFromDelta(repo, ref, ctx, spoolRoot, where);
+      delta = await composeFromDelta(repo, ref, ctx, spoolRoot, where);
     } else {
       await spool(ctx, spoolPath, declared, where);
     }
@@ -50,7 +54,10 @@ export async function receiveManifest(
     if (meta.diskId !== ref.diskId || meta.versionId !== ref.versionId) {
       throw new BlockrepError('BAD_REQUEST', `${where}: the manifest is of disk ${meta.diskId} version ${meta.versionId}, not the one its key names`);
     }
-    await checkChunksPresent(repo, reader, where);
+    // A delta's other entries are its parent's, whose chunks the published parent refers to
+    // (and prune takes the disk lock, so the parent cannot lose them during a backup): only
+    // the delta's own chunks need checking, so a nightly commit costs what changed.
+    await checkChunksPresent(repo, delta ? deltaEntryBatches(delta) : reader.batches(), where);
     await repo.flush(); // the chunks it refers to are durable before it is
     try {
       return await repo.backend.write(ref.key, createReadStream(spoolPath), { exclusive: true });
@@ -68,7 +75,7 @@ export async function receiveManifest(
  * composed here from the parent this repository holds into the spool, where it is then checked
  * like a manifest sent whole. The composition must match the digest the client computed.
  */
-async function composeFromDelta(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, spoolRoot: string, where: string): Promise<void> {
+async function composeFromDelta(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, spoolRoot: string, where: string): Promise<DecodedDelta> {
   checkDeclaredLength(ctx, MAX_MANIFEST_DELTA_BYTES, where);
   const body = await readBody(ctx, MAX_MANIFEST_DELTA_BYTES, where);
   const delta = decodeDelta(body, where);
@@ -85,6 +92,7 @@ async function composeFromDelta(repo: Repository, ref: { key: string; diskId: st
     throw err;
   }
   await new LocalBackend(spoolRoot).write(ref.key, composeManifest(delta, parent, where));
+  return delta;
 }
 
 /** Writes the body to `path`, refusing it as soon as it runs past what its header allows. */
@@ -133,7 +141,15 @@ function expectedLength(head: Buffer, where: string): number | undefined {
   return manifestBytes(decodeHeader(head, where));
 }
 
-async function checkChunksPresent(repo: Repository, reader: ManifestReader, where: string): Promise<void> {
+/** The chunk ids of the entries a delta carries, as ManifestReader.batches() gives them. */
+async function* deltaEntryBatches(delta: DecodedDelta): AsyncIterable<{ ids: Buffer }> {
+  const ids = Buffer.allocUnsafe(delta.count * 32);
+  for (let i = 0; i < delta.count; i++) delta.entries.copy(ids, i * 32, i * DELTA_ENTRY_BYTES + DELTA_ID_OFFSET, (i + 1) * DELTA_ENTRY_BYTES);
+  yield { ids };
+}
+
+/** Every non-zero chunk id of `batches` must be in the repository (CHUNK_MISSING otherwise). */
+async function checkChunksPresent(repo: Repository, batches: AsyncIterable<{ ids: Buffer }>, where: string): Promise<void> {
   const known = new Set<string>();
   let pending = new Set<string>();
   const check = async (): Promise<void> => {
@@ -149,8 +165,8 @@ async function checkChunksPresent(repo: Repository, reader: ManifestReader, wher
     if (known.size + batch.length > MAX_REMEMBERED) known.clear();
     for (const id of batch) known.add(id);
   };
-  for await (const entries of reader.batches()) {
-    for (let i = 0; i < entries.hashes.length; i++) {
+  for await (const entries of batches) {
+    for (let i = 0; i < entries.ids.length / 32; i++) {
       if (isZeroId(entries.ids, i)) continue;
       const id = idHex(entries.ids, i);
       if (known.has(id)) continue;

@@ -18,6 +18,7 @@ import {
   AGE_HEADER,
 } from '../backend/http/http-protocol.js';
 import { planPatches, receiveChunkPatch } from './chunk-patch-upload.js';
+import { PatchBaseCache } from './patch-base-cache.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import { authorizeCollectGarbage, authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
@@ -63,12 +64,13 @@ export interface RepositoryServerOptions {
  */
 export function createRequestHandler(options: RepositoryServerOptions): (req: IncomingMessage, res: ServerResponse) => void {
   const budget = new ByteBudget(options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES);
+  const bases = new PatchBaseCache(options.repo);
   const redact = options.redact ?? ((m: string) => m);
   return (req, res) => {
     const started = performance.now();
     const ctx: RequestContext = { req, res, kind: '-', token: '-', bytesIn: 0, bytesOut: 0, redact };
     res.on('close', () => options.log(logLine(ctx, performance.now() - started)));
-    handle(options, budget, ctx).catch((err: unknown) => {
+    handle(options, budget, bases, ctx).catch((err: unknown) => {
       const detail = sendError(ctx, err);
       if (detail !== undefined) options.log(`error: ${req.method ?? '-'} ${ctx.kind}: ${detail}`);
     });
@@ -81,7 +83,7 @@ function logLine(ctx: RequestContext, ms: number): string {
   return `${new Date().toISOString()} ${ctx.req.method ?? '-'} ${ctx.kind} ${status}${cut} in=${ctx.bytesIn} out=${ctx.bytesOut} ${ms.toFixed(0)}ms token=${ctx.token}${ctx.code ? ` code=${ctx.code}` : ''}`;
 }
 
-async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx: RequestContext): Promise<void> {
+async function handle(options: RepositoryServerOptions, budget: ByteBudget, bases: PatchBaseCache, ctx: RequestContext): Promise<void> {
   const target = ctx.req.url ?? '';
   if (!target.startsWith('/')) throw new BlockrepError('BAD_REQUEST', 'the request target must be a path');
   const q = target.indexOf('?');
@@ -101,7 +103,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
     ctx.kind = ref.kind;
     authorizeObject(principal, method, ref);
     if (method === 'DELETE' && ctx.req.headers[IF_OLDER_THAN_HEADER] !== undefined) return removeIfOlder(options.repo, ctx, ref, principal);
-    return handleObject(options, budget, ctx, method, ref);
+    return handleObject(options, budget, bases, ctx, method, ref);
   }
   switch (path) {
     case CONFIG_PATH:
@@ -131,7 +133,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, ctx:
       ctx.kind = 'patch-plans';
       requireMethod(method, 'POST', query);
       authorizeFlush(principal); // planning serves writing chunks: the same right
-      return sendJson(ctx, 200, await planPatches(options.repo, ctx));
+      return sendJson(ctx, 200, await planPatches(bases, ctx));
     case SWEEP_TEMPS_PATH: {
       ctx.kind = 'sweep-temps';
       requireMethod(method, 'POST', query);
@@ -175,7 +177,7 @@ function noBody(ctx: RequestContext): void {
   }
 }
 
-async function handleObject(options: RepositoryServerOptions, budget: ByteBudget, ctx: RequestContext, method: Method, ref: ObjectRef): Promise<void> {
+async function handleObject(options: RepositoryServerOptions, budget: ByteBudget, bases: PatchBaseCache, ctx: RequestContext, method: Method, ref: ObjectRef): Promise<void> {
   const { repo } = options;
   switch (method) {
     case 'HEAD':
@@ -203,7 +205,7 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
         case 'chunk':
           stored =
             ctx.req.headers['content-type'] === CHUNK_PATCH_TYPE
-              ? await receiveChunkPatch(repo, ref.chunkId, ctx, budget)
+              ? await receiveChunkPatch(repo, bases, ref.chunkId, ctx, budget)
               : await receiveChunk(repo, ref.chunkId, ctx, budget);
           break;
         case 'manifest':

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { open, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHUNK_PATCH_TYPE } from '../../src/backend/http/http-protocol.js';
-import { decodeChunk, encodeChunk } from '../../src/chunk/chunk-codec.js';
+import { CODEC_ZSTD, decodeChunk, encodeChunk } from '../../src/chunk/chunk-codec.js';
 import { DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../../src/chunk/chunk-patch.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { rawRequest } from '../support/raw-http.js';
@@ -77,6 +77,68 @@ describe('chunk patches', () => {
     expect(noBase.status).toBe(400);
     const garbage = await rawRequest(server.url, 'PUT', path(encodeChunk(raw).id), { body: Buffer.from('not a patch'), headers: { 'content-type': CHUNK_PATCH_TYPE } });
     expect(garbage.status).toBe(400);
+    expect(await chunkFiles()).toEqual(before);
+  });
+
+  it('builds from the base it planned with even if that file is damaged or removed afterwards, and stores only a verified block', async () => {
+    const fileOf = (id: string) => join(root, 'repo', 'chunks', id.slice(0, 2), id);
+    const damage = async (id: string) => {
+      const fh = await open(fileOf(id), 'r+');
+      await fh.write(Buffer.from('damaged'), 0, 7, 4000);
+      await fh.close();
+    };
+    const plan = async (raw: Buffer, baseId: string) => {
+      const r = await rawRequest(server.url, 'POST', '/v1/patch-plans', {
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ sliceBytes: S, items: [{ base: baseId, hashes: sliceHashes(raw, S).toString('base64') }] }),
+      });
+      expect(r.status).toBe(200);
+      return Buffer.from(r.json.items[0], 'base64');
+    };
+    const putPatch = (raw: Buffer, baseId: string, bitmap: Buffer) =>
+      rawRequest(server.url, 'PUT', path(encodeChunk(raw).id), { body: encodePatch(raw, S, baseId, bitmap), headers: { 'content-type': CHUNK_PATCH_TYPE } });
+    const storedOf = async (raw: Buffer) => {
+      const id = encodeChunk(raw).id;
+      const r = await rawRequest(server.url, 'GET', path(id));
+      expect(r.status).toBe(200);
+      expect(decodeChunk(r.body, id).equals(raw)).toBe(true); // re-hashed: the exact new block
+      return r.body;
+    };
+    const stored = async (b: { id: string; blob: Uint8Array }) => expect((await rawRequest(server.url, 'PUT', path(b.id), { body: b.blob })).status).toBe(201);
+
+    // Random content (stored uncompressed), damaged on disk between plan and patch.
+    const randomBase = randomBytes(256 * 1024);
+    const r1 = encodeChunk(randomBase);
+    await stored(r1);
+    const new1 = Buffer.from(randomBase);
+    randomBytes(100).copy(new1, 5 * S + 7);
+    const bitmap1 = await plan(new1, r1.id);
+    await damage(r1.id);
+    expect((await putPatch(new1, r1.id, bitmap1)).status).toBe(201);
+    await storedOf(new1);
+
+    // Compressible content, removed between plan and patch; the new block is still compressed.
+    const textBase = Buffer.from('blockrep keeps every version of every block. '.repeat(6000)).subarray(0, 256 * 1024);
+    const t1 = encodeChunk(textBase);
+    await stored(t1);
+    const new2 = Buffer.from(textBase);
+    new2.write('a new sentence in the middle', 7 * S + 3);
+    const bitmap2 = await plan(new2, t1.id);
+    await rm(fileOf(t1.id));
+    expect((await putPatch(new2, t1.id, bitmap2)).status).toBe(201);
+    const blob2 = await storedOf(new2);
+    expect(blob2.readUInt8(5)).toBe(CODEC_ZSTD);
+
+    // A damaged base no plan has read: the server reads and checks it, refuses, stores nothing.
+    const r3 = encodeChunk(randomBytes(256 * 1024));
+    await stored(r3);
+    await damage(r3.id);
+    const before = await chunkFiles();
+    const new3 = Buffer.from(decodeChunk(r3.blob, r3.id));
+    new3.write('changed', 2 * S);
+    const refused = await putPatch(new3, r3.id, Buffer.from([0b100, 0]));
+    expect(refused.status).toBe(422);
+    expect(refused.json.code).toBe('CHUNK_CORRUPT');
     expect(await chunkFiles()).toEqual(before);
   });
 });

@@ -1,4 +1,4 @@
-import { readdir } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MANIFEST_DELTA_TYPE } from '../../src/backend/http/http-protocol.js';
@@ -81,5 +81,36 @@ describe('manifest delta upload', () => {
     expect(stored.body.toString('hex', headerBytes + 48, headerBytes + 80)).toBe(b.id);
     expect((await put(good)).status).toBe(412);
     expect((await versions()).sort()).toEqual([`${V1}.manifest`, `${V2}.manifest`]);
+  });
+
+  it("checks only the delta's own chunks: the parent's are those of the published parent", async () => {
+    // Another disk, so the shared chunks above stay in place.
+    const disk = (v: string) => `/v1/objects/disks/vm%252Fvdb/${v}.manifest`;
+    const only = encodeChunk(Buffer.alloc(4096, 4));
+    const fresh = encodeChunk(Buffer.alloc(4096, 5));
+    for (const c of [only, fresh]) expect((await rawRequest(server.url, 'PUT', `/v1/objects/chunks/${c.id.slice(0, 2)}/${c.id}`, { body: c.blob })).status).toBe(201);
+    const parent = await testManifestBytes('vm/vdb', V1, [only.id, only.id, only.id, only.id]);
+    expect((await rawRequest(server.url, 'PUT', disk(V1), { body: parent, headers: { 'if-none-match': '*' } })).status).toBe(201);
+    const deltaOf = async (id: string): Promise<Buffer> => {
+      const child = await testManifest('vm/vdb', V2, [only.id, id, only.id, only.id], V1);
+      const bytes: Buffer[] = [];
+      for await (const p of child.stream()) bytes.push(Buffer.from(p));
+      const whole = Buffer.concat(bytes);
+      const headerBytes = whole.readUInt32BE(8);
+      return encodeDelta(whole.subarray(0, headerBytes), child.digest, [{ index: 1, entry: whole.subarray(headerBytes + 40, headerBytes + 80) }]);
+    };
+    const commit = (body: Buffer) => rawRequest(server.url, 'PUT', disk(V2), { body, headers: { 'content-type': MANIFEST_DELTA_TYPE, 'if-none-match': '*' } });
+    // The parent's chunk is removed behind the server's back: a commit that looked at every
+    // chunk of the composed manifest would refuse the delta; one that checks what changed does not.
+    await rm(join(root, 'repo', 'chunks', only.id.slice(0, 2), only.id));
+    const lacking = await commit(await deltaOf(missing.id));
+    expect(lacking.status).toBe(409);
+    expect(lacking.json).toMatchObject({ code: 'CHUNK_MISSING', message: expect.stringContaining(missing.id) });
+    expect((await commit(await deltaOf(fresh.id))).status).toBe(201);
+    // A manifest sent whole is still checked entry by entry.
+    const whole = await testManifestBytes('vm/vdb', '20261128T000000.000Z-000003', [fresh.id, only.id, fresh.id, fresh.id], V2);
+    const refused = await rawRequest(server.url, 'PUT', disk('20261128T000000.000Z-000003'), { body: whole, headers: { 'if-none-match': '*' } });
+    expect(refused.status).toBe(409);
+    expect(refused.json.message).toContain(only.id);
   });
 });

@@ -1,0 +1,55 @@
+import { CODEC_STORED, decodeChunk } from '../chunk/chunk-codec.js';
+import type { Repository } from '../repository/repository.js';
+
+export interface PatchBase {
+  /** The content, checked against its id. */
+  raw: Buffer;
+  /** The base is stored uncompressed: zstd found nothing to gain in it. */
+  incompressible: boolean;
+}
+
+/** Room for the bases of a few batches a client plans ahead (256 at 256 KiB blocks). */
+export const DEFAULT_PATCH_BASE_CACHE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The decoded, checked content of base chunks recently read for a patch plan, kept until the
+ * patch that follows the plan arrives, so that a patched block costs one read, decompression
+ * and SHA-256 of its base, not two. Least recently used first out, bounded in bytes. What is
+ * kept was checked against its SHA-256 when read, and chunks are immutable, so a kept base is
+ * the content its id names even if its file is damaged or removed afterwards; the block rebuilt
+ * from it is hashed again before it is stored in any case.
+ */
+export class PatchBaseCache {
+  private readonly bases = new Map<string, PatchBase>();
+  private bytes = 0;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly capacityBytes = DEFAULT_PATCH_BASE_CACHE_BYTES,
+  ) {}
+
+  /** The content of chunk `id`, from here or read and checked (CHUNK_MISSING, CHUNK_CORRUPT). */
+  async get(id: string): Promise<PatchBase> {
+    const kept = this.bases.get(id);
+    if (kept) {
+      this.bases.delete(id); // to the end: most recently used
+      this.bases.set(id, kept);
+      return kept;
+    }
+    const blob = await this.repo.readChunkBlob(id);
+    const base = { raw: decodeChunk(blob, id), incompressible: blob.readUInt8(5) === CODEC_STORED };
+    this.keep(id, base);
+    return base;
+  }
+
+  private keep(id: string, base: PatchBase): void {
+    if (base.raw.length > this.capacityBytes || this.bases.has(id)) return;
+    this.bases.set(id, base);
+    this.bytes += base.raw.length;
+    for (const [oldest, kept] of this.bases) {
+      if (this.bytes <= this.capacityBytes) break;
+      this.bases.delete(oldest);
+      this.bytes -= kept.raw.length;
+    }
+  }
+}
