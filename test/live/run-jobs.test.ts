@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../support/run-cli.js';
@@ -92,22 +92,47 @@ describe.skipIf(skipQemuTests)('blockrep run: a nightly job over live guests and
 
     await Promise.all([web.expectSafe(), db.expectSafe()]);
 
+    // Every live version restores to a clean filesystem with a gap-free record log (two at a time).
     const work = await tempDir('blockrep-run-restore-');
-    for (const [vm, guest] of [
-      ['web01', web],
-      ['db01', db],
-    ] as const) {
-      for (const [i, diskName] of ['disk1', 'disk2'].entries()) {
-        const d = byName[vm].disks[i];
-        const restored = await checkRestoredDisk(repo, d.disk, d.version, diskName, work);
-        expect(restored.lastRecord, `${d.disk}`).toBeGreaterThan(0);
-      }
-      expect(guest).toBeDefined();
-    }
+    await Promise.all(
+      ['web01', 'db01'].map(async (vm) => {
+        for (const [i, diskName] of ['disk1', 'disk2'].entries()) {
+          const d = byName[vm].disks[i];
+          const restored = await checkRestoredDisk(repo, d.disk, d.version, diskName, work);
+          expect(restored.lastRecord, d.disk).toBeGreaterThan(0);
+        }
+      }),
+    );
     const out = join(work, 'archive.raw');
     const restored = await runCli(['restore', '--repo', repo, '--disk', 'archive/archive', '--to', out]);
     expect(restored.code, restored.stderr).toBe(0);
     execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', out, image]);
+  });
+
+  it('--dry-run asks each monitor, agent, image and the repository, and changes nothing', async () => {
+    const repo = join(dir, 'repo');
+    const config = await configFor('nightly.yaml', repo, 2);
+    const before = await listing(repo);
+    const r = await runCli(['run', '--config', config, '--dry-run', '--json']);
+    expect(r.code, r.stderr).toBe(13);
+    expect(r.json).toMatchObject({ dryRun: true, code: 'PARTIAL_FAILURE', summary: { ok: 3, failed: 1 } });
+    const byName = Object.fromEntries(r.json.vms.map((v: { vm: string }) => [v.vm, v]));
+    for (const name of ['web01', 'db01']) {
+      expect(byName[name].checks.map((c: { check: string; status: string }) => `${c.check} ${c.status}`)).toEqual([
+        'qmp-socket ok',
+        'qmp ok',
+        'disks ok',
+        'agent ok',
+        'repository-access ok',
+        'repository-access ok',
+      ]);
+      expect(byName[name].checks[2].message).toBe(`will back up ${name}/disk1, ${name}/vd2`);
+      expect(byName[name].checks[3].message).toContain('answers guest-ping');
+      expect(byName[name].checks[4].message).toMatch(new RegExp(`^${name}/disk1: latest version \\d{8}T`));
+    }
+    expect(byName.lost).toMatchObject({ status: 'failed', code: 'QMP_UNAVAILABLE', checks: [{ check: 'qmp-socket', status: 'failed' }] });
+    expect(await listing(repo)).toEqual(before);
+    await Promise.all([web.expectSafe(), db.expectSafe()]);
   });
 
   it('SIGINT: no VM is started after it, the running one cleans up, exit 130, the guest is left as it was', async () => {
@@ -123,3 +148,15 @@ describe.skipIf(skipQemuTests)('blockrep run: a nightly job over live guests and
     await web.expectSafe();
   });
 });
+
+/** Every file under `root` with its size and modification time. */
+async function listing(root: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const e of await readdir(root, { recursive: true, withFileTypes: true })) {
+    if (!e.isFile()) continue;
+    const p = join(e.parentPath, e.name);
+    const s = await stat(p);
+    out[p] = `${s.size} ${s.mtimeMs}`;
+  }
+  return out;
+}
