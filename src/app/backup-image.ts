@@ -70,6 +70,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
   let parent: ManifestReader | undefined;
   let writer: ManifestWriter | undefined;
   const pool = new TaskPool(options.writeConcurrency ?? 8);
+  let uploader: ChunkUploader | undefined;
   try {
     const parentVersion = await repo.latestVersion(diskId);
     let blockSize = req.blockSize ?? DEFAULT_BLOCK_SIZE;
@@ -97,7 +98,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     const parentEntries = new ParentEntries(parent);
     const totals = { changedBlocks: 0, zeroBlocks: 0, bytesRead: 0, blocksDone: 0 };
     const uploads: UploadTotals = { bytesSent: 0, storedBytes: 0, newChunks: 0, reusedChunks: 0, patchedChunks: 0 };
-    const uploader = new ChunkUploader(repo, pool, uploads);
+    uploader = new ChunkUploader(repo, pool, uploads);
     const blocks = writer.blockCount;
 
     const scan = scanImage({
@@ -154,6 +155,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       durationMs: Date.now() - started,
     };
   } finally {
+    await uploader?.settle(); // its questions may still be out when the scan failed
     await pool.settle();
     await writer?.dispose();
     await lock.release();

@@ -76,7 +76,8 @@ export class HttpTransport {
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.auth = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
     this.pool = new Pool(url.origin, {
-      connections: options.connections ?? 8,
+      // A backup keeps 8 uploads going; the questions about the next batches need their own.
+      connections: options.connections ?? 12,
       pipelining: 1,
       keepAliveTimeout: 30_000,
       headersTimeout: this.timeouts.headersMs,
