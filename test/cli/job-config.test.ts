@@ -218,6 +218,14 @@ describe('blockrep run with offline images', () => {
     expect(unknown.json.message).toContain('has no VM of that name; its VMs: arch, lost');
   });
 
+  it('run --help documents the options and the exit codes of a run', async () => {
+    const r = await runCli(['run', '--help']);
+    expect(r.code).toBe(0);
+    for (const text of ['--config <file>', '--only <vm...>', '--dry-run', '--report <file>', '--log-format <format>', '--parallel <n>']) expect(r.stdout).toContain(text);
+    expect(r.stdout).toMatch(/^ {2}13 {3}blockrep run: some VMs were backed up and some failed/m);
+    expect(r.stdout).toMatch(/^ {2}1 {4}failure .*blockrep run: no VM could be backed up/m);
+  });
+
   it('--dry-run checks images, sockets and the repository and changes nothing', async () => {
     const repo = join(dir, 'repo-dry');
     const ok = await configFile(`${repoLine('repo-dry')}vms:\n  - name: arch\n    images: [archive.qcow2]\n`);
