@@ -111,6 +111,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     });
 
     for await (const batch of scan) {
+      lock.throwIfLost(); // taken over: nothing more to send
       const ids = Buffer.alloc(batch.count * 32);
       const prev = parent ? await parentEntries.take(batch.startBlock, batch.count) : undefined;
       for (let i = 0; i < batch.count; i++) {
@@ -130,7 +131,9 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       totals.blocksDone += batch.count;
       options.onProgress?.({ kind: 'scan', disk: diskId, blocksDone: totals.blocksDone, blocks, blockSize, changedBlocks: totals.changedBlocks, bytesRead: totals.bytesRead, bytesSent: uploads.bytesSent });
     }
-    await uploader.finish();
+    const finishing = uploader.finish();
+    finishing.catch(() => undefined); // raced: its failure is reported below, or superseded
+    await Promise.race([finishing, lock.whenLost()]);
     if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', 'backup interrupted before its version was published');
 
     const manifest = await writer.finish({ changedBlocks: totals.changedBlocks, zeroBlocks: totals.zeroBlocks, storedBytes: uploads.storedBytes });

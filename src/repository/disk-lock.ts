@@ -46,6 +46,7 @@ export class DiskLock {
   private released = false;
   private lost: BlockrepError | undefined;
   private lastError: unknown;
+  private readonly lostListeners: Array<(error: BlockrepError) => void> = [];
 
   private constructor(
     private readonly backend: Backend,
@@ -103,6 +104,24 @@ export class DiskLock {
     if (this.lost) throw this.lost;
   }
 
+  /** Throws LOCK_LOST if a renewal found the lock taken over. */
+  throwIfLost(): void {
+    if (this.lost) throw this.lost;
+  }
+
+  /**
+   * Rejects with LOCK_LOST as soon as a renewal finds the lock taken over (never resolves):
+   * raced against long waits, so that a run that lost its lock stops sending.
+   */
+  whenLost(): Promise<never> {
+    const p = new Promise<never>((_, reject) => {
+      if (this.lost) reject(this.lost);
+      else this.lostListeners.push(reject);
+    });
+    p.catch(() => undefined); // a caller that stopped waiting has its answer elsewhere
+    return p;
+  }
+
   /** Stops renewing and removes the lock if it is still this holder's. */
   async release(): Promise<void> {
     this.released = true;
@@ -158,6 +177,7 @@ export class DiskLock {
         `${this.lastError instanceof Error ? ` (last renewal failure: ${this.lastError.message})` : ''}. Nothing was published; chunks already stored stay for the next run. Run the backup again.`,
       { details: seen?.holder ? { holder: publicHolder(seen.holder) } : {} },
     );
+    for (const listener of this.lostListeners.splice(0)) listener(this.lost);
   }
 }
 

@@ -1,6 +1,7 @@
-import { readdir } from 'node:fs/promises';
+import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openRepository } from '../../src/repository/open-repository.js';
 import { startFaultProxy, type FaultAction } from '../support/fault-proxy.js';
 import { CHUNK_FILE_BYTES, DISK, FaultRig, NON_CHUNK_MARGIN, newBytes, sleep } from './network-fault-kit.js';
 
@@ -11,9 +12,22 @@ import { CHUNK_FILE_BYTES, DISK, FaultRig, NON_CHUNK_MARGIN, newBytes, sleep } f
  * Real `blockrep serve` on loopback, real CLI processes, kill -9. Each case rewrites 64 blocks
  * (4 MiB of random data, 64 new chunks) of an 8 MiB raw image; `--bwlimit` stretches the upload
  * so that the kill lands in its middle, found by watching chunk files appear on the server.
+ *
+ * Then disk locks as leases, end to end: a lock left by a holder on another host that died is
+ * refused with a message naming it, then taken over once its lease expired; a live holder
+ * renews and keeps it; a holder that stopped renewing (SIGSTOP) and was taken over fails with
+ * LOCK_LOST and publishes nothing. (One file: one server and one first backup for all.)
  */
 const CHANGED = 64;
 let rig: FaultRig;
+const lockFile = (): string => join(rig.root, 'locks', `${DISK}.lock`);
+const readLock = async (): Promise<{ pid: number; renewedAt?: string } | undefined> => {
+  try {
+    return JSON.parse(await readFile(lockFile(), 'utf8'));
+  } catch {
+    return undefined;
+  }
+};
 
 beforeAll(async () => {
   rig = await FaultRig.create('blockrep-net-faults-');
@@ -24,18 +38,21 @@ afterAll(async () => {
 });
 
 describe('backup over HTTP, interrupted', () => {
-  it.each([3, 40])('kill -9 of the client once %i chunks are stored: only whole versions, and the next run sends none of them again', async (stored) => {
+  it('kill -9 of the client mid-upload, twice (3 chunks stored, then 40): only whole versions, and the run that completes sends none of them again', async () => {
     await rig.rewriteBlocks(CHANGED);
     const before = await rig.chunkFiles();
-    const run = rig.spawnBackup({ extra: ['--bwlimit', '4M'] });
-    await rig.waitForNewChunks(before, stored);
-    run.child.kill('SIGKILL');
-    expect((await run.exit).code).toBe(137);
-    await sleep(100); // requests the server had whole may still land: they count as held
-    const held = newBytes(before, await rig.chunkFiles());
-    expect(held.count).toBeGreaterThanOrEqual(stored);
-    expect(held.count).toBeLessThan(CHANGED); // the kill landed mid-upload
-    await rig.expectWhole();
+    let held = { count: 0, bytes: 0 };
+    for (const stored of [3, 40]) {
+      const run = rig.spawnBackup({ extra: ['--bwlimit', '4M'] });
+      await rig.waitForNewChunks(before, stored);
+      run.child.kill('SIGKILL');
+      expect((await run.exit).code).toBe(137);
+      await sleep(100); // requests the server had whole may still land: they count as held
+      held = newBytes(before, await rig.chunkFiles());
+      expect(held.count).toBeGreaterThanOrEqual(stored);
+      expect(held.count).toBeLessThan(CHANGED); // the kill landed mid-upload
+      await rig.expectWhole();
+    }
 
     // The next run takes over the dead client's lock at once (same host, process gone).
     const rerun = rig.expectPublished(await rig.backup());
@@ -48,30 +65,7 @@ describe('backup over HTTP, interrupted', () => {
     await rig.expectWhole();
   });
 
-  it('kill -9 of the server during uploads, restarted on the same root: the client\'s retries finish the run', async () => {
-    await rig.rewriteBlocks(CHANGED);
-    const before = await rig.chunkFiles();
-    const run = rig.spawnBackup({ extra: ['--bwlimit', '4M'] });
-    await rig.waitForNewChunks(before, 10);
-    await rig.killServer();
-    const held = newBytes(before, await rig.chunkFiles());
-    expect(held.count).toBeLessThan(CHANGED);
-    expect(await rig.manifestFiles()).toEqual(rig.versions); // nothing half published
-    await rig.startServer();
-    const done = rig.expectPublished(await run.exit);
-    const all = newBytes(before, await rig.chunkFiles());
-    expect(all.count).toBe(CHANGED);
-    // Only uploads in flight at the kill may have gone twice.
-    expect(done.bytesSent).toBeLessThanOrEqual(all.bytes + 16 * CHUNK_FILE_BYTES + NON_CHUNK_MARGIN);
-    await rig.expectWhole();
-
-    // Nothing left to send: a run without changes sends its manifest and no chunk.
-    const again = rig.expectPublished(await rig.backup());
-    expect(again.newChunks).toBe(0);
-    expect(again.bytesSent).toBeLessThan(NON_CHUNK_MARGIN);
-  });
-
-  it('kill -9 of the server while it receives the manifest: no version appears until the client\'s retry commits it whole', async () => {
+  it('kill -9 of the server during uploads, and again while it receives the manifest; restarted on the same root each time, the run completes', async () => {
     await rig.rewriteBlocks(CHANGED);
     const before = await rig.chunkFiles();
     let manifestPuts = 0;
@@ -80,24 +74,50 @@ describe('backup over HTTP, interrupted', () => {
       return 'pass';
     });
     try {
-      const run = rig.spawnBackup({ url: proxy.url });
-      const held = await proxy.nextHold(); // the server has all of the manifest but its last byte
-      expect(newBytes(before, await rig.chunkFiles()).count).toBe(CHANGED);
+      const run = rig.spawnBackup({ url: proxy.url, extra: ['--bwlimit', '4M'] });
+      await rig.waitForNewChunks(before, 10);
       await rig.killServer();
-      held.cut();
-      // A spooled manifest cut short is no version.
-      expect(await rig.manifestFiles()).toEqual(rig.versions);
+      const held = newBytes(before, await rig.chunkFiles());
+      expect(held.count).toBeLessThan(CHANGED);
+      expect(await rig.manifestFiles()).toEqual(rig.versions); // nothing half published
       await rig.startServer();
-      const done = rig.expectPublished(await run.exit);
-      expect(manifestPuts).toBeGreaterThanOrEqual(2);
-      expect(done.bytesSent).toBeLessThanOrEqual(newBytes(before, await rig.chunkFiles()).bytes + NON_CHUNK_MARGIN);
+
+      // The client's retries carry on; its manifest upload is held one byte short of its end.
+      const hold = await Promise.race([proxy.nextHold(), run.exit.then(() => undefined)]);
+      let done;
+      if (hold === undefined) {
+        // Its retries ran out before the server was back (a slow machine): the next run completes.
+        expect((await run.exit).json).toMatchObject({ ok: false, code: 'UNAVAILABLE' });
+        await rig.expectWhole();
+        done = rig.expectPublished(await rig.backup({ url: proxy.url }));
+      } else {
+        expect(newBytes(before, await rig.chunkFiles()).count).toBe(CHANGED);
+        await rig.killServer();
+        hold.cut();
+        // A spooled manifest cut short is no version.
+        expect(await rig.manifestFiles()).toEqual(rig.versions);
+        await rig.startServer();
+        const result = await run.exit;
+        done = rig.expectPublished(result.code === 12 ? await rig.backup({ url: proxy.url }) : result);
+        expect(manifestPuts).toBeGreaterThanOrEqual(2);
+      }
+      const all = newBytes(before, await rig.chunkFiles());
+      expect(all.count).toBe(CHANGED);
+      // Only uploads in flight at the kill may have gone twice.
+      expect(done.bytesSent).toBeLessThanOrEqual(all.bytes + 16 * CHUNK_FILE_BYTES + NON_CHUNK_MARGIN);
       await rig.expectWhole();
     } finally {
       await proxy.close();
     }
   });
 
-  it('connections cut mid-body (chunks, the manifest, lock renewals) and a lost answer: the client\'s retries complete the run', async () => {
+  it('connections cut mid-body (chunks, the manifest, lock renewals) and a lost answer: the client\'s retries complete the run; temporary files are never read as objects', async () => {
+    // Uploads cut by the kills above may have left .tmp-* files; plant more where each kind of object lives.
+    const [someChunk] = (await rig.chunkFiles()).keys();
+    await mkdir(join(rig.root, 'locks'), { recursive: true });
+    await writeFile(join(rig.root, 'chunks', someChunk!.slice(0, 2), '.tmp-0123456789abcdef'), 'not a chunk');
+    await writeFile(join(rig.root, 'disks', DISK, '.tmp-fedcba9876543210'), 'not a manifest');
+    await writeFile(join(rig.root, 'locks', '.tmp-00aa00aa00aa00aa'), 'not a lock');
     await rig.rewriteBlocks(CHANGED);
     const before = await rig.chunkFiles();
     const cutOnce = new Set<string>();
@@ -132,9 +152,9 @@ describe('backup over HTTP, interrupted', () => {
       return 'pass';
     });
     try {
-      const result = await rig.backup({ url: proxy.url, extra: ['--bwlimit', '8M'], env: { BLOCKREP_LOCK_LEASE_MS: '1000' } });
+      const result = await rig.backup({ url: proxy.url, env: { BLOCKREP_LOCK_LEASE_MS: '1000' } });
       const done = rig.expectPublished(result);
-      expect(cuts.chunk).toBeGreaterThanOrEqual(CHANGED / 4 - 1);
+      expect(cuts.chunk).toBeGreaterThanOrEqual(CHANGED / 8);
       expect(cuts.manifest).toBe(1);
       expect(cuts.lock).toBeGreaterThanOrEqual(1);
       expect(manifestPuts).toBe(3);
@@ -149,15 +169,74 @@ describe('backup over HTTP, interrupted', () => {
     }
   });
 
-  it('temporary files that kills left behind are never read as objects', async () => {
-    // The kills above may have left .tmp-* files (uploads cut by kill -9); plant some more.
-    const { writeFile } = await import('node:fs/promises');
-    const [someChunk] = (await rig.chunkFiles()).keys();
-    await writeFile(join(rig.root, 'chunks', someChunk!.slice(0, 2), '.tmp-0123456789abcdef'), 'not a chunk');
-    await writeFile(join(rig.root, 'disks', DISK, '.tmp-fedcba9876543210'), 'not a manifest');
-    await writeFile(join(rig.root, 'locks', '.tmp-00aa00aa00aa00aa'), 'not a lock');
+});
+
+describe('disk lock leases over HTTP', () => {
+  it('a lock left by a dead holder on another host is refused with its holder named, then taken over after its lease', async () => {
+    await mkdir(join(rig.root, 'locks'), { recursive: true });
+    const at = new Date().toISOString();
+    await writeFile(lockFile(), JSON.stringify({ pid: 777, host: 'backup-client-2', createdAt: at, renewedAt: at, purpose: 'backup', lockId: 'a'.repeat(24), leaseMs: 1000 }));
+    // The holder lives on while the first run tries: its lock is renewed (touched) every 0.2 s.
+    const renewing = setInterval(() => {
+      const now = new Date();
+      void utimes(lockFile(), now, now).catch(() => undefined);
+    }, 200);
+    await rig.rewriteBlocks(4);
+    const refused = await rig.backup().finally(() => clearInterval(renewing));
+    const died = Date.now();
+    expect(refused.code).toBe(5);
+    expect(refused.json).toMatchObject({ ok: false, code: 'REPO_LOCKED' });
+    for (const part of [`disk ${DISK} is locked: backup by process 777 on backup-client-2 since ${at}`, 'last renewed', 'lease 1.0 s', 'next run takes it over', `remove locks/${DISK}.lock in ${rig.url}`]) {
+      expect(refused.json.message).toContain(part);
+    }
     await rig.expectWhole();
+    await sleep(died + 1100 - Date.now());
     rig.expectPublished(await rig.backup());
+    expect(await readLock()).toBeUndefined();
+    await rig.expectWhole();
+  });
+
+  it('a live holder renews and keeps its lock; once it stops renewing (SIGSTOP) it is taken over, stops sending and fails with LOCK_LOST, publishing nothing', async () => {
+    await rig.rewriteBlocks(CHANGED);
+    const before = await rig.chunkFiles();
+    // A: a slow upload (4 MiB at 1 MB/s) with a 1.5 s lease (renewed every 0.15 s).
+    const a = rig.spawnBackup({ extra: ['--bwlimit', '1M'], env: { BLOCKREP_LOCK_LEASE_MS: '1500' } });
+    await rig.waitForNewChunks(before, 4);
+    const first = await readLock();
+    expect(first?.pid).toBe(a.child.pid);
+    // More than a lease later A still holds it, renewed, and a contender is refused.
+    await sleep(1600);
+    const renewed = await readLock();
+    expect(renewed?.pid).toBe(a.child.pid);
+    expect(renewed?.renewedAt).not.toBe(first?.renewedAt);
+    const contender = await openRepository(rig.url, { tokenFile: rig.tokenFile });
+    await expect(contender.lockDisk(DISK, 'backup')).rejects.toMatchObject({ code: 'REPO_LOCKED', message: expect.stringContaining(`backup by process ${a.child.pid}`) });
+    await contender.backend.close();
+
+    // A stops renewing; after its lease, B takes the lock over.
+    a.child.kill('SIGSTOP');
+    await sleep(1600);
+    const b = rig.spawnBackup();
+    for (let i = 0; (await readLock())?.pid !== b.child.pid; i++) {
+      if (i > 2000) throw new Error(`B never took the lock over: ${b.stderr()}`);
+      await sleep(5);
+    }
+    b.child.kill('SIGSTOP');
+    const sentByA = newBytes(before, await rig.chunkFiles()).count;
+    a.child.kill('SIGCONT');
+    const lost = await a.exit;
+    expect(lost.code, lost.stdout + lost.stderr).toBe(5);
+    expect(lost.json).toMatchObject({ ok: false, code: 'LOCK_LOST' });
+    expect(lost.json.message).toContain(`it is now held by backup by process ${b.child.pid}`);
+    expect(lost.json.message).toContain('Nothing was published');
+    // A stopped sending (what its rate limiter had let through while it was stopped aside)
+    // rather than upload the rest, and left B's lock alone.
+    expect(newBytes(before, await rig.chunkFiles()).count).toBeLessThan(CHANGED);
+    expect(sentByA).toBeLessThan(CHANGED - 24);
+    expect((await readLock())?.pid).toBe(b.child.pid);
+    expect(await rig.manifestFiles()).toEqual(rig.versions);
+    b.child.kill('SIGCONT');
+    rig.expectPublished(await b.exit);
     await rig.expectWhole();
   });
 });

@@ -2,10 +2,10 @@ import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Backend } from '../../src/backend/backend.js';
+import { contentTag, type Backend } from '../../src/backend/backend.js';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
 import { LocalBackend } from '../../src/backend/local/local-backend.js';
-import { DiskLock } from '../../src/repository/disk-lock.js';
+import { DiskLock, LEASE_ENV } from '../../src/repository/disk-lock.js';
 import { createToken } from '../../src/server/tokens-file.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { startFaultProxy, type FaultAction } from '../support/fault-proxy.js';
@@ -104,6 +104,22 @@ describe.each(kinds)('disk lock lease (%s)', (kind, make) => {
     await contender.close();
   });
 
+  it('replaces a lock only while it is unchanged, one contender at a time', async () => {
+    const backend = make();
+    const key = `locks/${disk('f').replace('/', '%2F')}.lock`;
+    await writeFile(lockPath('f'), remoteHolder());
+    const tag = contentTag(await readFile(lockPath('f')));
+    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => backend.replaceIfMatch!(key, tag, Buffer.from(remoteHolder({ lockId: String(i).repeat(24) })))));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    expect(await backend.replaceIfMatch!(key, tag, null)).toBe(false);
+    const winner = await readFile(lockPath('f'));
+    expect(JSON.parse(winner.toString()).lockId).toBe(String(results.indexOf(true)).repeat(24));
+    expect(await backend.replaceIfMatch!(key, contentTag(winner), null)).toBe(true);
+    await expect(readFile(lockPath('f'))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await backend.replaceIfMatch!(key, contentTag(winner), null)).toBe(false);
+    await backend.close();
+  });
+
   it('a holder that was taken over fails with LOCK_LOST before publishing and leaves its successor\'s lock', async () => {
     const backend = make();
     const lock = await DiskLock.acquire(backend, disk('d'), 'backup', { leaseMs: 60_000 });
@@ -116,6 +132,24 @@ describe.each(kinds)('disk lock lease (%s)', (kind, make) => {
     await lock.release();
     expect(await readFile(lockPath('d'), 'utf8')).toBe(successor);
     await backend.close();
+  });
+});
+
+describe('lease setting', () => {
+  it('takes BLOCKREP_LOCK_LEASE_MS, and refuses a bad one with a usage error', async () => {
+    const backend = new LocalBackend(join(dir, 'repo'));
+    const saved = process.env[LEASE_ENV];
+    try {
+      process.env[LEASE_ENV] = '5';
+      await expect(DiskLock.acquire(backend, 'lease-env/a', 'backup')).rejects.toMatchObject({ code: 'USAGE', message: expect.stringContaining(LEASE_ENV) });
+      process.env[LEASE_ENV] = '1234';
+      const lock = await DiskLock.acquire(backend, 'lease-env/a', 'backup');
+      expect(lock.leaseMs).toBe(1234);
+      await lock.release();
+    } finally {
+      if (saved === undefined) delete process.env[LEASE_ENV];
+      else process.env[LEASE_ENV] = saved;
+    }
   });
 });
 
