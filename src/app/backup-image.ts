@@ -161,7 +161,9 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     await uploader?.settle(); // its questions may still be out when the scan failed
     await pool.settle();
     await writer?.dispose();
-    await lock.release();
+    // A lock that cannot be removed (the server went away after the publish) must not turn a
+    // published version into a failure: it expires with its lease, or at once for this host.
+    await lock.release().catch(() => undefined);
   }
 }
 

@@ -111,7 +111,7 @@ describe('backup over HTTP, interrupted', () => {
     }
   });
 
-  it('connections cut mid-body (chunks, the manifest, lock renewals) and a lost answer: the client\'s retries complete the run; temporary files are never read as objects', async () => {
+  it('connections cut mid-body (chunks, the manifest, lock renewals) and lost answers (the manifest, the lock release): the client\'s retries complete the run; temporary files are never read as objects', async () => {
     // Uploads cut by the kills above may have left .tmp-* files; plant more where each kind of object lives.
     const [someChunk] = (await rig.chunkFiles()).keys();
     await mkdir(join(rig.root, 'locks'), { recursive: true });
@@ -124,9 +124,12 @@ describe('backup over HTTP, interrupted', () => {
     const cuts = { chunk: 0, manifest: 0, lock: 0 };
     let chunkPuts = 0;
     let manifestPuts = 0;
+    let lockDeletes = 0;
     const proxy = await startFaultProxy(rig.url, (req): FaultAction => {
-      if (req.method !== 'PUT') return 'pass';
       const url = req.url ?? '';
+      // The release's answer is lost: its retry finds the lock gone, which is what it wanted.
+      if (req.method === 'DELETE' && url.startsWith('/v1/objects/locks/')) return lockDeletes++ === 0 ? 'lose-answer' : 'pass';
+      if (req.method !== 'PUT') return 'pass';
       if (url.startsWith('/v1/objects/chunks/')) {
         // Every fourth chunk, once: its retry goes through.
         if (chunkPuts++ % 4 === 0 && !cutOnce.has(url)) {
@@ -158,6 +161,7 @@ describe('backup over HTTP, interrupted', () => {
       expect(cuts.manifest).toBe(1);
       expect(cuts.lock).toBeGreaterThanOrEqual(1);
       expect(manifestPuts).toBe(3);
+      expect(lockDeletes).toBe(2);
       const all = newBytes(before, await rig.chunkFiles());
       expect(all.count).toBe(CHANGED);
       expect(done.bytesSent).toBeLessThanOrEqual(all.bytes + NON_CHUNK_MARGIN);

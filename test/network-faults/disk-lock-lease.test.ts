@@ -5,7 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { contentTag, type Backend } from '../../src/backend/backend.js';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
 import { LocalBackend } from '../../src/backend/local/local-backend.js';
+import { backupImage } from '../../src/app/backup-image.js';
 import { DiskLock, LEASE_ENV } from '../../src/repository/disk-lock.js';
+import { Repository } from '../../src/repository/repository.js';
+import { BlockrepError } from '../../src/shared/blockrep-error.js';
 import { createToken } from '../../src/server/tokens-file.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { startFaultProxy, type FaultAction } from '../support/fault-proxy.js';
@@ -132,6 +135,32 @@ describe.each(kinds)('disk lock lease (%s)', (kind, make) => {
     await lock.release();
     expect(await readFile(lockPath('d'), 'utf8')).toBe(successor);
     await backend.close();
+  });
+});
+
+describe('release', () => {
+  it('a lock that cannot be removed (the server went away after the publish) does not fail a published backup', async () => {
+    const inner = new LocalBackend(join(dir, 'release-repo'));
+    // Removing the lock fails; everything else works.
+    const backend = new Proxy(inner, {
+      get(target, prop) {
+        if (prop === 'replaceIfMatch') {
+          return async (key: string, tag: string, data: Uint8Array | null) => {
+            if (data === null) throw new BlockrepError('UNAVAILABLE', 'the server went away');
+            return target.replaceIfMatch(key, tag, data);
+          };
+        }
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const repo = await Repository.open(backend, { create: true });
+    const image = join(dir, 'release.raw');
+    await writeFile(image, Buffer.alloc(256 * 1024, 7));
+    const report = await backupImage(repo, { path: image, diskId: 'rel/a', blockSize: 65536 });
+    expect(await repo.listVersions('rel/a')).toEqual([report.version]);
+    // Left behind: it expires with its lease (at once for the next run, once this process is gone).
+    expect(JSON.parse(await readFile(join(dir, 'release-repo', 'locks', 'rel%2Fa.lock'), 'utf8'))).toMatchObject({ pid: process.pid });
   });
 });
 
