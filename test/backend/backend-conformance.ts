@@ -110,6 +110,26 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
       expect(await repo.hasChunks(chunks.map((c) => c.id))).toEqual([true, true, true]);
     });
 
+    it('gc: a touch (sizes with touch) makes an object young; removeIfOlder removes only what is older than its cutoff', async () => {
+      const [old, touched] = [chunk(), chunk()];
+      const [oldKey, touchedKey] = [Repository.chunkKey(old.id), Repository.chunkKey(touched.id)];
+      await backend.write(oldKey, old.blob);
+      await backend.write(touchedKey, touched.blob);
+      const mtimes = new Map<string, number>();
+      for await (const o of backend.list(`chunks/${touched.id.slice(0, 2)}/`)) if (o.mtimeMs !== undefined) mtimes.set(o.key, o.mtimeMs);
+      const written = mtimes.get(touchedKey)!;
+      expect(written).toEqual(expect.any(Number));
+      await new Promise((r) => setTimeout(r, 60));
+      expect(await backend.sizes([touchedKey, Repository.chunkKey(chunk().id)], { touch: true })).toEqual([touched.blob.byteLength, undefined]);
+      const cutoff = written + 30; // after both writes, before the touch
+      expect(await backend.removeIfOlder!(touchedKey, cutoff)).toBe('young');
+      expect(await backend.removeIfOlder!(oldKey, cutoff)).toBe('removed');
+      expect(await backend.size(oldKey)).toBeUndefined();
+      expect(await backend.removeIfOlder!(oldKey, cutoff)).toBe('missing');
+      expect(await backend.size(touchedKey)).toBe(touched.blob.byteLength);
+      expect(await backend.removeStaleTemps!(0)).toEqual({ files: 0, bytes: 0 });
+    });
+
     it('lists the objects under a prefix, recursively and sorted, with their sizes', async () => {
       const a = lockKey('conf-list/a');
       const b = lockKey('conf-list/b');
@@ -118,9 +138,10 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
       const locks = [];
       for await (const o of backend.list('locks/')) if (o.key.startsWith('locks/conf-list')) locks.push(o);
       expect(locks).toEqual([
-        { key: a, size: lockBody('aa').length },
-        { key: b, size: lockBody('b').length },
+        { key: a, size: lockBody('aa').length, mtimeMs: expect.any(Number) },
+        { key: b, size: lockBody('b').length, mtimeMs: expect.any(Number) },
       ]);
+      expect(Math.abs(locks[0]!.mtimeMs! - Date.now())).toBeLessThan(60_000);
       const c = chunk();
       await backend.write(Repository.chunkKey(c.id), c.blob);
       const all = [];
