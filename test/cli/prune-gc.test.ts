@@ -39,6 +39,8 @@ interface Kind {
   /** http only: --repo and --token-file of tokens with less than read+admin on "*". */
   writerArgs?: string[];
   adminNoReadArgs?: string[];
+  /** http only: a client with a read-only token. */
+  reader?: HttpBackend;
   /** In-process repository, as the admin. */
   repo: Repository;
 }
@@ -69,10 +71,13 @@ async function openKind(name: 'local' | 'http', label: string): Promise<Kind> {
   const adminSecret = await tokenArgs('admin', ['read', 'write', 'admin']);
   await tokenArgs('writer', ['read', 'write']);
   await tokenArgs('admin-no-read', ['write', 'admin']);
+  const readerSecret = await tokenArgs('reader', ['read']);
   const server = await startServer({ root, tokensFile });
   opened.push(() => server.stop());
   const repo = await Repository.open(new HttpBackend({ url: server.url, token: adminSecret }));
   opened.push(() => repo.backend.close());
+  const reader = new HttpBackend({ url: server.url, token: readerSecret });
+  opened.push(() => reader.close());
   const env = { BLOCKREP_CACHE_DIR: join(base, 'cache') };
   return {
     name,
@@ -81,6 +86,7 @@ async function openKind(name: 'local' | 'http', label: string): Promise<Kind> {
     env,
     writerArgs: ['--repo', server.url, '--token-file', join(base, 'writer')],
     adminNoReadArgs: ['--repo', server.url, '--token-file', join(base, 'admin-no-read')],
+    reader,
     repo,
   };
 }
@@ -159,10 +165,12 @@ describe.each(['local', 'http'] as const)('prune and gc (%s)', (kindName) => {
     // block 3 of version 1. Made an hour ago (backdated): the default grace (a day) keeps them.
     const before = (await chunkFiles(kind.root)).length;
     await backdateChunks(kind.root);
-    const young = await runCli(['gc', ...kind.args, '--json'], { env: kind.env });
+    const [young, dryGc] = await Promise.all([
+      runCli(['gc', ...kind.args, '--json'], { env: kind.env }),
+      runCli(['gc', ...kind.args, '--grace', '0', '--dry-run', '--json'], { env: kind.env }),
+    ]);
     expect(young.code, young.stderr).toBe(0);
     expect(young.json).toMatchObject({ ok: true, chunksRemoved: 0, chunksKeptYoung: 17, chunksReferenced: before - 17, versions: 2, disks: 2 });
-    const dryGc = await runCli(['gc', ...kind.args, '--grace', '0', '--dry-run', '--json'], { env: kind.env });
     expect(dryGc.json).toMatchObject({ dryRun: true, chunksRemoved: 17, bytesRemoved: 17 * 32 });
     expect(await chunkFiles(kind.root)).toHaveLength(before);
 
@@ -191,18 +199,24 @@ describe.each(['local', 'http'] as const)('prune and gc (%s)', (kindName) => {
       // Deleting versions needs admin on the disk; gc needs read and admin on "*".
       await writeImage(image, (b) => (b === 5 ? Buffer.alloc(BLOCK, 99) : undefined));
       await backupImage(kind.repo, { path: image, diskId: 'db', blockSize: BLOCK });
-      const writerPrune = await runCli(['prune', ...kind.writerArgs, '--keep-last', '1', '--json'], { env: kind.env });
-      expect([writerPrune.code, writerPrune.json.code]).toEqual([11, 'FORBIDDEN']);
-      expect(await kind.repo.listVersions('db')).toHaveLength(2);
-      const writerGc = await runCli(['gc', ...kind.writerArgs, '--grace', '0', '--json'], { env: kind.env });
-      expect([writerGc.code, writerGc.json.code]).toEqual([11, 'FORBIDDEN']);
       // A token that cannot read sees no versions: it must not remove the chunks they use.
       await backdateChunks(kind.root);
       const count = (await chunkFiles(kind.root)).length;
-      const blind = await runCli(['gc', ...kind.adminNoReadArgs, '--grace', '0', '--json'], { env: kind.env });
+      const [writerPrune, writerGc, blind] = await Promise.all([
+        runCli(['prune', ...kind.writerArgs, '--keep-last', '1', '--json'], { env: kind.env }),
+        runCli(['gc', ...kind.writerArgs, '--grace', '0', '--json'], { env: kind.env }),
+        runCli(['gc', ...kind.adminNoReadArgs, '--grace', '0', '--json'], { env: kind.env }),
+      ]);
+      expect([writerPrune.code, writerPrune.json.code]).toEqual([11, 'FORBIDDEN']);
+      expect(await kind.repo.listVersions('db')).toHaveLength(2);
+      expect([writerGc.code, writerGc.json.code]).toEqual([11, 'FORBIDDEN']);
       expect([blind.code, blind.json.code]).toEqual([11, 'FORBIDDEN']);
       expect(await chunkFiles(kind.root)).toHaveLength(count);
       expect((await verifyRepository(kind.repo, {})).ok).toBe(true);
+      // Touching (a dedup hit) serves writing: a read-only token may ask, not touch.
+      const someChunk = `chunks/${(await chunkFiles(kind.root))[0]!.split('/').slice(-2).join('/')}`;
+      expect(await kind.reader!.sizes([someChunk])).toEqual([expect.any(Number)]);
+      await expect(kind.reader!.sizes([someChunk], { touch: true })).rejects.toMatchObject({ code: 'FORBIDDEN' });
     }
   });
 
