@@ -126,9 +126,12 @@ describe('job configuration mistakes', () => {
     expect(syntax.message).toMatch(/not valid YAML/);
     const empty = await mistake('# nothing yet\n');
     expect(empty.message).toMatch(/:1:1 \(top level\): the file is empty/);
-    const none = await runCli(['run', '--config', join(dir, 'nope.yaml')]);
+    const reportFile = join(dir, 'nope-report.json');
+    const none = await runCli(['run', '--config', join(dir, 'nope.yaml'), '--report', reportFile]);
     expect(none.code).toBe(2);
     expect(none.stderr).toContain(`cannot read the job configuration ${join(dir, 'nope.yaml')}: it does not exist`);
+    // A run that could not start still leaves a report for the morning's monitor.
+    expect(JSON.parse(await readFile(reportFile, 'utf8'))).toMatchObject({ ok: false, code: 'USAGE', message: expect.stringContaining('does not exist') });
 
     const json = await configFile(JSON.stringify({ repository: { url: 'repo-json' }, vms: [{ name: 'arch', images: ['archive.qcow2'] }] }), 'job.json');
     const config = await loadJobConfig(json);
