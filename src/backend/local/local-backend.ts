@@ -107,7 +107,11 @@ export class LocalBackend implements Backend {
       await utimes(path, now, now);
       return (await stat(path)).size;
     } catch (err) {
-      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
+      const code = systemErrorCode(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      // A file of another user (a shared folder) cannot be given a time: "missing" makes the
+      // caller write it anew, which gives it one.
+      if (code === 'EPERM' || code === 'EACCES') return undefined;
       throw wrapSystemError(err, `touching ${key} in ${this.location}`);
     }
   }
