@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { performance } from 'node:perf_hooks';
 import { contentTag, type Backend } from '../backend/backend.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
 import { diskIdToPathComponent } from '../shared/disk-id.js';
