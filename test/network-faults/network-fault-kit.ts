@@ -16,7 +16,7 @@ import { tempDir } from '../support/temp-dir.js';
  * `list` shows only whole versions, `verify` passes, and what a re-run sends.
  */
 export const BLOCK_BYTES = 64 * 1024;
-export const IMAGE_BLOCKS = 128; // an 8 MiB image
+export const IMAGE_BLOCKS = 64; // a 4 MiB image
 export const DISK = 'vm1';
 /** A stored chunk of random content: its block plus the chunk header. */
 export const CHUNK_FILE_BYTES = BLOCK_BYTES + 12;
