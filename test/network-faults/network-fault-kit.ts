@@ -18,8 +18,6 @@ import { tempDir } from '../support/temp-dir.js';
 export const BLOCK_BYTES = 64 * 1024;
 export const IMAGE_BLOCKS = 64; // a 4 MiB image
 export const DISK = 'vm1';
-/** A stored chunk of random content: its block plus the chunk header. */
-export const CHUNK_FILE_BYTES = BLOCK_BYTES + 12;
 /** What a run sends besides chunks (the manifest delta): well under one chunk. */
 export const NON_CHUNK_MARGIN = 32 * 1024;
 
@@ -27,6 +25,8 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 
 export class FaultRig {
   server: RunningTestServer | undefined;
+  /** Every server process started, for their request logs. */
+  private readonly servers: RunningTestServer[] = [];
   private port = 0;
   /** Published versions, oldest first, as the tests expect them. */
   readonly versions: string[] = [];
@@ -63,6 +63,7 @@ export class FaultRig {
   /** Starts the server; after the first start, on the same port (clients keep their URL). */
   async startServer(): Promise<void> {
     this.server = await startServer({ root: this.root, tokensFile: this.tokensFile, listen: `127.0.0.1:${this.port}` });
+    this.servers.push(this.server);
     this.port = Number(new URL(this.server.url).port);
   }
 
@@ -79,6 +80,16 @@ export class FaultRig {
   async stop(): Promise<void> {
     await this.server?.stop();
     this.server = undefined;
+  }
+
+  /** Where the servers' request logs are now: chunkUploadsSince() counts from here. */
+  logMark(): number[] {
+    return this.servers.map((s) => s.stderr().length);
+  }
+
+  /** The bytes of every chunk upload the servers stored (201) since `mark`, by their request logs. */
+  chunkUploadsSince(mark: number[]): number[] {
+    return this.servers.flatMap((s, i) => [...s.stderr().slice(mark[i] ?? 0).matchAll(/ PUT chunk 201 in=(\d+) /g)].map((m) => Number(m[1])));
   }
 
   backupArgs(url = this.url, extra: string[] = []): string[] {
