@@ -166,7 +166,7 @@ async function markDisk(repo: Repository, disk: string, referenced: Set<string>)
     for (const version of await repo.listVersions(disk)) {
       if (done.has(version)) continue;
       try {
-        const manifest = await repo.openManifest(disk, version);
+        const manifest = await repo.openManifest(disk, version, { cache: false });
         for await (const entries of manifest.batches()) {
           for (let i = 0; i < entries.hashes.length; i++) {
             if (!isZeroId(entries.ids, i)) referenced.add(entries.ids.toString('hex', i * 32, i * 32 + MARK_PREFIX_HEX / 2));

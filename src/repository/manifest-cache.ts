@@ -7,6 +7,11 @@ import type { FinishedManifest } from '../manifest/manifest-writer.js';
 import { isBlockrepError } from '../shared/blockrep-error.js';
 
 const DOWNLOAD_PIECE = 4 * 1024 * 1024;
+/**
+ * Older copies of a disk's manifest are removed once unused this long: another blockrep process
+ * on this host (a restore, a verify, a gc) may be reading one while this one stores the next.
+ */
+const SIBLING_IDLE_MS = 60 * 60_000;
 
 /**
  * The client's copy of the last manifest it published (or fetched) for each disk of a remote
@@ -29,6 +34,8 @@ export class ManifestCache {
   /** The manifest at `key`, from the cache when it holds it intact, else downloaded into it. */
   async open(remote: Backend, key: string): Promise<ManifestReader> {
     try {
+      // Marked as in use first, so another process does not remove it while it is read.
+      await this.local.sizes([key], { touch: true });
       return await ManifestReader.open(this.local, key);
     } catch (err) {
       if (!isBlockrepError(err)) throw err;
@@ -48,7 +55,8 @@ export class ManifestCache {
   private async pruneSiblings(key: string): Promise<void> {
     const folder = key.slice(0, key.lastIndexOf('/') + 1);
     for await (const obj of this.local.list(folder)) {
-      if (obj.key !== key && obj.key.slice(folder.length).indexOf('/') === -1) await this.local.remove(obj.key);
+      const idle = obj.mtimeMs === undefined || obj.mtimeMs < Date.now() - SIBLING_IDLE_MS;
+      if (obj.key !== key && obj.key.slice(folder.length).indexOf('/') === -1 && idle) await this.local.remove(obj.key);
     }
   }
 }

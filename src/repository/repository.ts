@@ -227,9 +227,10 @@ export class Repository {
    * A version's manifest, checked against its digest. For a remote repository it is read from
    * (and kept in) the client's manifest cache, so a nightly run does not download it again.
    */
-  async openManifest(diskId: string, versionId: string): Promise<ManifestReader> {
+  async openManifest(diskId: string, versionId: string, options: { cache?: boolean } = {}): Promise<ManifestReader> {
     const key = Repository.manifestKey(diskId, versionId);
-    const cache = this.manifestCache();
+    // cache: false for a pass over every version (gc), which must not fill the client's cache.
+    const cache = options.cache === false ? undefined : this.manifestCache();
     return cache ? cache.open(this.backend, key) : ManifestReader.open(this.backend, key);
   }
 

@@ -234,8 +234,8 @@ describe.each(['local', 'http'] as const)('prune and gc (%s)', (kindName) => {
       // are now garbage; backdated, they are old enough for any gc.
       await writeImage(image, (b) => (b < 16 ? bait[b] : b < 32 ? junk[b - 16] : b < 40 ? stay[b - 32] : undefined));
       await backupImage(kind.repo, { path: image, diskId: 'race', blockSize: BLOCK });
-      await writeImage(image, (b) => (b >= 32 && b < 40 ? stay[b - 32] : undefined));
-      await backupImage(kind.repo, { path: image, diskId: 'race', blockSize: BLOCK });
+      const yImage = await writeImage(image, (b) => (b >= 32 && b < 40 ? stay[b - 32] : undefined));
+      const y = await backupImage(kind.repo, { path: image, diskId: 'race', blockSize: BLOCK });
       const pruned = await pruneVersions(kind.repo, { disks: ['race'], policy: { keepLast: 1 } });
       expect(pruned.versionsRemoved).toBeGreaterThan(0);
       await backdateChunks(kind.root);
@@ -267,9 +267,11 @@ describe.each(['local', 'http'] as const)('prune and gc (%s)', (kindName) => {
       expect(reports.length).toBeGreaterThanOrEqual(1); // gc ran while the backup did
       expect(reports.some((r) => r.cutoffHeldBy?.lock === 'locks/race.lock')).toBe(true);
 
-      // Every version verifies; Z restores bit-exact.
+      // Every version (Y and Z) verifies and restores bit-exact.
       const verify = await verifyRepository(kind.repo, {});
       expect(verify.damage).toEqual([]);
+      expect(await kind.repo.listVersions('race')).toEqual([y.version, z.disks[0]!.version]);
+      expect((await restoredBytes(kind, 'race', y.version, join(kind.root, '..', 'y.raw'))).equals(yImage)).toBe(true);
       expect((await restoredBytes(kind, 'race', z.disks[0]!.version, join(kind.root, '..', 'z.raw'))).equals(expected)).toBe(true);
     }
     expect(removedWhileRunning).toBeGreaterThanOrEqual(16 * ROUNDS);
