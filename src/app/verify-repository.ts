@@ -47,8 +47,8 @@ const SEED_RANGE = 2 ** 32;
 /**
  * Whether a chunk is in the sample: chunk ids are SHA-256 digests, uniform, so the chunks whose
  * first 32 bits fall in a window of `percent` % of the 32-bit range, starting at `seed`, are a
- * uniform sample; another seed is another window (a run at 10 % with a random seed covers all
- * chunks in about ten runs on average, and a fixed seed repeats a run).
+ * uniform sample; another seed is another window (at 10 % with a random seed, each chunk is
+ * checked once every ten runs on average), and a fixed seed repeats a run.
  */
 export function inSample(id: string, percent: number, seed: number): boolean {
   if (percent >= 100) return true;
