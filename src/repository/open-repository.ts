@@ -1,6 +1,4 @@
 import { resolve } from 'node:path';
-import { HttpBackend } from '../backend/http/http-backend.js';
-import { loadAccessToken, readCaFile } from '../backend/http/http-credentials.js';
 import type { Backend } from '../backend/backend.js';
 import { LocalBackend } from '../backend/local/local-backend.js';
 import { RateLimitedBackend } from '../backend/rate-limited-backend.js';
@@ -27,6 +25,11 @@ function limited(backend: Backend, bwlimit: number | undefined): Backend {
 /** REPO is a directory (the embedded default) or an http(s):// URL of a `blockrep serve`. */
 export async function openRepository(location: string, options: OpenRepositoryOptions = {}): Promise<Repository> {
   if (/^https?:\/\//i.test(location)) {
+    // Loaded only for a server: undici and the HTTP client cost every local run ~0.2 s of start-up.
+    const [{ HttpBackend }, { loadAccessToken, readCaFile }] = await Promise.all([
+      import('../backend/http/http-backend.js'),
+      import('../backend/http/http-credentials.js'),
+    ]);
     const token = await loadAccessToken(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile });
     const ca = options.cacert === undefined ? undefined : await readCaFile(options.cacert);
     if (ca !== undefined && !/^https:/i.test(location)) throw new BlockrepError('USAGE', '--cacert applies to https:// repositories only');

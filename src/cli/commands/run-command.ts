@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { loadJobConfig } from '../../app/job-config.js';
-import { runJobs, type RunEvent, type RunReport } from '../../app/run-jobs.js';
+import type { RunEvent, RunReport } from '../../app/run-jobs.js';
 import { BlockrepError, type ErrorCode } from '../../shared/blockrep-error.js';
 import { runCommand, toBlockrepError } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
@@ -39,6 +38,8 @@ export function registerRun(program: Command): void {
         const log = eventLogger(opts.logFormat as LogFormat);
         try {
           const parallel = opts.parallel === undefined ? undefined : parseIntOption(opts.parallel, '--parallel', 1, 16);
+          // Loaded only for a run (YAML parser, hypervisor code): other commands start faster.
+          const [{ loadJobConfig }, { runJobs }] = await Promise.all([import('../../app/job-config.js'), import('../../app/run-jobs.js')]);
           const config = await loadJobConfig(opts.config);
           const report = await runJobs(config, {
             signal: ctx.signal,

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { startRepositoryServer } from '../../server/start-server.js';
 import { DEFAULT_LISTEN, isLoopback, parseListenAddress } from '../../server/listen-address.js';
 import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/blockrep-error.js';
 import { runCommand } from '../command-context.js';
@@ -30,6 +29,8 @@ export function registerServe(program: Command): void {
         const listen = parseListenAddress(opts.listen);
         if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined)) throw new BlockrepError('USAGE', '--tls-cert and --tls-key go together');
         const tls = opts.tlsCert !== undefined && opts.tlsKey !== undefined ? { cert: await readPem(opts.tlsCert, '--tls-cert'), key: await readPem(opts.tlsKey, '--tls-key') } : undefined;
+        // The server's code (and TLS) is loaded only when serving: every other command starts faster.
+        const { startRepositoryServer } = await import('../../server/start-server.js');
         const server = await startRepositoryServer({
           root: opts.root,
           listen,
