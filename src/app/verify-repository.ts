@@ -11,8 +11,9 @@ export interface VerifyRequest {
   version?: string;
   /**
    * Scrub: check only about `percent` % of the distinct chunks (every manifest is still read
-   * and checked). Which ones is decided by chunk id and `seed` (random when absent), so
-   * repeated runs cover different chunks and a test can repeat a run.
+   * and checked). Which ones is decided by chunk id and `seed` (by default the day's window,
+   * see sampleSeedForDay), so runs on successive days cover different chunks and a test can
+   * repeat a run.
    */
   sample?: { percent: number; seed?: number };
 }
@@ -47,9 +48,18 @@ const SEED_RANGE = 2 ** 32;
 /**
  * Whether a chunk is in the sample: chunk ids are SHA-256 digests, uniform, so the chunks whose
  * first 32 bits fall in a window of `percent` % of the 32-bit range, starting at `seed`, are a
- * uniform sample; another seed is another window (at 10 % with a random seed, each chunk is
- * checked once every ten runs on average), and a fixed seed repeats a run.
+ * uniform sample; another seed is another window, and a fixed seed repeats a run.
  */
+/**
+ * The default seed: the window moves on by its own width every UTC day, so the windows of
+ * successive days tile the range and a nightly `--sample P` checks every chunk within
+ * ceil(100 / P) nights (5 %: 20 nights), then starts over.
+ */
+export function sampleSeedForDay(percent: number, now: number = Date.now()): number {
+  const day = Math.floor(now / 86_400_000);
+  return Math.floor(((day * percent) / 100) % 1 * SEED_RANGE) % SEED_RANGE;
+}
+
 export function inSample(id: string, percent: number, seed: number): boolean {
   if (percent >= 100) return true;
   const position = (Number.parseInt(id.slice(0, 8), 16) - seed + SEED_RANGE) % SEED_RANGE;
@@ -67,7 +77,7 @@ export async function verifyRepository(
   options: { concurrency?: number; onProgress?: ProgressListener } = {},
 ): Promise<VerifyReport> {
   const started = Date.now();
-  const sample = req.sample === undefined ? undefined : { percent: req.sample.percent, seed: req.sample.seed ?? Math.floor(Math.random() * SEED_RANGE) };
+  const sample = req.sample === undefined ? undefined : { percent: req.sample.percent, seed: req.sample.seed ?? sampleSeedForDay(req.sample.percent) };
   if (sample && !(sample.percent > 0 && sample.percent <= 100)) throw new BlockrepError('USAGE', `a sample is more than 0 and at most 100 percent, not ${sample.percent}`);
   if (sample && !(Number.isSafeInteger(sample.seed) && sample.seed >= 0 && sample.seed < SEED_RANGE)) {
     throw new BlockrepError('USAGE', `a sample seed is a whole number from 0 to ${SEED_RANGE - 1}`);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { inSample } from '../../src/app/verify-repository.js';
+import { inSample, sampleSeedForDay } from '../../src/app/verify-repository.js';
 import { patternBytes } from '../support/qemu-tools.js';
 import { openTestRepo, repoKinds } from '../support/repo-kinds.js';
 import { runCli } from '../support/run-cli.js';
@@ -16,6 +16,17 @@ import { tempDir } from '../support/temp-dir.js';
  */
 const BLOCK = 64 * 1024;
 const dir = await tempDir('blockrep-scrub-');
+
+it('the default sample windows of successive days tile the chunk ids: 5 % a night checks each chunk once in 20 nights', () => {
+  const ids = Array.from({ length: 2000 }, (_, i) => createHash('sha256').update(String(i)).digest('hex'));
+  for (const percent of [5, 7, 33]) {
+    const nights = Math.ceil(100 / percent);
+    const start = Date.UTC(2026, 10, 26, 2);
+    const hits = ids.map((id) => Array.from({ length: nights }, (_, d) => inSample(id, percent, sampleSeedForDay(percent, start + d * 86_400_000))).filter(Boolean).length);
+    expect(Math.min(...hits)).toBeGreaterThanOrEqual(1);
+    if (100 % percent === 0) expect(Math.max(...hits)).toBe(1);
+  }
+});
 
 describe.each(repoKinds)('scrub with a $name repository', (kind) => {
   it('verify names the damaged disk, version and block; restore never serves it', async () => {

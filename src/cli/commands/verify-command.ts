@@ -23,8 +23,8 @@ export function registerVerify(program: Command): void {
     .description('re-read every chunk the versions use and check its SHA-256; report each damaged disk, version and block')
     .option('--disk <id>', 'only this disk')
     .option('--version <id>', 'only this version (or latest) of each selected disk')
-    .option('--sample <percent>', 'scrub: check only this percent of the chunks, a different share each run (every manifest is still checked)')
-    .option('--seed <n>', 'with --sample: choose the chunks from this seed (repeats a run; default random)')
+    .option('--sample <percent>', 'scrub: check only this percent of the chunks, the next share each UTC day, so nightly runs cover all in 100/percent nights (every manifest is still checked)')
+    .option('--seed <n>', "with --sample: choose the chunks from this seed instead of the day's (repeats a run)")
     .option('--json', 'print one JSON object as the report')
     .action(async (opts: VerifyOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
