@@ -15,6 +15,11 @@ describe('disk ids', () => {
     expect(diskIdToPathComponent('vm1/vda')).toBe('vm1%2Fvda');
     expect(diskIdFromPathComponent('vm1%2Fvda')).toBe('vm1/vda');
     expect(diskIdFromPathComponent('..')).toBeUndefined();
+    // A leading ".tmp-" would look like a storage temporary file: its dot is escaped.
+    expect(diskIdToPathComponent('.tmp-a/vda')).toBe('%2Etmp-a%2Fvda');
+    expect(diskIdFromPathComponent('%2Etmp-a%2Fvda')).toBe('.tmp-a/vda');
+    expect(diskIdToPathComponent('.hidden')).toBe('.hidden');
+    expect(diskIdFromPathComponent('%2Ehidden')).toBeUndefined();
   });
   it('derives a default from an image path', () => {
     expect(defaultDiskIdForImage('/var/lib/images/web01.qcow2')).toBe('web01');

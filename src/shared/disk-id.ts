@@ -6,6 +6,7 @@ import { BlockrepError } from './blockrep-error.js';
  */
 export const MAX_DISK_ID_LENGTH = 200;
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
+const TEMP_LIKE = '.tmp-';
 
 export function diskIdProblem(id: string): string | undefined {
   if (id.length === 0) return 'it is empty';
@@ -26,13 +27,19 @@ export function assertDiskId(id: string): string {
   return id;
 }
 
-/** A disk id as one path component ("/" is the only character that needs escaping). */
+/**
+ * A disk id as one path component: "/" is escaped, and so is the "." of a leading ".tmp-", which
+ * would make the folder or lock look like a storage temporary file (never listed, swept by gc).
+ */
 export function diskIdToPathComponent(id: string): string {
-  return assertDiskId(id).replaceAll('/', '%2F');
+  const component = assertDiskId(id).replaceAll('/', '%2F');
+  return component.startsWith(TEMP_LIKE) ? `%2E${component.slice(1)}` : component;
 }
 
 export function diskIdFromPathComponent(component: string): string | undefined {
-  const id = component.replaceAll('%2F', '/');
+  const unescaped = component.startsWith('%2E') ? `.${component.slice(3)}` : component;
+  if (component.startsWith('%2E') && !unescaped.startsWith(TEMP_LIKE)) return undefined;
+  const id = unescaped.replaceAll('%2F', '/');
   return diskIdProblem(id) === undefined ? id : undefined;
 }
 

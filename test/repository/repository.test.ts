@@ -105,4 +105,15 @@ describe('repository', () => {
     await expect(repo.resolveVersion('d', '20200101T000000.000Z-000000')).rejects.toMatchObject({ code: 'VERSION_NOT_FOUND' });
     await expect(repo.resolveVersion('e', undefined)).rejects.toMatchObject({ code: 'DISK_NOT_FOUND' });
   });
+
+  it('keeps a disk whose id starts like a temporary file (".tmp-…") visible, locked and listed', async () => {
+    const root = await tempDir();
+    const repo = await Repository.open(new LocalBackend(root), { create: true });
+    const lock = await repo.lockDisk('.tmp-x/vda', 'backup');
+    await expect(repo.lockDisk('.tmp-x/vda', 'backup')).rejects.toMatchObject({ code: 'REPO_LOCKED' });
+    await repo.publishVersion('.tmp-x/vda', '20261126T033504.123Z-aaaaaa', finished('x'));
+    await lock.release();
+    expect(await repo.listDisks()).toEqual(['.tmp-x/vda']);
+    expect(await repo.listVersions('.tmp-x/vda')).toEqual(['20261126T033504.123Z-aaaaaa']);
+  });
 });
