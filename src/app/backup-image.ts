@@ -69,7 +69,8 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
   const lock = await repo.lockDisk(diskId, 'backup');
   let parent: ManifestReader | undefined;
   let writer: ManifestWriter | undefined;
-  const pool = new TaskPool(options.writeConcurrency ?? 8);
+  // Over a link, more uploads in flight cover the round trip each one waits for its answer.
+  const pool = new TaskPool(options.writeConcurrency ?? (repo.backend.remote ? REMOTE_WRITE_CONCURRENCY : LOCAL_WRITE_CONCURRENCY));
   let uploader: ChunkUploader | undefined;
   try {
     const parentVersion = await repo.latestVersion(diskId);
@@ -174,6 +175,9 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
  * (2.9× more at 1 MiB than at 256 KiB).
  */
 export const DEFAULT_BLOCK_SIZE = 256 * 1024;
+/** Chunk writes in flight: into a folder (the disk's queue) and to a server (round trips to cover). */
+const LOCAL_WRITE_CONCURRENCY = 8;
+export const REMOTE_WRITE_CONCURRENCY = 16;
 export const MIN_BLOCK_SIZE = 4096;
 export const MAX_BLOCK_SIZE = 16 * 1024 * 1024;
 
