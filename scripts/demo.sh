@@ -2,9 +2,11 @@
 # blockrep's main job on the embedded default (a local repository), end to end:
 # make a sample VM disk, back it up, change a little of it, back it up again (only the change
 # is stored), restore both versions and prove them bit-exact, verify the repository.
-# Then the real thing: boot a tiny Linux guest (built from Debian packages) with two disks
-# while it writes, replicate it twice through the live path (freeze, snapshot, thaw, send,
-# commit back), restore every version and show that the filesystems are clean.
+# Then the real thing, as a nightly job runs it: a repository server on loopback with a token,
+# a tiny Linux guest (built from Debian packages) with two disks, writing all the time, and a
+# job config naming it and the sample image; `blockrep run` three nights in a row (live path:
+# freeze, snapshot, thaw, send, commit back; retention after each), gc, a sampled scrub, and
+# every version restored from the server and shown to be a clean filesystem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >&2
@@ -53,35 +55,72 @@ blockrep verify --repo "$repo"
 
 step "A running VM: the tiny test guest under QEMU (TCG), two ext4 disks, writing all the time"
 vm="$work/vm"
-live="$work/live-repo"
-rm -rf "$vm" "$live"
+rm -rf "$vm" "$work/server" "$work/tokens.json" "$work/token" "$work/blockrep.yaml"
 bash scripts/guest/start-guest.sh "$vm" demovm >/dev/null
-trap 'kill "$(cat "$vm/qemu.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+server_pid=""
+cleanup() {
+  kill "$(cat "$vm/qemu.pid" 2>/dev/null)" 2>/dev/null || true
+  [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
 echo "disk1: $(qemu-img info -U "$vm/a/disk1.qcow2" | grep -E '^(file format|backing file):' | paste -sd' ')  (attached with -drive)"
 echo "vd2:   $vm/b/disk2.raw, raw (attached with -blockdev)"
-sleep 2
 
-step "Live backup 1: freeze the guest, snapshot both disks at once, thaw, send, commit back"
-blockrep backup --qmp "$vm/qmp.sock" --repo "$live"
-sleep 3
+step "The offsite side: blockrep serve on loopback, and a token for the nightly job"
+blockrep token create --tokens "$work/tokens.json" --name nightly --disks '*' --rights read,write,admin | tail -n 1 >"$work/token"
+chmod 600 "$work/token"
+blockrep serve --root "$work/server" --listen 127.0.0.1:0 --tokens "$work/tokens.json" >"$work/serve.out" 2>"$work/serve.log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$work/serve.out" | head -n 1)
+[ -n "$url" ] || { echo "blockrep serve did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
+echo "server: $url (its log: $work/serve.log)"
 
-step "Live backup 2, a few seconds of guest writes later: only what changed is sent"
-blockrep backup --qmp "$vm/qmp.sock" --repo "$live"
+step "The job configuration"
+cat >"$work/blockrep.yaml" <<YAML
+repository:
+  url: $url
+  tokenFile: token            # relative paths are relative to this file
+defaults:
+  retention: {keepLast: 2}    # applied after each VM's backup
+vms:
+  - name: demovm              # a running VM: its disks are demovm/disk1 and demovm/vd2
+    qmp: vm/qmp.sock
+    qga: vm/qga.sock
+  - name: sample              # a shut-down VM's image file
+    images:
+      - path: vm-disk.qcow2
+        disk: disk
+YAML
+cat "$work/blockrep.yaml"
+blockrep run --config "$work/blockrep.yaml" --dry-run
+
+for night in 1 2 3; do
+  step "Night $night: blockrep run (the guest keeps writing in between)"
+  [ "$night" = 1 ] || sleep 3
+  blockrep run --config "$work/blockrep.yaml"
+done
 echo "the VM runs on its own images again, and nothing of blockrep's is left next to them:"
 ls "$vm/a" "$vm/b"
 
-step "Restore every version of both disks; each must be a clean filesystem with a gap-free record log"
-blockrep list --repo "$live"
+step "Garbage collection (chunks only pruned versions used) and a sampled scrub"
+blockrep gc --repo "$url" --token-file "$work/token" --grace 0
+blockrep verify --repo "$url" --token-file "$work/token" --sample 50
+
+step "Restore every version of the live disks from the server; each must be a clean filesystem with a gap-free record log"
+blockrep list --repo "$url" --token-file "$work/token"
 for disk in demovm/disk1 demovm/vd2; do
-  for version in $(blockrep list --repo "$live" --disk "$disk" --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const v of JSON.parse(s).disks[0].versions)console.log(v.version)})'); do
+  for version in $(blockrep list --repo "$url" --token-file "$work/token" --disk "$disk" --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const v of JSON.parse(s).disks[0].versions)console.log(v.version)})'); do
     out="$work/restored.raw"
-    blockrep restore --repo "$live" --disk "$disk" --version "$version" --to "$out" --force >/dev/null
+    blockrep restore --repo "$url" --token-file "$work/token" --disk "$disk" --version "$version" --to "$out" --force >/dev/null
     e2fsck -fn "$out" >/dev/null 2>&1 || { echo "$disk $version: e2fsck found problems" >&2; e2fsck -fn "$out" >&2; exit 1; }
     records=$(debugfs -R "cat /log" "$out" 2>/dev/null | awk '{ if ($1 != "rec" || $2 != NR) { print "gap at line " NR > "/dev/stderr"; exit 1 } } END { print NR }')
     echo "$disk $version: e2fsck clean; records 1..$records, no gap"
     rm -f "$out"
   done
 done
+blockrep restore --repo "$url" --token-file "$work/token" --disk sample/disk --to "$work/sample.qcow2" --format qcow2 --force >/dev/null
+qemu-img compare -f qcow2 -F qcow2 "$img" "$work/sample.qcow2"
 
 echo
 echo "demo files are in $work (remove them with: rm -rf $work)"

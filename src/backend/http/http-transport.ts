@@ -76,7 +76,7 @@ export class HttpTransport {
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.auth = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
     this.pool = new Pool(url.origin, {
-      // A backup keeps 8 uploads going; the questions about the next batches need their own.
+      // A backup keeps 16 uploads going; the questions about the next batches need their own.
       connections: options.connections ?? 20,
       pipelining: 1,
       keepAliveTimeout: 30_000,
