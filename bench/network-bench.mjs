@@ -36,6 +36,7 @@ import net from 'node:net';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { arg, rng } from './lib/workload.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -59,10 +60,6 @@ const SAMPLE_MS = 50;
 const BUSY_BITS_PER_S = 5e6;
 const USER_HZ = 100;
 
-const arg = (name, fallback) => {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : process.argv[i + 1];
-};
 const log = (s) => process.stderr.write(`${s}\n`);
 
 // ---------------------------------------------------------------- children (probe traffic)
@@ -340,19 +337,6 @@ function machineBusy() {
 }
 
 // ---------------------------------------------------------------- the data
-
-/** A seeded xorshift, so every run changes the same places. */
-function rng(seed) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 2 ** 32;
-  };
-}
 
 /** Seeded pseudo-random bytes (AES-128-CTR keystream): fast, unique everywhere, the same every run. */
 function keystream(seedText, position, length) {

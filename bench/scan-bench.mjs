@@ -24,6 +24,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, 
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { arg, rng } from './lib/workload.mjs';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -134,11 +135,6 @@ function waitForQuiet(maxSeconds) {
 }
 
 // ---------------------------------------------------------------- orchestration
-
-function arg(name, fallback) {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : process.argv[i + 1];
-}
 
 async function main() {
   const size = Number(arg('--size', String(4 * GiB)));
@@ -340,15 +336,7 @@ function makeRawImage(path, size) {
     const saved = JSON.parse(readFileSync(stamp, 'utf8'));
     if (saved.version === 1) return saved.layout;
   }
-  let seed = 0x9e3779b9;
-  const next = () => {
-    seed ^= seed << 13;
-    seed >>>= 0;
-    seed ^= seed >>> 17;
-    seed ^= seed << 5;
-    seed >>>= 0;
-    return seed / 2 ** 32;
-  };
+  const next = rng(0x9e3779b9);
   const text = Buffer.alloc(16 * MiB);
   {
     let at = 0;
