@@ -1,11 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { open } from 'node:fs/promises';
 import { z } from 'zod';
 import { TOKEN_PATTERN } from '../backend/http/http-protocol.js';
 import { BlockrepError, systemErrorCode, wrapSystemError } from '../shared/blockrep-error.js';
 import { diskIdProblem } from '../shared/disk-id.js';
+import { writeFileDurably } from '../shared/write-file-durably.js';
 
 /**
  * The server's access tokens, one JSON file that `blockrep token` edits and `blockrep serve`
@@ -98,27 +97,7 @@ export async function readTokensFile(path: string, options: { allowMissing?: boo
 /** Replaces the tokens file atomically (temp file, fsync, rename), readable by its owner only. */
 export async function writeTokensFile(path: string, file: TokensFile): Promise<void> {
   const checked = tokensFileSchema.parse(file);
-  const temp = join(dirname(path), `.${basename(path)}.tmp-${randomBytes(6).toString('hex')}`);
-  try {
-    const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-    try {
-      await fh.chmod(0o600); // whatever the umask
-      await fh.writeFile(`${JSON.stringify(checked, null, 2)}\n`);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(temp, path);
-    const dir = await open(dirname(path), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
-  } catch (err) {
-    await unlink(temp).catch(() => undefined);
-    throw wrapSystemError(err, `writing tokens file ${path}`);
-  }
+  await writeFileDurably(path, `${JSON.stringify(checked, null, 2)}\n`, 0o600, `tokens file ${path}`);
 }
 
 export interface CreatedToken {
