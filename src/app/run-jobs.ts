@@ -5,7 +5,7 @@ import { listVmDisks } from '../hypervisor/vm-disks.js';
 import { openImage } from '../image/open-image.js';
 import { openRepository, type OpenRepositoryOptions } from '../repository/open-repository.js';
 import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError, systemErrorCode, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
+import { BlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
 import { backupImage, type DiskBackupReport } from './backup-image.js';
 import { backupVm } from './backup-vm.js';
 import type { ImageVmJob, JobConfig, LiveVmJob, VmJob } from './job-config.js';
@@ -175,7 +175,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
     repo = await openRepository(config.repository.location, repoOptions);
     emit({ level: 'info', event: 'repository', message: `repository ${location} opened${dryRun ? ' (access accepted)' : ''}` });
   } catch (err) {
-    const e = asError(err);
+    const e = toBlockrepError(err);
     if (dryRun && e.code === 'REPO_NOT_FOUND' && !/^https?:\/\//i.test(config.repository.location) && (await creatable(config.repository.location))) {
       repository.note = 'no repository there yet: the first run creates it';
       emit({ level: 'info', event: 'repository', message: `repository ${location}: ${repository.note}` });
@@ -308,7 +308,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
           });
           for (const d of pruned.disks) if (d.skipped) warn(`retention skipped ${d.disk}: ${d.skipped.message}`);
         } catch (err) {
-          const e = asError(err);
+          const e = toBlockrepError(err);
           report.retention = { status: 'failed', disks: published, code: e.code, message: e.message };
           emit({ level: 'error', event: 'prune-failed', vm: vm.name, code: e.code, message: `${vm.name}: retention failed: ${e.message}` });
           if (report.status === 'ok') {
@@ -320,7 +320,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
       }
     }
   } catch (err) {
-    const e = asError(err, options.signal?.aborted);
+    const e = toBlockrepError(err, options.signal?.aborted);
     report.status = 'failed';
     report.code = e.code;
     report.message = e.message;
@@ -387,7 +387,7 @@ async function backupImageVm(repo: Repository, vm: ImageVmJob, options: RunJobsO
       );
       report.disks.push({ status: 'ok', ...d });
     } catch (err) {
-      const e = asError(err, options.signal?.aborted);
+      const e = toBlockrepError(err, options.signal?.aborted);
       const message = e.code === 'IMAGE_NOT_FOUND' || e.code === 'IMAGE_UNREADABLE' ? `${img.where}: ${e.message}` : e.message;
       report.disks.push({ status: 'failed', disk: img.diskId, path: img.path, code: e.code, message });
     }
@@ -412,7 +412,7 @@ async function checkSocket(path: string, where: string, code: ErrorCode, what: s
 async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, options: RunJobsOptions): Promise<CheckReport[]> {
   const checks: CheckReport[] = [];
   const fail = (check: CheckReport['check'], err: unknown): CheckReport[] => {
-    const e = asError(err, options.signal?.aborted);
+    const e = toBlockrepError(err, options.signal?.aborted);
     checks.push({ check, status: 'failed', code: e.code, message: e.message });
     return checks;
   };
@@ -461,7 +461,7 @@ async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, options:
           await agent.close();
         }
       } catch (err) {
-        const e = asError(err);
+        const e = toBlockrepError(err);
         checks.push(
           vm.quiesce === 'require'
             ? { check: 'agent', status: 'failed', code: e.code, message: e.message }
@@ -487,7 +487,7 @@ async function checkImageVm(repo: Repository | undefined, vm: ImageVmJob): Promi
         await reader.close();
       }
     } catch (err) {
-      const e = asError(err);
+      const e = toBlockrepError(err);
       checks.push({ check: 'image', status: 'failed', code: e.code, message: `${img.where}: ${e.message}` });
     }
   }
@@ -507,7 +507,7 @@ async function checkRepositoryAccess(repo: Repository | undefined, diskIds: stri
       const latest = await repo.latestVersion(disk);
       checks.push({ check: 'repository-access', status: 'ok', message: latest === undefined ? `${disk}: no version yet (the first backup is a full one)` : `${disk}: latest version ${latest}` });
     } catch (err) {
-      const e = asError(err);
+      const e = toBlockrepError(err);
       checks.push({ check: 'repository-access', status: 'failed', code: e.code, message: `${disk}: ${e.message}` });
     }
   }
@@ -528,9 +528,3 @@ async function creatable(path: string): Promise<boolean> {
   return false;
 }
 
-function asError(err: unknown, interrupted = false): BlockrepError {
-  if (isBlockrepError(err)) return interrupted && err.code !== 'INTERRUPTED' && err.code !== 'THAW_FAILED' && err.code !== 'COMMIT_FAILED' && err.code !== 'RECOVERY_NEEDED' ? new BlockrepError('INTERRUPTED', `interrupted: ${err.message}`, { cause: err }) : err;
-  if (interrupted) return new BlockrepError('INTERRUPTED', 'interrupted', { cause: err });
-  if (systemErrorCode(err) !== undefined) return wrapSystemError(err, 'unexpected system error');
-  return new BlockrepError('INTERNAL', `internal error: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-}

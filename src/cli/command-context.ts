@@ -1,5 +1,5 @@
 import type { Progress } from '../app/progress.js';
-import { BlockrepError, isBlockrepError, wrapSystemError, systemErrorCode } from '../shared/blockrep-error.js';
+import { BlockrepError, toBlockrepError } from '../shared/blockrep-error.js';
 import { EXIT_OK, exitCodeFor } from './exit-codes.js';
 import { ProgressDisplay } from './output/progress-display.js';
 
@@ -53,14 +53,6 @@ export async function runCommand(json: boolean, handler: (ctx: CommandContext) =
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-}
-
-export function toBlockrepError(err: unknown, interrupted = false): BlockrepError {
-  if (isBlockrepError(err)) return interrupted && err.code !== 'INTERRUPTED' && err.code !== 'NO_SPACE' ? new BlockrepError('INTERRUPTED', `interrupted: ${err.message}`, { cause: err }) : err;
-  if (interrupted) return new BlockrepError('INTERRUPTED', 'interrupted', { cause: err });
-  if (systemErrorCode(err) !== undefined) return wrapSystemError(err, 'unexpected system error');
-  const message = err instanceof Error ? err.message : String(err);
-  return new BlockrepError('INTERNAL', `internal error: ${message} (please report this; set BLOCKREP_DEBUG=1 for details)`, { cause: err });
 }
 
 export function printError(err: unknown, json: boolean, interrupted = false): number {

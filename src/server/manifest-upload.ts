@@ -155,7 +155,9 @@ async function checkChunksPresent(repo: Repository, batches: AsyncIterable<{ ids
   const check = async (): Promise<void> => {
     const batch = [...pending];
     pending = new Set();
-    const present = await repo.hasChunks(batch);
+    // Only a check: the client touched what it found present when it asked, under its disk lock
+    // (which holds gc's cutoff back), so touching every chunk of a whole manifest again is waste.
+    const present = await repo.hasChunks(batch, { touch: false });
     const missing = batch.findIndex((_, i) => !present[i]);
     if (missing >= 0) {
       throw new BlockrepError('CHUNK_MISSING', `${where} refers to chunk ${batch[missing]}, which the repository does not have: upload it first`, {

@@ -109,3 +109,18 @@ export function wrapSystemError(err: unknown, what: string): BlockrepError {
       return new BlockrepError('IO', `${what}: ${text}`, { cause: err });
   }
 }
+
+/**
+ * Codes that stay what they are when the run was interrupted meanwhile: a full disk, and the
+ * states that leave a VM needing attention, say more than "interrupted" does.
+ */
+const SURVIVES_INTERRUPT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['INTERRUPTED', 'NO_SPACE', 'THAW_FAILED', 'COMMIT_FAILED', 'RECOVERY_NEEDED']);
+
+/** Any thrown value as a BlockrepError: the one place unknown failures get their code. */
+export function toBlockrepError(err: unknown, interrupted = false): BlockrepError {
+  if (isBlockrepError(err)) return interrupted && !SURVIVES_INTERRUPT.has(err.code) ? new BlockrepError('INTERRUPTED', `interrupted: ${err.message}`, { cause: err }) : err;
+  if (interrupted) return new BlockrepError('INTERRUPTED', 'interrupted', { cause: err });
+  if (systemErrorCode(err) !== undefined) return wrapSystemError(err, 'unexpected system error');
+  const message = err instanceof Error ? err.message : String(err);
+  return new BlockrepError('INTERNAL', `internal error: ${message} (please report this; set BLOCKREP_DEBUG=1 for details)`, { cause: err });
+}

@@ -210,7 +210,8 @@ describe('blockrep run with offline images', () => {
     expect(lost.message).toMatch(/vms\[1\]\.images\[0\]: /);
     // The report file is the same report, whole.
     expect(JSON.parse(await readFile(reportFile, 'utf8'))).toEqual(r.json);
-    expect((await readdir(dir)).filter((f) => f.includes('partial-report') && f.endsWith('.tmp'))).toEqual([]);
+    // No temporary file of the durable write is left (writeFileDurably names them `.<name>.tmp-<hex>`).
+    expect((await readdir(dir)).filter((f) => f.startsWith('.partial-report.json.tmp-'))).toEqual([]);
 
     const text = await runCli(['run', '--config', file, '--only', 'lost']);
     expect(text.code).toBe(1);

@@ -1,5 +1,5 @@
 import { BlockrepError, isBlockrepError } from '../../shared/blockrep-error.js';
-import { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
+import { type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
 import { errorFromResponse } from './http-error.js';
 import {
   MANIFEST_DELTA_TYPE,
@@ -77,7 +77,7 @@ export class HttpBackend implements Backend {
         // An earlier attempt may have done it and only its answer was lost.
         if (data === null) return (await this.size(key)) === undefined;
         try {
-          return contentTag(await this.read(key)) === contentTag(data);
+          return (await this.read(key)).equals(data);
         } catch (err) {
           if (isBlockrepError(err) && err.code === 'NOT_FOUND') return false;
           throw err;

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { RunEvent, RunReport } from '../../app/run-jobs.js';
-import { BlockrepError, type ErrorCode } from '../../shared/blockrep-error.js';
-import { runCommand, toBlockrepError } from '../command-context.js';
+import { BlockrepError, toBlockrepError, type ErrorCode } from '../../shared/blockrep-error.js';
+import { runCommand } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
 import { eventLogger, LOG_FORMATS, type LogFormat } from '../output/event-log.js';
 import { writeReportFile } from '../output/run-report-file.js';
