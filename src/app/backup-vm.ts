@@ -258,7 +258,8 @@ async function vmNameOf(qmp: QmpClient, given: string | undefined): Promise<stri
   return name;
 }
 
-function selectDisks(all: VmDisk[], vm: string, wanted: string[] | undefined): VmDisk[] {
+/** The disks to back up: all of them, or those `wanted` names by id, device or node (`vm/` prefix allowed). */
+export function selectDisks(all: VmDisk[], vm: string, wanted: string[] | undefined): VmDisk[] {
   if (all.length === 0) throw new BlockrepError('USAGE', 'the VM has no writable disk to back up');
   if (wanted === undefined || wanted.length === 0) return all;
   const picked: VmDisk[] = [];

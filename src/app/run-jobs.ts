@@ -5,9 +5,9 @@ import { listVmDisks } from '../hypervisor/vm-disks.js';
 import { openImage } from '../image/open-image.js';
 import { openRepository, type OpenRepositoryOptions } from '../repository/open-repository.js';
 import type { Repository } from '../repository/repository.js';
-import { BlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
+import { BlockrepError, isBlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
 import { backupImage, type DiskBackupReport } from './backup-image.js';
-import { backupVm } from './backup-vm.js';
+import { backupVm, selectDisks } from './backup-vm.js';
 import type { ImageVmJob, JobConfig, LiveVmJob, VmJob } from './job-config.js';
 import { pruneVersions, type PruneReport } from './prune-versions.js';
 
@@ -434,14 +434,13 @@ async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, options:
     let diskIds: string[];
     try {
       const { disks } = await listVmDisks(qmp);
-      const chosen = vm.disks ?? disks.map((d) => d.id);
-      for (const want of chosen) {
-        if (!disks.some((d) => d.id === want || d.device === want || d.node === want)) {
-          throw new BlockrepError('USAGE', `${vm.where('disks')}: the VM has no disk ${JSON.stringify(want)}; its disks: ${disks.map((d) => d.id).join(', ')}`);
-        }
+      // The same choice the backup makes (backup-vm.ts), so a dry run cannot disagree with it.
+      try {
+        diskIds = selectDisks(disks, vm.name, vm.disks).map((d) => `${vm.name}/${d.id}`);
+      } catch (err) {
+        if (vm.disks === undefined || !isBlockrepError(err) || err.code !== 'USAGE') throw err;
+        throw new BlockrepError('USAGE', `${vm.where('disks')}: ${err.message}`, { cause: err });
       }
-      if (chosen.length === 0) throw new BlockrepError('USAGE', 'the VM has no writable disk to back up');
-      diskIds = chosen.map((id) => `${vm.name}/${disks.find((d) => d.id === id || d.device === id || d.node === id)?.id ?? id}`);
       checks.push({ check: 'disks', status: 'ok', message: `will back up ${diskIds.join(', ')}` });
     } catch (err) {
       return fail('disks', err);

@@ -51,6 +51,8 @@ describe.skipIf(skipQemuTests)('blockrep run: a nightly job over live guests and
         `  - name: db01`,
         `    qmp: ${db.qmpSocket}`,
         `    quiesce: require`,
+        // Named as a disk id and as a drive id: the run and its dry run must read them alike.
+        `    disks: [db01/disk1, vd2]`,
         `  - name: archive`,
         `    images: [archive.qcow2]`,
         `  - name: lost`,
@@ -80,8 +82,8 @@ describe.skipIf(skipQemuTests)('blockrep run: a nightly job over live guests and
       expect(byName[name].retention).toMatchObject({ status: 'ok', report: { versionsKept: 2, versionsRemoved: 0 } });
     }
     expect(byName.archive).toMatchObject({ status: 'ok', kind: 'image', disks: [{ status: 'ok', disk: 'archive/archive', changedBlocks: 128, zeroBlocks: 128 - 33 }] });
-    expect(byName.lost).toMatchObject({ status: 'failed', kind: 'live', code: 'QMP_UNAVAILABLE', disks: [], where: `${config}:16:5 vms[3]` });
-    expect(byName.lost.message).toBe(`${config}:17:10 vms[3].qmp: no QMP socket at ${join(dir, 'lost', 'qmp.sock')}: the VM is not running, or QEMU listens elsewhere`);
+    expect(byName.lost).toMatchObject({ status: 'failed', kind: 'live', code: 'QMP_UNAVAILABLE', disks: [], where: `${config}:17:5 vms[3]` });
+    expect(byName.lost.message).toBe(`${config}:18:10 vms[3].qmp: no QMP socket at ${join(dir, 'lost', 'qmp.sock')}: the VM is not running, or QEMU listens elsewhere`);
 
     // The two live VMs ran at the same time (parallel: 2).
     const events = r.stderr.trimEnd().split('\n').map((l) => JSON.parse(l) as { event: string; vm?: string; level: string; code?: string });
