@@ -58,6 +58,11 @@ export function encodeChunk(raw: Uint8Array, options: { compress?: boolean } = {
   return { id, blob, rawLength: raw.byteLength };
 }
 
+/** The codec byte of a chunk blob's header (CODEC_STORED or CODEC_ZSTD); the blob is not checked. */
+export function blobCodec(blob: Uint8Array): number {
+  return blob[5] ?? -1;
+}
+
 /**
  * Decodes a stored blob and checks that its content still hashes to `expectedId`.
  * Any mismatch is CHUNK_CORRUPT: damaged data is never handed on.

@@ -78,6 +78,17 @@ export function decodeDelta(buf: Buffer, where: string): DecodedDelta {
 }
 
 /**
+ * The chunk ids of the entries a delta carries (32 bytes each, in order): all a receiver must
+ * check before it composes, since the other entries are the published parent's.
+ */
+export function deltaChunkIds(delta: DecodedDelta): Buffer {
+  const ids = Buffer.allocUnsafe(delta.count * 32);
+  // A delta entry is the block index (8 bytes) and a manifest entry: xxh64 (8), then the id.
+  for (let i = 0; i < delta.count; i++) delta.entries.copy(ids, i * 32, i * DELTA_ENTRY_BYTES + 16, (i + 1) * DELTA_ENTRY_BYTES);
+  return ids;
+}
+
+/**
  * The full manifest bytes of `delta` applied to `parent` (undefined: every entry must be in
  * the delta). Throws before the last piece when the result does not match the sender's digest,
  * so a backend storing the stream stores nothing.

@@ -1,4 +1,4 @@
-import { CODEC_STORED, encodeChunk } from '../chunk/chunk-codec.js';
+import { blobCodec, CODEC_STORED, encodeChunk } from '../chunk/chunk-codec.js';
 import { decodePatch, differingSlices, rebuildFromPatch, SLICE_HASH_BYTES } from '../chunk/chunk-patch.js';
 import { MAX_JSON_BODY_BYTES, patchPlanRequestSchema } from '../backend/http/http-protocol.js';
 import type { Repository } from '../repository/repository.js';
@@ -63,7 +63,7 @@ export async function receiveChunkPatch(repo: Repository, bases: PatchBaseCache,
     }
     const raw = rebuildFromPatch(patch, base.raw, where);
     // Random data in the base and in the new slices: compressing the block would only cost time.
-    const chunk = encodeChunk(raw, { compress: !(base.incompressible && patch.blob.readUInt8(5) === CODEC_STORED) });
+    const chunk = encodeChunk(raw, { compress: !(base.incompressible && blobCodec(patch.blob) === CODEC_STORED) });
     if (chunk.id !== chunkId) throw new BlockrepError('CHUNK_CORRUPT', `${where}: the patched block hashes to ${chunk.id}`);
     return await repo.putChunk(chunk);
   } finally {

@@ -1,5 +1,5 @@
 import zstd from 'zstd-napi/binding.js';
-import { CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk } from '../chunk/chunk-codec.js';
+import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk } from '../chunk/chunk-codec.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
 import type { ByteBudget } from './byte-budget.js';
@@ -40,7 +40,7 @@ export function checkDecodedSize(blob: Buffer, chunkId: string): void {
   }
   const rawLength = blob.readUInt32BE(8);
   if (rawLength > MAX_CHUNK_RAW_BYTES) throw new BlockrepError('CHUNK_CORRUPT', `chunk ${chunkId}: ${rawLength} bytes is larger than a block may be`);
-  if (blob.readUInt8(5) !== CODEC_ZSTD) return;
+  if (blobCodec(blob) !== CODEC_ZSTD) return;
   let frames = blob.subarray(CHUNK_HEADER_BYTES);
   let total = 0;
   try {

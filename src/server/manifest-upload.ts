@@ -3,8 +3,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LocalBackend } from '../backend/local/local-backend.js';
-import { decodeHeader, ENTRY_BYTES, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
-import { composeManifest, decodeDelta, type DecodedDelta } from '../manifest/manifest-delta.js';
+import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
+import { composeManifest, decodeDelta, deltaChunkIds, type DecodedDelta } from '../manifest/manifest-delta.js';
 import { idHex, isZeroId, ManifestReader } from '../manifest/manifest-reader.js';
 import { Repository } from '../repository/repository.js';
 import { MANIFEST_DELTA_TYPE, MAX_MANIFEST_DELTA_BYTES } from '../backend/http/http-protocol.js';
@@ -14,9 +14,6 @@ import type { RequestContext } from './request-context.js';
 
 /** Everything before the entries: the fixed header, at most 64 KiB of meta, padding. */
 const MAX_HEADER_BYTES = FIXED_HEADER_BYTES + 64 * 1024 + 8;
-/** A delta entry (manifest-delta.ts): u64 block index, then a manifest entry (u64 xxHash64, chunk id). */
-const DELTA_ENTRY_BYTES = 8 + ENTRY_BYTES;
-const DELTA_ID_OFFSET = 8 + 8;
 /** Chunk ids asked about per hasChunks call. */
 const CHECK_BATCH = 4096;
 /** Chunk ids remembered as present while checking one manifest (many blocks share chunks). */
@@ -143,9 +140,7 @@ function expectedLength(head: Buffer, where: string): number | undefined {
 
 /** The chunk ids of the entries a delta carries, as ManifestReader.batches() gives them. */
 async function* deltaEntryBatches(delta: DecodedDelta): AsyncIterable<{ ids: Buffer }> {
-  const ids = Buffer.allocUnsafe(delta.count * 32);
-  for (let i = 0; i < delta.count; i++) delta.entries.copy(ids, i * 32, i * DELTA_ENTRY_BYTES + DELTA_ID_OFFSET, (i + 1) * DELTA_ENTRY_BYTES);
-  yield { ids };
+  yield { ids: deltaChunkIds(delta) };
 }
 
 /** Every non-zero chunk id of `batches` must be in the repository (CHUNK_MISSING otherwise). */

@@ -1,4 +1,4 @@
-import { CODEC_STORED, decodeChunk } from '../chunk/chunk-codec.js';
+import { blobCodec, CODEC_STORED, decodeChunk } from '../chunk/chunk-codec.js';
 import type { Repository } from '../repository/repository.js';
 
 export interface PatchBase {
@@ -37,7 +37,7 @@ export class PatchBaseCache {
       return kept;
     }
     const blob = await this.repo.readChunkBlob(id);
-    const base = { raw: decodeChunk(blob, id), incompressible: blob.readUInt8(5) === CODEC_STORED };
+    const base = { raw: decodeChunk(blob, id), incompressible: blobCodec(blob) === CODEC_STORED };
     this.keep(id, base);
     return base;
   }
