@@ -5,6 +5,7 @@ import { idHex, isZeroId, ZERO_CHUNK_ID, type ManifestEntries, type ManifestRead
 import type { Repository } from '../repository/repository.js';
 import { scanImage } from '../scan/scan-image.js';
 import { BlockrepError } from '../shared/blockrep-error.js';
+import { checkBlockSize } from '../shared/block-size.js';
 import { assertDiskId } from '../shared/disk-id.js';
 import { TaskPool } from '../shared/task-pool.js';
 import { newVersionId } from '../shared/version-id.js';
@@ -45,7 +46,7 @@ export interface BackupImageOptions {
   workers?: number;
   compress?: boolean;
   signal?: AbortSignal;
-  onProgress?: ProgressListener;
+  onProgress?: ProgressListener | undefined;
   /** Chunk writes in flight at once. */
   writeConcurrency?: number;
 }
@@ -178,14 +179,6 @@ export const DEFAULT_BLOCK_SIZE = 256 * 1024;
 /** Chunk writes in flight: into a folder (the disk's queue) and to a server (round trips to cover). */
 const LOCAL_WRITE_CONCURRENCY = 8;
 export const REMOTE_WRITE_CONCURRENCY = 16;
-export const MIN_BLOCK_SIZE = 4096;
-export const MAX_BLOCK_SIZE = 16 * 1024 * 1024;
-
-export function checkBlockSize(blockSize: number): void {
-  if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw new BlockrepError('INVALID_SIZE', `invalid block size ${blockSize}: use a power of two from 4K to 16M`);
-  }
-}
 
 /**
  * The parent manifest's entries, read once per range: the scan asks for the hashes of a

@@ -9,8 +9,9 @@ import { listVmDisks, type VmDisk } from '../hypervisor/vm-disks.js';
 import { VmLock } from '../hypervisor/vm-lock.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError, isBlockrepError, type ErrorCode } from '../shared/blockrep-error.js';
-import { assertDiskId } from '../shared/disk-id.js';
-import { backupImage, checkBlockSize, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+import { assertDiskId, vmNameProblem } from '../shared/disk-id.js';
+import { checkBlockSize } from '../shared/block-size.js';
+import { backupImage, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
 
 /**
  * Live backup of a running QEMU VM: freeze the guest, switch every disk to an overlay in one
@@ -246,15 +247,15 @@ async function sendAndCommit(
 
 async function vmNameOf(qmp: QmpClient, given: string | undefined): Promise<string> {
   if (given !== undefined) {
-    assertDiskId(given);
+    const problem = vmNameProblem(given);
+    if (problem !== undefined) throw new BlockrepError('INVALID_DISK_ID', `--vm ${JSON.stringify(given.slice(0, 240))} cannot be the first part of a disk id: ${problem}`);
     return given;
   }
   const { name } = await qmp.execute('query-name', undefined, z.object({ name: z.string().optional() }));
   if (name === undefined || name === '') {
     throw new BlockrepError('USAGE', 'the VM has no name (QEMU was started without -name): give one with --vm NAME; it is the first part of its disk ids');
   }
-  const problem = /^[A-Za-z0-9._-]+$/.test(name) && name !== '.' && name !== '..';
-  if (!problem) throw new BlockrepError('USAGE', `the VM's name ${JSON.stringify(name)} cannot be part of a disk id: give another with --vm NAME`);
+  if (vmNameProblem(name) !== undefined) throw new BlockrepError('USAGE', `the VM's name ${JSON.stringify(name)} cannot be part of a disk id: give another with --vm NAME`);
   return name;
 }
 

@@ -12,7 +12,7 @@ export interface VersionSummary {
   changedBlocks: number;
   zeroBlocks: number;
   storedBytes: number;
-  source: { kind: string; path?: string; format?: string; vm?: string };
+  source: { kind: string; path?: string | undefined; format?: string | undefined; vm?: string | undefined };
   /** Set when the manifest header cannot be read. */
   problem?: string;
 }

@@ -37,7 +37,7 @@ export interface RestoreOptions {
   /** Chunks fetched ahead of the block being written. */
   readAhead?: number;
   signal?: AbortSignal;
-  onProgress?: ProgressListener;
+  onProgress?: ProgressListener | undefined;
 }
 
 interface BlockSink {

@@ -74,7 +74,7 @@ export function inSample(id: string, percent: number, seed: number): boolean {
 export async function verifyRepository(
   repo: Repository,
   req: VerifyRequest,
-  options: { concurrency?: number; onProgress?: ProgressListener } = {},
+  options: { concurrency?: number; onProgress?: ProgressListener | undefined } = {},
 ): Promise<VerifyReport> {
   const started = Date.now();
   const sample = req.sample === undefined ? undefined : { percent: req.sample.percent, seed: req.sample.seed ?? sampleSeedForDay(req.sample.percent) };

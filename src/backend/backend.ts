@@ -18,7 +18,7 @@ export interface BackendObject {
    * Last modification, ms since the epoch by the storage's clock (local and HTTP listings give
    * it): garbage collection keeps chunks written or touched after its cutoff.
    */
-  mtimeMs?: number;
+  mtimeMs?: number | undefined;
 }
 
 export interface SizesOptions {
@@ -71,20 +71,20 @@ export interface Backend {
    * the receiver composes and checks. Backends that lack it get the whole manifest instead.
    * Returns the bytes sent.
    */
-  writeManifestDelta?(key: string, delta: Uint8Array): Promise<number>;
+  writeManifestDelta?: ((key: string, delta: Uint8Array) => Promise<number>) | undefined;
   /**
    * Optional, for backends behind a slow link (chunk-patch.ts): for each new block, which
    * slices differ from the base chunk the far side holds (undefined: it cannot tell).
    */
-  planChunkPatches?(sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>): Promise<Array<Buffer | undefined>>;
+  planChunkPatches?: ((sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>) => Promise<Array<Buffer | undefined>>) | undefined;
   /** Optional: stores chunk `chunkId` given as a patch against a base chunk. Returns bytes sent. */
-  writeChunkPatch?(chunkKey: string, patch: Uint8Array): Promise<number>;
+  writeChunkPatch?: ((chunkKey: string, patch: Uint8Array) => Promise<number>) | undefined;
   /**
    * Optional: how many ms ago the object was last written, by the storage's own clock (its
    * modification time against its "now"), or undefined when it does not exist. Lock leases
    * (disk-lock.ts) are judged by it, so the clocks of the hosts that write locks do not matter.
    */
-  objectAgeMs?(key: string): Promise<number | undefined>;
+  objectAgeMs?: ((key: string) => Promise<number | undefined>) | undefined;
   /**
    * Optional: replaces the object with `data` (removes it when `data` is null) only if its
    * content's tag (contentTag) is `tag`; false, changing nothing, when it differs or is missing.
@@ -92,7 +92,7 @@ export interface Backend {
    * process — a server's, for all its clients. Disk locks (disk-lock.ts) are renewed, taken over
    * and released with it, so a late renewal never overwrites a successor's lock.
    */
-  replaceIfMatch?(key: string, tag: string, data: Uint8Array | null): Promise<boolean>;
+  replaceIfMatch?: ((key: string, tag: string, data: Uint8Array | null) => Promise<boolean>) | undefined;
   /** Makes every earlier deferred write durable. */
   flush(): Promise<void>;
   /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */
@@ -104,11 +104,11 @@ export interface Backend {
    * `cutoffMs`, atomically with respect to `sizes(…, { touch: true })` — an object touched at
    * any moment before the removal is kept.
    */
-  removeIfOlder?(key: string, cutoffMs: number): Promise<ConditionalRemoval>;
+  removeIfOlder?: ((key: string, cutoffMs: number) => Promise<ConditionalRemoval>) | undefined;
   /**
    * Optional (garbage collection): removes temporary files that writes cut short (kill -9)
    * left in the repository's folders, if last modified before `cutoffMs`.
    */
-  removeStaleTemps?(cutoffMs: number): Promise<TempSweep>;
+  removeStaleTemps?: ((cutoffMs: number) => Promise<TempSweep>) | undefined;
   close(): Promise<void>;
 }

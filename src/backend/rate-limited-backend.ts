@@ -44,8 +44,8 @@ export class RateLimitedBackend implements Backend {
     return this.inner.location;
   }
 
-  get remote(): boolean | undefined {
-    return this.inner.remote;
+  get remote(): boolean {
+    return this.inner.remote ?? false;
   }
 
   size(key: string): Promise<number | undefined> {

@@ -1,4 +1,5 @@
 import { BlockrepError } from '../shared/blockrep-error.js';
+import { QCOW2_MAGIC_BYTES } from './qcow2-limits.js';
 import type { ImageFile } from './image-file.js';
 import type { ImageFormat } from './image-reader.js';
 
@@ -31,13 +32,12 @@ const foreignMagics: Magic[] = [
   { name: 'VHD (dynamic)', offset: 0, bytes: ascii('conectix') },
 ];
 
-const QCOW_MAGIC = Uint8Array.of(0x51, 0x46, 0x49, 0xfb); // "QFI\xfb"
 
 export type SniffResult = { format: ImageFormat } | { foreign: string };
 
 /** Classifies the first bytes of a file (at least DETECT_BYTES, or the whole file if shorter). */
 export function sniffImageFormat(head: Uint8Array): SniffResult {
-  if (startsWith(head, 0, QCOW_MAGIC)) return { format: 'qcow2' };
+  if (startsWith(head, 0, QCOW2_MAGIC_BYTES)) return { format: 'qcow2' };
   for (const magic of foreignMagics) {
     if (startsWith(head, magic.offset, magic.bytes)) return { foreign: magic.name };
   }

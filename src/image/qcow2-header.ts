@@ -1,4 +1,5 @@
 import { BlockrepError } from '../shared/blockrep-error.js';
+import { QCOW2_MAGIC, QCOW2_MAX_CLUSTER_BITS, QCOW2_MAX_L1_BYTES, QCOW2_MIN_CLUSTER_BITS } from './qcow2-limits.js';
 
 /**
  * The qcow2 header and its extensions (QEMU docs/interop/qcow2.txt, "Header" and "Header
@@ -29,17 +30,12 @@ import { BlockrepError } from '../shared/blockrep-error.js';
  * | 104    | 1    | compression_type         | v3 when header_length > 104            |
  */
 
-export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
 export const QCOW2_V2_HEADER_BYTES = 72;
 export const QCOW2_V3_MIN_HEADER_BYTES = 104;
-export const QCOW2_MIN_CLUSTER_BITS = 9;
-/** QEMU's implementation limit (2 MiB clusters); larger ones are valid qcow2 but refused. */
-export const QCOW2_MAX_CLUSTER_BITS = 21;
 /** Extended L2 entries need at least 16 KiB clusters (32 subclusters of 512 bytes). */
 export const QCOW2_MIN_EXTENDED_L2_CLUSTER_BITS = 14;
 export const QCOW2_MAX_BACKING_NAME_BYTES = 1023;
-/** QEMU refuses L1 tables over 32 MiB; so do we, which also bounds what a header can make us allocate. */
-export const QCOW2_MAX_L1_ENTRIES = (32 * 1024 * 1024) / 8;
+export const QCOW2_MAX_L1_ENTRIES = QCOW2_MAX_L1_BYTES / 8;
 /** QEMU stores the backing format in a 16-byte buffer including its terminator. */
 const MAX_BACKING_FORMAT_BYTES = 15;
 const FEATURE_NAME_ENTRY_BYTES = 48;

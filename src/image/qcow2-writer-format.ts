@@ -29,23 +29,15 @@
  * | 105    | 7    | padding                  | 0                                      |
  */
 import { BlockrepError } from '../shared/blockrep-error.js';
+import { QCOW2_MAGIC, QCOW2_MAX_CLUSTER_SIZE, QCOW2_MAX_HOST_OFFSET, QCOW2_MAX_L1_BYTES, QCOW2_MIN_CLUSTER_SIZE, QCOW2_OFLAG_COPIED } from './qcow2-limits.js';
 
-export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
+
 export const QCOW2_VERSION = 3;
 export const QCOW2_HEADER_BYTES = 112;
 export const QCOW2_REFCOUNT_ORDER = 4;
 export const QCOW2_REFCOUNT_ENTRY_BYTES = 2; // 1 << refcount_order bits
-/** L1/L2 entry bit 63: the cluster's refcount is exactly one. */
-export const QCOW2_OFLAG_COPIED = 1n << 63n;
-export const QCOW2_MIN_CLUSTER_SIZE = 512;
-/** QEMU refuses larger clusters (implementation limit). */
-export const QCOW2_MAX_CLUSTER_SIZE = 2 * 1024 * 1024;
-/** QEMU refuses larger L1 tables (QCOW_MAX_L1_SIZE). */
-export const QCOW2_MAX_L1_BYTES = 32 * 1024 * 1024;
 /** QEMU refuses larger refcount tables (QCOW_MAX_REFTABLE_SIZE). */
 export const QCOW2_MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
-/** Host offsets live in bits 9–55 of L1/L2 entries. */
-export const QCOW2_MAX_HOST_OFFSET = 2 ** 56;
 
 export interface Qcow2HeaderFields {
   clusterBits: number;

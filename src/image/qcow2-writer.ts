@@ -4,11 +4,7 @@ import { dirname } from 'node:path';
 import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
 import {
   QCOW2_HEADER_BYTES,
-  QCOW2_MAX_CLUSTER_SIZE,
-  QCOW2_MAX_HOST_OFFSET,
-  QCOW2_MAX_L1_BYTES,
   QCOW2_MAX_REFTABLE_BYTES,
-  QCOW2_MIN_CLUSTER_SIZE,
   QCOW2_REFCOUNT_ENTRY_BYTES,
   encodeQcow2Header,
   encodeTableEntry,
@@ -16,6 +12,7 @@ import {
   l1EntriesFor,
   refcountLayout,
 } from './qcow2-writer-format.js';
+import { QCOW2_MAX_CLUSTER_SIZE, QCOW2_MAX_HOST_OFFSET, QCOW2_MAX_L1_BYTES, QCOW2_MIN_CLUSTER_SIZE } from './qcow2-limits.js';
 
 export interface Qcow2WriterOptions {
   /** Power of two from 512 B to 2 MiB; default 64 KiB (QEMU's default). */

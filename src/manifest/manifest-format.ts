@@ -1,3 +1,4 @@
+import { isValidBlockSize } from '../shared/block-size.js';
 import { z } from 'zod';
 import { BlockrepError } from '../shared/blockrep-error.js';
 
@@ -139,7 +140,7 @@ export function decodeHeader(buf: Buffer, where: string): ManifestHeader {
   const blockSize = buf.readUInt32BE(12);
   const imageBytes = safeU64(buf, 16, 'image size', where);
   const blockCount = safeU64(buf, 24, 'block count', where);
-  if (blockSize < 512 || (blockSize & (blockSize - 1)) !== 0) throw new BlockrepError('REPO_CORRUPT', `${where}: invalid block size ${blockSize}`);
+  if (!isValidBlockSize(blockSize)) throw new BlockrepError('REPO_CORRUPT', `${where}: invalid block size ${blockSize}`);
   if (blockCount !== blockCountFor(imageBytes, blockSize)) throw new BlockrepError('REPO_CORRUPT', `${where}: block count does not match the image size`);
   const metaLength = buf.readUInt32BE(64);
   if (FIXED_HEADER_BYTES + metaLength > headerBytes) throw new BlockrepError('REPO_CORRUPT', `${where}: meta overruns the header`);

@@ -1,8 +1,5 @@
 import { BlockrepError } from '../shared/blockrep-error.js';
-
-/** Block sizes the manifest format and the repository accept: powers of two, 4 KiB to 16 MiB. */
-export const MIN_BLOCK_SIZE = 4 * 1024;
-export const MAX_BLOCK_SIZE = 16 * 1024 * 1024;
+import { checkBlockSize } from '../shared/block-size.js';
 
 /**
  * How an image of `virtualSize` bytes is cut into fixed-size blocks. Every block is
@@ -35,19 +32,5 @@ export class ScanGeometry {
   /** Length of the last block, or 0 for an empty image. */
   get lastBlockLength(): number {
     return this.blockCount === 0 ? 0 : this.blockLength(this.blockCount - 1);
-  }
-}
-
-export function checkBlockSize(blockSize: number): void {
-  const ok =
-    Number.isSafeInteger(blockSize) &&
-    blockSize >= MIN_BLOCK_SIZE &&
-    blockSize <= MAX_BLOCK_SIZE &&
-    (blockSize & (blockSize - 1)) === 0;
-  if (!ok) {
-    throw new BlockrepError(
-      'INVALID_SIZE',
-      `block size ${blockSize} is not a power of two between ${MIN_BLOCK_SIZE} and ${MAX_BLOCK_SIZE} bytes`,
-    );
   }
 }

@@ -1,5 +1,5 @@
 import { BlockrepError } from '../shared/blockrep-error.js';
-import { MAX_BLOCK_SIZE } from './scan-geometry.js';
+import { MAX_BLOCK_SIZE } from '../shared/block-size.js';
 import { Xxh64Wasm } from './xxh64-wasm.js';
 
 const cache = new Map<number, Promise<bigint>>();

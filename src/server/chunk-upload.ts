@@ -1,3 +1,4 @@
+import { MAX_BLOCK_SIZE } from '../shared/block-size.js';
 import zstd from 'zstd-napi/binding.js';
 import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk } from '../chunk/chunk-codec.js';
 import type { Repository } from '../repository/repository.js';
@@ -6,8 +7,8 @@ import type { ByteBudget } from './byte-budget.js';
 import { readBody } from './http-io.js';
 import type { RequestContext } from './request-context.js';
 
-/** The largest block a backup makes (MAX_BLOCK_SIZE of app/backup-image.ts). */
-export const MAX_CHUNK_RAW_BYTES = 16 * 1024 * 1024;
+/** A chunk holds one block: never more than the largest block size. */
+export const MAX_CHUNK_RAW_BYTES = MAX_BLOCK_SIZE;
 /** A chunk blob: its header and at most the raw block (incompressible blocks are stored). */
 export const MAX_CHUNK_BLOB_BYTES = CHUNK_HEADER_BYTES + MAX_CHUNK_RAW_BYTES;
 

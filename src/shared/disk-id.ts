@@ -19,6 +19,12 @@ export function diskIdProblem(id: string): string | undefined {
   return undefined;
 }
 
+/** A VM name is the first segment of its disks' ids: one segment, no "/". */
+export function vmNameProblem(name: string): string | undefined {
+  if (name.includes('/')) return 'it may not contain "/"';
+  return diskIdProblem(name);
+}
+
 export function assertDiskId(id: string): string {
   const problem = diskIdProblem(id);
   if (problem !== undefined) {

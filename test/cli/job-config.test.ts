@@ -2,7 +2,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadJobConfig } from '../../src/app/job-config.js';
+import { loadJobConfig } from '../../src/config/job-config.js';
 import { isBlockrepError } from '../../src/shared/blockrep-error.js';
 import { createToken } from '../../src/server/tokens-file.js';
 import { startServer } from '../support/blockrep-server.js';

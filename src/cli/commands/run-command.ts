@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { RunEvent, RunReport } from '../../app/run-jobs.js';
+import type { RunEvent, RunReport } from '../../jobs/run-report.js';
 import { BlockrepError, toBlockrepError, type ErrorCode } from '../../shared/blockrep-error.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
@@ -39,7 +39,7 @@ export function registerRun(program: Command): void {
         try {
           const parallel = opts.parallel === undefined ? undefined : parseIntOption(opts.parallel, '--parallel', 1, 16);
           // Loaded only for a run (YAML parser, hypervisor code): other commands start faster.
-          const [{ loadJobConfig }, { runJobs }] = await Promise.all([import('../../app/job-config.js'), import('../../app/run-jobs.js')]);
+          const [{ loadJobConfig }, { runJobs }] = await Promise.all([import('../../config/job-config.js'), import('../../jobs/run-jobs.js')]);
           const config = await loadJobConfig(opts.config);
           const report = await runJobs(config, {
             signal: ctx.signal,

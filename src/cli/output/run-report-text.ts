@@ -1,4 +1,4 @@
-import type { RunReport, VmRunReport } from '../../app/run-jobs.js';
+import type { RunReport, VmRunReport } from '../../jobs/run-report.js';
 import { formatBytes } from '../../shared/size.js';
 import { pruneSummary } from './run-report-prune.js';
 

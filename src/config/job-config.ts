@@ -4,10 +4,10 @@ import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import type { ImageFormat } from '../image/image-reader.js';
 import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
-import { defaultDiskIdForImage, diskIdProblem } from '../shared/disk-id.js';
+import { defaultDiskIdForImage, diskIdProblem, vmNameProblem } from '../shared/disk-id.js';
 import { parseSize } from '../shared/size.js';
 import { TOKEN_PATTERN } from '../backend/http/http-protocol.js';
-import { checkBlockSize } from './backup-image.js';
+import { checkBlockSize } from '../shared/block-size.js';
 import { describeValue, didYouMean, formatConfigPath, formatIssue, locate, type ConfigIssue, type ConfigPath } from './config-issues.js';
 import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/retention-policy.js';
 
@@ -311,7 +311,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
   const names = new Map<string, number>();
   const vms: VmJob[] = raw.vms.map((v, index) => {
     const namePath = ['vms', index, 'name'];
-    if (!/^[A-Za-z0-9._-]+$/.test(v.name) || v.name === '.' || v.name === '..') {
+    if (vmNameProblem(v.name) !== undefined) {
       problem(namePath, `the VM name ${JSON.stringify(v.name)} cannot be the first part of a disk id: use letters, digits, ".", "_", "-" — write e.g. name: web01`);
     }
     const twin = names.get(v.name);

@@ -1,0 +1,153 @@
+import { stat } from 'node:fs/promises';
+import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
+import { QmpClient } from '../hypervisor/qmp-client.js';
+import { listVmDisks } from '../hypervisor/vm-disks.js';
+import { openImage } from '../image/open-image.js';
+import type { Repository } from '../repository/repository.js';
+import { BlockrepError, isBlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
+import { selectDisks } from '../app/backup-vm.js';
+import type { ImageVmJob, LiveVmJob } from '../config/job-config.js';
+import type { CheckReport } from './run-report.js';
+
+/**
+ * `blockrep run --dry-run`: the questions a run would ask, asked read-only — sockets, monitor,
+ * disks, agent, images, repository access. Nothing is frozen, locked or written.
+ */
+
+export interface CheckTimeouts {
+  qmpGreetingMs?: number;
+  agentSyncMs?: number;
+}
+
+/** The socket must be there and be a socket; said with where it is configured. */
+export async function checkSocket(path: string, where: string, code: ErrorCode, what: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await stat(path)).isSocket();
+  } catch (err) {
+    if (systemErrorCode(err) === 'ENOENT') {
+      throw new BlockrepError(code, `${where}: no ${what} socket at ${path}: the VM is not running, or QEMU listens elsewhere`, { details: { socket: path } });
+    }
+    throw new BlockrepError(code, `${where}: cannot reach ${path}: ${wrapSystemError(err, 'stat').message}`, { cause: err, details: { socket: path } });
+  }
+  if (!isSocket) throw new BlockrepError(code, `${where}: ${path} is not a socket`, { details: { socket: path } });
+}
+
+/** Dry run of a live VM: every question asked read-only; nothing is frozen, locked or written. */
+export async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, options: { signal?: AbortSignal; timeouts?: CheckTimeouts }): Promise<CheckReport[]> {
+  const checks: CheckReport[] = [];
+  const fail = (check: CheckReport['check'], err: unknown): CheckReport[] => {
+    const e = toBlockrepError(err, options.signal?.aborted);
+    checks.push({ check, status: 'failed', code: e.code, message: e.message });
+    return checks;
+  };
+  try {
+    await checkSocket(vm.qmpSocket, vm.where('qmp'), 'QMP_UNAVAILABLE', 'QMP');
+    checks.push({ check: 'qmp-socket', status: 'ok', message: `${vm.qmpSocket} is a socket` });
+  } catch (err) {
+    return fail('qmp-socket', err);
+  }
+  let qmp: QmpClient;
+  try {
+    qmp = await QmpClient.connect(vm.qmpSocket, options.timeouts?.qmpGreetingMs !== undefined ? { greetingTimeoutMs: options.timeouts.qmpGreetingMs } : {});
+    const v = qmp.greeting.QMP.version.qemu;
+    checks.push({ check: 'qmp', status: 'ok', message: `QEMU ${v.major}.${v.minor}.${v.micro} answers on its monitor` });
+  } catch (err) {
+    return fail('qmp', err);
+  }
+  try {
+    let diskIds: string[];
+    try {
+      const { disks } = await listVmDisks(qmp);
+      // The same choice the backup makes (backup-vm.ts), so a dry run cannot disagree with it.
+      try {
+        diskIds = selectDisks(disks, vm.name, vm.disks).map((d) => `${vm.name}/${d.id}`);
+      } catch (err) {
+        if (vm.disks === undefined || !isBlockrepError(err) || err.code !== 'USAGE') throw err;
+        throw new BlockrepError('USAGE', `${vm.where('disks')}: ${err.message}`, { cause: err });
+      }
+      checks.push({ check: 'disks', status: 'ok', message: `will back up ${diskIds.join(', ')}` });
+    } catch (err) {
+      return fail('disks', err);
+    }
+    if (vm.quiesce !== 'off') {
+      try {
+        const agent = await openGuestAgent(qmp, vm.qgaSocket, options.timeouts?.agentSyncMs !== undefined ? { syncTimeoutMs: options.timeouts.agentSyncMs } : {});
+        try {
+          await agent.ping();
+          const state = await agent.status();
+          if (state === 'frozen') {
+            checks.push({ check: 'agent', status: 'failed', code: 'RECOVERY_NEEDED', message: `the guest is frozen now; run: blockrep recover --qmp ${vm.qmpSocket}` });
+          } else {
+            checks.push({ check: 'agent', status: 'ok', message: 'the guest agent answers guest-ping; the guest is thawed' });
+          }
+        } finally {
+          await agent.close();
+        }
+      } catch (err) {
+        const e = toBlockrepError(err);
+        checks.push(
+          vm.quiesce === 'require'
+            ? { check: 'agent', status: 'failed', code: e.code, message: e.message }
+            : { check: 'agent', status: 'warning', code: e.code, message: `${e.message}; the backup will be crash-consistent only (quiesce: require makes this an error)` },
+        );
+      }
+    }
+    await checkRepositoryAccess(repo, diskIds, checks);
+  } finally {
+    await qmp.close();
+  }
+  return checks;
+}
+
+export async function checkImageVm(repo: Repository | undefined, vm: ImageVmJob): Promise<CheckReport[]> {
+  const checks: CheckReport[] = [];
+  for (const img of vm.images) {
+    try {
+      const reader = await openImage({ path: img.path, ...(img.format ? { format: img.format } : {}) });
+      try {
+        checks.push({ check: 'image', status: 'ok', message: `${img.path}: ${reader.format}, ${reader.virtualSize} bytes, readable (disk ${img.diskId})` });
+      } finally {
+        await reader.close();
+      }
+    } catch (err) {
+      const e = toBlockrepError(err);
+      checks.push({ check: 'image', status: 'failed', code: e.code, message: `${img.where}: ${e.message}` });
+    }
+  }
+  await checkRepositoryAccess(
+    repo,
+    vm.images.map((i) => i.diskId),
+    checks,
+  );
+  return checks;
+}
+
+/** Reads each disk's latest version: the token may read them (writing is not tried). */
+async function checkRepositoryAccess(repo: Repository | undefined, diskIds: string[], checks: CheckReport[]): Promise<void> {
+  if (!repo) return;
+  for (const disk of diskIds) {
+    try {
+      const latest = await repo.latestVersion(disk);
+      checks.push({ check: 'repository-access', status: 'ok', message: latest === undefined ? `${disk}: no version yet (the first backup is a full one)` : `${disk}: latest version ${latest}` });
+    } catch (err) {
+      const e = toBlockrepError(err);
+      checks.push({ check: 'repository-access', status: 'failed', code: e.code, message: `${disk}: ${e.message}` });
+    }
+  }
+}
+
+/** A local repository folder that a run could create: it or its nearest existing parent is a folder. */
+export async function creatable(path: string): Promise<boolean> {
+  let p = path;
+  for (let i = 0; i < 64; i++) {
+    try {
+      return (await stat(p)).isDirectory();
+    } catch {
+      const parent = p.replace(/\/[^/]*\/?$/, '') || '/';
+      if (parent === p) return false;
+      p = parent;
+    }
+  }
+  return false;
+}

@@ -1,0 +1,88 @@
+import type { ErrorCode } from '../shared/blockrep-error.js';
+import type { DiskBackupReport } from '../app/backup-image.js';
+import type { PruneReport } from '../app/prune-versions.js';
+
+/** What `blockrep run` reports: the events it emits while it runs, and the result. Data only. */
+
+export type EventLevel = 'info' | 'warn' | 'error';
+
+export interface RunEvent {
+  /** Milliseconds since the epoch. */
+  at: number;
+  level: EventLevel;
+  event: 'run-start' | 'run-done' | 'run-failed' | 'repository' | 'vm-start' | 'vm-done' | 'vm-failed' | 'vm-skipped' | 'disk-done' | 'disk-failed' | 'warning' | 'prune-done' | 'prune-failed' | 'check';
+  message: string;
+  vm?: string;
+  disk?: string;
+  code?: ErrorCode;
+  /** Figures for machines: bytes, blocks, milliseconds. Never secrets. */
+  data?: Record<string, unknown>;
+}
+
+export interface OkDiskReport extends DiskBackupReport {
+  status: 'ok';
+  /** Live disks: snapshot → back on its own image. */
+  overlayMs?: number;
+}
+
+export interface FailedDiskReport {
+  status: 'failed';
+  disk: string;
+  path: string;
+  code: ErrorCode;
+  message: string;
+}
+
+export type DiskRunReport = OkDiskReport | FailedDiskReport;
+
+export interface CheckReport {
+  check: 'qmp-socket' | 'qmp' | 'disks' | 'agent' | 'image' | 'repository-access';
+  status: 'ok' | 'warning' | 'failed';
+  message: string;
+  code?: ErrorCode;
+}
+
+export interface RetentionRunReport {
+  status: 'ok' | 'failed';
+  disks: string[];
+  report?: PruneReport;
+  code?: ErrorCode;
+  message?: string;
+}
+
+export type VmStatus = 'ok' | 'failed' | 'not-started';
+
+export interface VmRunReport {
+  vm: string;
+  kind: 'live' | 'image';
+  status: VmStatus;
+  /** Where the VM is in the config (`FILE:LINE:COL vms[i]`). */
+  where: string;
+  /** The VM's failure: its own error, or its first disk's, or its retention's. */
+  code?: ErrorCode;
+  message?: string;
+  startedAt?: string;
+  durationMs: number;
+  quiesced?: boolean;
+  frozenMs?: number;
+  snapshot?: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined };
+  disks: DiskRunReport[];
+  skippedDisks?: Array<{ id: string; reason: string }>;
+  warnings: string[];
+  retention?: RetentionRunReport;
+  /** --dry-run: what was checked. */
+  checks?: CheckReport[];
+}
+
+export interface RunReport {
+  ok: boolean;
+  dryRun: boolean;
+  interrupted: boolean;
+  config: string;
+  startedAt: string;
+  durationMs: number;
+  parallel: number;
+  repository: { location: string; status: 'ok' | 'failed'; code?: ErrorCode; message?: string; note?: string };
+  vms: VmRunReport[];
+  summary: { vms: number; ok: number; failed: number; notStarted: number; disks: number; changedBlocks: number; bytesSent: number };
+}
