@@ -31,7 +31,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -143,7 +143,12 @@ function sh(cmd, args, opts = {}) {
 }
 const nsx = (ns, cmd, args, opts) => sh('ip', ['netns', 'exec', ns, cmd, ...args], opts);
 
-/** Starts a long-running process; resolves once `readyLine` appears on its stdout (bounded). */
+/**
+ * Starts a long-running process; resolves once `readyLine` appears on its stdout (bounded).
+ * @param {string} name
+ * @param {string[]} argv
+ * @param {{ env?: NodeJS.ProcessEnv, readyLine?: string, stderrFile?: string, timeoutMs?: number }} [options]
+ */
 function startProcess(name, argv, { env, readyLine, stderrFile, timeoutMs = 20_000 } = {}) {
   const errFd = stderrFile ? openSync(stderrFile, 'a') : 'ignore';
   const child = spawn(argv[0], argv.slice(1), { env: env ?? process.env, stdio: ['ignore', readyLine ? 'pipe' : 'ignore', errFd] });
@@ -492,6 +497,10 @@ function timeline(samples) {
 }
 
 /** Runs a client in the client namespace, sampling the veth; counters and CPU around it. */
+/**
+ * @param {string[]} argv
+ * @param {{ env?: NodeJS.ProcessEnv, timeoutMs: number, serverPid?: number, serverCpuChildren?: boolean, anchorPid?: number }} options
+ */
 async function measured(argv, { env, timeoutMs, serverPid, serverCpuChildren = false, anchorPid }) {
   sh('sync', []);
   const samples = [];

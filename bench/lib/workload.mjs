@@ -75,7 +75,11 @@ export function changeImage(path, size, seed, percent = 1) {
   return written;
 }
 
-/** Runs the blockrep CLI with `--json`; returns its wall time, exit status and parsed report. */
+/**
+ * Runs the blockrep CLI with `--json`; returns its wall time, exit status and parsed report.
+ * @param {string[]} args
+ * @param {{ allowFailure?: boolean, env?: NodeJS.ProcessEnv }} [options]
+ */
 export function blockrep(args, { allowFailure = false, env } = {}) {
   const t = process.hrtime.bigint();
   const r = spawnSync(process.execPath, [join(repoRoot, 'bin/blockrep.js'), ...args, '--json'], {

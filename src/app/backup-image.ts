@@ -1,14 +1,8 @@
-import { openImage } from '../image/open-image.js';
-import type { ImageFormat } from '../image/image-reader.js';
-import { ManifestWriter } from '../manifest/manifest-writer.js';
-import { idHex, isZeroId, ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader } from '../manifest/manifest-reader.js';
-import type { Repository } from '../repository/repository.js';
-import { scanImage } from '../scan/scan-image.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
-import { checkBlockSize } from '../shared/block-size.js';
-import { assertDiskId } from '../shared/disk-id.js';
-import { TaskPool } from '../shared/task-pool.js';
-import { newVersionId } from '../shared/version-id.js';
+import { openImage, type ImageFormat } from '../image/index.js';
+import { ManifestWriter, idHex, isZeroId, ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader } from '../manifest/index.js';
+import type { Repository } from '../repository/index.js';
+import { scanImage } from '../scan/index.js';
+import { BlockrepError, checkBlockSize, assertDiskId, TaskPool, newVersionId } from '../shared/index.js';
 import { ChunkUploader, type UploadTotals } from './chunk-uploader.js';
 import type { ProgressListener } from './progress.js';
 

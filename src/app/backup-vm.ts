@@ -1,16 +1,7 @@
 import { z } from 'zod';
-import { commitOverlay, queryJobs, type CommitResult } from '../hypervisor/block-commit.js';
-import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
-import type { GuestAgentClient } from '../hypervisor/guest-agent-client.js';
-import { planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget } from '../hypervisor/live-snapshot.js';
-import { isCommitJob, isOverlayFile, isOverlayNode } from '../hypervisor/overlay-names.js';
-import { QmpClient } from '../hypervisor/qmp-client.js';
-import { listVmDisks, type VmDisk } from '../hypervisor/vm-disks.js';
-import { VmLock } from '../hypervisor/vm-lock.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError, type ErrorCode } from '../shared/blockrep-error.js';
-import { assertDiskId, vmNameProblem } from '../shared/disk-id.js';
-import { checkBlockSize } from '../shared/block-size.js';
+import { commitOverlay, queryJobs, type CommitResult, openGuestAgent, type GuestAgentClient, planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget, isCommitJob, isOverlayFile, isOverlayNode, QmpClient, listVmDisks, type VmDisk, VmLock } from '../hypervisor/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, isBlockrepError, type ErrorCode, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
 import { backupImage, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
 
 /**

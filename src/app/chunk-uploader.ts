@@ -1,8 +1,6 @@
-import { unpackChunk, type EncodedChunk } from '../chunk/chunk-codec.js';
-import { DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../chunk/chunk-patch.js';
-import type { Repository } from '../repository/repository.js';
-import { isBlockrepError } from '../shared/blockrep-error.js';
-import type { TaskPool } from '../shared/task-pool.js';
+import { unpackChunk, type EncodedChunk, DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../chunk/index.js';
+import type { Repository } from '../repository/index.js';
+import { isBlockrepError, type TaskPool } from '../shared/index.js';
 
 export interface UploadTotals {
   bytesSent: number;

@@ -1,7 +1,6 @@
-import { isZeroId } from '../manifest/manifest-reader.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
-import { TaskPool } from '../shared/task-pool.js';
+import { isZeroId } from '../manifest/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, isBlockrepError, TaskPool } from '../shared/index.js';
 
 /** Like Proxmox Backup Server: a day and five minutes, so a day-long backup's chunks are safe. */
 export const DEFAULT_GC_GRACE_MS = (24 * 60 + 5) * 60_000;

@@ -1,6 +1,5 @@
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
-import { assertDiskId } from '../shared/disk-id.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, isBlockrepError, assertDiskId } from '../shared/index.js';
 
 export interface VersionSummary {
   version: string;

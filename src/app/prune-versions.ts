@@ -1,8 +1,5 @@
-import type { Repository } from '../repository/repository.js';
-import { parseRetentionPolicy, selectVersionsToKeep, type KeepReason, type RetentionPolicy } from '../repository/retention-policy.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
-import { assertDiskId } from '../shared/disk-id.js';
-import { versionIdTime } from '../shared/version-id.js';
+import { type Repository, parseRetentionPolicy, selectVersionsToKeep, type KeepReason, type RetentionPolicy } from '../repository/index.js';
+import { BlockrepError, isBlockrepError, assertDiskId, versionIdTime } from '../shared/index.js';
 
 export interface PruneOptions {
   /** Only these disks (default: every disk of the repository). */

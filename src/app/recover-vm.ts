@@ -1,9 +1,5 @@
-import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
-import type { GuestAgentClient } from '../hypervisor/guest-agent-client.js';
-import { QmpClient } from '../hypervisor/qmp-client.js';
-import { recoverVmState, type RecoveryReport } from '../hypervisor/vm-recovery.js';
-import { VmLock } from '../hypervisor/vm-lock.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { openGuestAgent, type GuestAgentClient, QmpClient, recoverVmState, type RecoveryReport, VmLock } from '../hypervisor/index.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { recoveryCommand } from './backup-vm.js';
 
 /**

@@ -2,12 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { decodeChunk } from '../chunk/chunk-codec.js';
-import { Qcow2Writer } from '../image/qcow2-writer.js';
-import { idHex, isZeroId } from '../manifest/manifest-reader.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, systemErrorCode, wrapSystemError } from '../shared/blockrep-error.js';
-import { assertDiskId } from '../shared/disk-id.js';
+import { decodeChunk } from '../chunk/index.js';
+import { Qcow2Writer } from '../image/index.js';
+import { idHex, isZeroId } from '../manifest/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, systemErrorCode, wrapSystemError, assertDiskId } from '../shared/index.js';
 import type { ProgressListener } from './progress.js';
 
 export interface RestoreRequest {

@@ -1,9 +1,7 @@
-import { decodeChunk } from '../chunk/chunk-codec.js';
-import { idHex, isZeroId } from '../manifest/manifest-reader.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
-import { assertDiskId } from '../shared/disk-id.js';
-import { TaskPool } from '../shared/task-pool.js';
+import { decodeChunk } from '../chunk/index.js';
+import { idHex, isZeroId } from '../manifest/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, isBlockrepError, assertDiskId, TaskPool } from '../shared/index.js';
 import type { ProgressListener } from './progress.js';
 
 export interface VerifyRequest {

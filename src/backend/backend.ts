@@ -7,7 +7,7 @@ export function contentTag(data: Uint8Array): string {
 
 /**
  * Storage of named byte objects: all the repository needs from a place that keeps its data
- * (a local directory now; a `blockrep serve` over HTTP later). Keys are `/`-separated relative
+ * (a local directory, a `blockrep serve` over HTTP). Keys are `/`-separated relative
  * names made by the repository layer (`chunks/ab/ab12…`, `disks/vm%2Fvda/….manifest`); a
  * backend never interprets them beyond that.
  */

@@ -1,4 +1,4 @@
-import { RateLimiter, throttle } from '../shared/rate-limiter.js';
+import { RateLimiter, throttle } from '../shared/index.js';
 import type { Backend, BackendObject, SizesOptions, WriteOptions } from './backend.js';
 
 /**

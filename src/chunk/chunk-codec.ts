@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { compress, decompress } from 'zstd-napi';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 
 /**
  * A chunk is the content of one block, named by the SHA-256 of its uncompressed bytes and

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { decodeChunk, encodeChunk } from './chunk-codec.js';
 
 /**

@@ -1,5 +1,5 @@
-import type { Progress } from '../app/progress.js';
-import { BlockrepError, toBlockrepError } from '../shared/blockrep-error.js';
+import type { Progress } from '../app/index.js';
+import { BlockrepError, toBlockrepError } from '../shared/index.js';
 import { EXIT_OK, exitCodeFor } from './exit-codes.js';
 import { ProgressDisplay } from './output/progress-display.js';
 

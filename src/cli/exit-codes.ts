@@ -1,4 +1,4 @@
-import type { ErrorCode } from '../shared/blockrep-error.js';
+import type { ErrorCode } from '../shared/index.js';
 
 /**
  * The one table from error codes to exit codes (documented in `blockrep --help`).
@@ -21,7 +21,7 @@ export const EXIT_UNAVAILABLE = 12;
 export const EXIT_PARTIAL_FAILURE = 13;
 export const EXIT_INTERRUPTED = 130;
 
-const table: Partial<Record<ErrorCode, number>> = {
+const table = {
   USAGE: EXIT_USAGE,
   CONFIG_INVALID: EXIT_USAGE,
   PARTIAL_FAILURE: EXIT_PARTIAL_FAILURE,
@@ -58,10 +58,23 @@ const table: Partial<Record<ErrorCode, number>> = {
   COMMIT_FAILED: EXIT_VM_NEEDS_RECOVERY,
   RECOVERY_NEEDED: EXIT_VM_NEEDS_RECOVERY,
   INTERRUPTED: EXIT_INTERRUPTED,
-};
+  // The rest: a plain failure (the message and the code say which).
+  REPO_FORMAT: EXIT_FAILURE,
+  RESTORE_TARGET: EXIT_FAILURE,
+  NOT_FOUND: EXIT_FAILURE,
+  EXISTS: EXIT_FAILURE,
+  CHANGED: EXIT_FAILURE,
+  IO: EXIT_FAILURE,
+  METHOD_NOT_ALLOWED: EXIT_FAILURE,
+  TOO_LARGE: EXIT_FAILURE,
+  BAD_REQUEST: EXIT_FAILURE,
+  QMP_ERROR: EXIT_FAILURE,
+  AGENT_ERROR: EXIT_FAILURE,
+  INTERNAL: EXIT_FAILURE,
+} as const satisfies Record<ErrorCode, number>;
 
 export function exitCodeFor(code: ErrorCode): number {
-  return table[code] ?? EXIT_FAILURE;
+  return table[code];
 }
 
 export const exitCodeHelp = `

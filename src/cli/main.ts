@@ -1,6 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { createRequire } from 'node:module';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { registerBackup } from './commands/backup-command.js';
 import { registerGc } from './commands/gc-command.js';
 import { registerList } from './commands/list-command.js';

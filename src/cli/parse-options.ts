@@ -1,4 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 
 export function parseIntOption(text: string, name: string, min: number, max: number): number {
   const n = Number(text);

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
-import type { OpenRepositoryOptions } from '../repository/open-repository.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
-import { parseSize } from '../shared/size.js';
+import type { OpenRepositoryOptions } from '../repository/index.js';
+import { BlockrepError, parseSize } from '../shared/index.js';
 
 /** The options every command that reaches a repository takes, in one place. */
 export interface RepositoryCliOptions {

@@ -2,14 +2,11 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
-import type { ImageFormat } from '../image/image-reader.js';
-import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
-import { defaultDiskIdForImage, diskIdProblem, vmNameProblem } from '../shared/disk-id.js';
-import { parseSize } from '../shared/size.js';
-import { TOKEN_PATTERN } from '../backend/http/http-protocol.js';
-import { checkBlockSize } from '../shared/block-size.js';
+import type { ImageFormat } from '../image/index.js';
+import { BlockrepError, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize } from '../shared/index.js';
+import { TOKEN_PATTERN } from '../protocol/index.js';
 import { describeValue, didYouMean, formatConfigPath, formatIssue, locate, type ConfigIssue, type ConfigPath } from './config-issues.js';
-import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/retention-policy.js';
+import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/index.js';
 
 /**
  * The job configuration of `blockrep run`: one repository, defaults, and the VMs to back up

@@ -1,6 +1,6 @@
 import { unlink } from 'node:fs/promises';
 import { z } from 'zod';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { commitJobFor } from './overlay-names.js';
 import type { QmpClient } from './qmp-client.js';
 import { listNamedNodes, queryBlockSchema } from './vm-disks.js';

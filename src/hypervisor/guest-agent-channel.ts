@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import { z } from 'zod';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { GuestAgentClient, type GuestAgentOptions } from './guest-agent-client.js';
 import type { QmpClient } from './qmp-client.js';
 

@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { z } from 'zod';
-import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { BlockrepError, systemErrorCode } from '../shared/index.js';
 import { parseJsonObject } from './json-line-reader.js';
 
 /**

@@ -1,6 +1,6 @@
 import { stat, unlink } from 'node:fs/promises';
 import { z } from 'zod';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { commitOverlay, type CommitTarget } from './block-commit.js';
 import type { GuestAgentClient } from './guest-agent-client.js';
 import { isOverlayFile, isOverlayNode, overlayFileFor, overlayNodeFor } from './overlay-names.js';

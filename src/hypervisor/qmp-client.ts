@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import { z } from 'zod';
-import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { BlockrepError, systemErrorCode } from '../shared/index.js';
 import { JsonLineReader, parseJsonObject } from './json-line-reader.js';
 
 /**

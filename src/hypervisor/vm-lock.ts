@@ -1,6 +1,5 @@
 import { open, readFile, unlink } from 'node:fs/promises';
-import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
-import { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
+import { BlockrepError, wrapSystemError, currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/index.js';
 
 /**
  * One blockrep run per VM at a time: a lock file next to the VM's QMP socket

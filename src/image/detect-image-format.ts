@@ -1,4 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { QCOW2_MAGIC_BYTES } from './qcow2-limits.js';
 import type { ImageFile } from './image-file.js';
 import type { ImageFormat } from './image-reader.js';

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { BlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { BlockrepError, systemErrorCode } from '../shared/index.js';
 import { loadSeekAddon, type SeekAddon } from './native-seek.js';
 
 export interface ImageFileOptions {

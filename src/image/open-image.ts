@@ -1,5 +1,5 @@
 import { realpath } from 'node:fs/promises';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { detectImageFormat } from './detect-image-format.js';
 import { ImageFile } from './image-file.js';
 import type { ImageFormat, ImageReader, ImageSpec } from './image-reader.js';

@@ -1,5 +1,5 @@
 import { endianness } from 'node:os';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import type { ImageFile } from './image-file.js';
 import type { Qcow2Header } from './qcow2-header.js';
 import { Qcow2L2Cache } from './qcow2-l2-cache.js';

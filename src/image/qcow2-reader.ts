@@ -1,4 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import type { ImageFile } from './image-file.js';
 import type { Extent, ImageFormat, ImageReader } from './image-reader.js';
 import { Qcow2ClusterMap, type Qcow2Run } from './qcow2-cluster-map.js';

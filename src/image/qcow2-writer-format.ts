@@ -28,8 +28,8 @@
  * | 104    | 1    | compression_type         | 0 (zlib; no compressed clusters)       |
  * | 105    | 7    | padding                  | 0                                      |
  */
-import { BlockrepError } from '../shared/blockrep-error.js';
-import { QCOW2_MAGIC, QCOW2_MAX_CLUSTER_SIZE, QCOW2_MAX_HOST_OFFSET, QCOW2_MAX_L1_BYTES, QCOW2_MIN_CLUSTER_SIZE, QCOW2_OFLAG_COPIED } from './qcow2-limits.js';
+import { BlockrepError } from '../shared/index.js';
+import { QCOW2_MAGIC, QCOW2_OFLAG_COPIED } from './qcow2-limits.js';
 
 
 export const QCOW2_VERSION = 3;

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
+import { BlockrepError, wrapSystemError } from '../shared/index.js';
 import {
   QCOW2_HEADER_BYTES,
   QCOW2_MAX_REFTABLE_BYTES,

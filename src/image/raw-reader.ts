@@ -1,4 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { ImageFile, type ImageFileOptions } from './image-file.js';
 import type { Extent, ImageFormat, ImageReader } from './image-reader.js';
 import { pushExtent, checkExtentsRange, checkReadRange } from './reader-ranges.js';

@@ -1,4 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import type { Extent } from './image-reader.js';
 
 /**

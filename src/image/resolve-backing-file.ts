@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import type { ImageFormat } from './image-reader.js';
 
 /**

@@ -1,12 +1,10 @@
 import { stat } from 'node:fs/promises';
-import { openGuestAgent } from '../hypervisor/guest-agent-channel.js';
-import { QmpClient } from '../hypervisor/qmp-client.js';
-import { listVmDisks } from '../hypervisor/vm-disks.js';
-import { openImage } from '../image/open-image.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/blockrep-error.js';
-import { selectDisks } from '../app/backup-vm.js';
-import type { ImageVmJob, LiveVmJob } from '../config/job-config.js';
+import { openGuestAgent, QmpClient, listVmDisks } from '../hypervisor/index.js';
+import { openImage } from '../image/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, isBlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/index.js';
+import { selectDisks } from '../app/index.js';
+import type { ImageVmJob, LiveVmJob } from '../config/index.js';
 import type { CheckReport } from './run-report.js';
 
 /**

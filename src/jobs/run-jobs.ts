@@ -1,10 +1,7 @@
-import { openRepository, type OpenRepositoryOptions } from '../repository/open-repository.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, toBlockrepError } from '../shared/blockrep-error.js';
-import { backupImage } from '../app/backup-image.js';
-import { backupVm } from '../app/backup-vm.js';
-import { pruneVersions } from '../app/prune-versions.js';
-import type { ImageVmJob, JobConfig, LiveVmJob, VmJob } from '../config/job-config.js';
+import { openRepository, type OpenRepositoryOptions, type Repository } from '../repository/index.js';
+import { BlockrepError, toBlockrepError } from '../shared/index.js';
+import { backupImage, backupVm, pruneVersions } from '../app/index.js';
+import type { ImageVmJob, JobConfig, LiveVmJob, VmJob } from '../config/index.js';
 import { checkImageVm, checkLiveVm, checkSocket, creatable, type CheckTimeouts } from './dry-run-checks.js';
 import type { FailedDiskReport, OkDiskReport, RunEvent, RunReport, VmRunReport } from './run-report.js';
 

@@ -1,6 +1,5 @@
-import type { ErrorCode } from '../shared/blockrep-error.js';
-import type { DiskBackupReport } from '../app/backup-image.js';
-import type { PruneReport } from '../app/prune-versions.js';
+import type { ErrorCode } from '../shared/index.js';
+import type { DiskBackupReport, PruneReport } from '../app/index.js';
 
 /** What `blockrep run` reports: the events it emits while it runs, and the result. Data only. */
 

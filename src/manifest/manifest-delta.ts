@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import { decodeHeader, ENTRY_BYTES, peekHeaderBytes, type ManifestHeader } from './manifest-format.js';
 import type { ManifestReader } from './manifest-reader.js';
 

@@ -1,6 +1,5 @@
-import { isValidBlockSize } from '../shared/block-size.js';
+import { isValidBlockSize, BlockrepError } from '../shared/index.js';
 import { z } from 'zod';
-import { BlockrepError } from '../shared/blockrep-error.js';
 
 /**
  * The manifest of one version of one disk: which content each block had.

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import type { Backend } from '../backend/backend.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import type { Backend } from '../backend/index.js';
+import { BlockrepError } from '../shared/index.js';
 import { decodeHeader, DIGEST_BYTES, ENTRY_BYTES, manifestBytes, peekHeaderBytes, type ManifestHeader } from './manifest-format.js';
 
 const VERIFY_READ_BYTES = 4 * 1024 * 1024;

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
+import { BlockrepError, wrapSystemError } from '../shared/index.js';
 import { encodeDelta } from './manifest-delta.js';
 import { blockCountFor, encodeHeader, ENTRY_BYTES, type ManifestMeta } from './manifest-format.js';
 

@@ -1,8 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { contentTag, type Backend } from '../backend/backend.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
-import { diskIdToPathComponent } from '../shared/disk-id.js';
-import { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
+import { contentTag, type Backend } from '../backend/index.js';
+import { BlockrepError, isBlockrepError, diskIdToPathComponent, currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/index.js';
 
 /** A holder that stops renewing loses its lock this long after its last renewal. */
 export const DEFAULT_LEASE_MS = 5 * 60_000;

@@ -1,10 +1,8 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import type { Backend } from '../backend/backend.js';
-import { LocalBackend } from '../backend/local/local-backend.js';
-import { ManifestReader } from '../manifest/manifest-reader.js';
-import type { FinishedManifest } from '../manifest/manifest-writer.js';
-import { isBlockrepError } from '../shared/blockrep-error.js';
+import { type Backend, LocalBackend } from '../backend/index.js';
+import { ManifestReader, type FinishedManifest } from '../manifest/index.js';
+import { isBlockrepError } from '../shared/index.js';
 
 const DOWNLOAD_PIECE = 4 * 1024 * 1024;
 /**

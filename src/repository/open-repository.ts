@@ -1,9 +1,6 @@
 import { resolve } from 'node:path';
-import type { Backend } from '../backend/backend.js';
-import { LocalBackend } from '../backend/local/local-backend.js';
-import { RateLimitedBackend } from '../backend/rate-limited-backend.js';
-import { RateLimiter } from '../shared/rate-limiter.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { type Backend, LocalBackend, RateLimitedBackend } from '../backend/index.js';
+import { RateLimiter, BlockrepError } from '../shared/index.js';
 import { Repository } from './repository.js';
 
 export interface OpenRepositoryOptions {
@@ -27,8 +24,8 @@ export async function openRepository(location: string, options: OpenRepositoryOp
   if (/^https?:\/\//i.test(location)) {
     // Loaded only for a server: undici and the HTTP client cost every local run ~0.2 s of start-up.
     const [{ HttpBackend }, { loadAccessToken, readCaFile }] = await Promise.all([
-      import('../backend/http/http-backend.js'),
-      import('../backend/http/http-credentials.js'),
+      import('../backend/http/index.js'),
+      import('../backend/http/index.js'),
     ]);
     const token = await loadAccessToken(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile });
     const ca = options.cacert === undefined ? undefined : await readCaFile(options.cacert);

@@ -1,14 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import type { Backend, ConditionalRemoval, TempSweep } from '../backend/backend.js';
-import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/chunk-codec.js';
-import type { ManifestHeader } from '../manifest/manifest-format.js';
-import { ManifestReader } from '../manifest/manifest-reader.js';
-import type { FinishedManifest } from '../manifest/manifest-writer.js';
+import type { Backend, ConditionalRemoval, TempSweep } from '../backend/index.js';
+import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/index.js';
+import { type ManifestHeader, ManifestReader, type FinishedManifest } from '../manifest/index.js';
 import { ManifestCache } from './manifest-cache.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
-import { assertDiskId, diskIdFromPathComponent, diskIdToPathComponent } from '../shared/disk-id.js';
-import { lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
-import { isVersionId } from '../shared/version-id.js';
+import { BlockrepError, isBlockrepError, assertDiskId, diskIdFromPathComponent, diskIdToPathComponent, lockHolderSchema, type LockHolder, isVersionId } from '../shared/index.js';
 import { DiskLock } from './disk-lock.js';
 import { CONFIG_KEY, REPOSITORY_FORMAT, REPOSITORY_FORMAT_VERSION, repositoryConfigSchema, type RepositoryConfig } from './repository-config.js';
 

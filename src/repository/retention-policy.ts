@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 
 /**
  * Which versions of a disk to keep: the rules of restic's `forget` (also borg's and Proxmox

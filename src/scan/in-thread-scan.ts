@@ -1,4 +1,4 @@
-import type { ImageReader } from '../image/image-reader.js';
+import type { ImageReader } from '../image/index.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
 import type { ScanTuning } from './scan-tuning.js';

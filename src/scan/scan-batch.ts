@@ -1,4 +1,4 @@
-import type { EncodedChunk } from '../chunk/chunk-codec.js';
+import type { EncodedChunk } from '../chunk/index.js';
 
 /**
  * The scan result for a run of consecutive blocks. A scan yields batches in ascending,

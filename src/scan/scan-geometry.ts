@@ -1,5 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
-import { checkBlockSize } from '../shared/block-size.js';
+import { BlockrepError, checkBlockSize } from '../shared/index.js';
 
 /**
  * How an image of `virtualSize` bytes is cut into fixed-size blocks. Every block is

@@ -1,7 +1,6 @@
 import { availableParallelism } from 'node:os';
-import type { ImageSpec } from '../image/image-reader.js';
-import { openImage } from '../image/open-image.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { type ImageSpec, openImage } from '../image/index.js';
+import { BlockrepError } from '../shared/index.js';
 import { inThreadScan } from './in-thread-scan.js';
 import { LocalSegmentScanner } from './local-segment-scanner.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';

@@ -1,4 +1,4 @@
-import type { ImageSpec } from '../image/image-reader.js';
+import type { ImageSpec } from '../image/index.js';
 import type { SegmentResult, SegmentTask } from './scan-batch.js';
 
 /**

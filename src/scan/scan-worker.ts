@@ -5,9 +5,8 @@
  * `{ type: 'error', code, message }` so the main thread can rethrow it with the same code.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { openImage } from '../image/open-image.js';
-import type { ImageReader } from '../image/image-reader.js';
-import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
+import { openImage, type ImageReader } from '../image/index.js';
+import { BlockrepError, wrapSystemError } from '../shared/index.js';
 import { AsyncQueue } from './async-queue.js';
 import type { SegmentTask } from './scan-batch.js';
 import { ScanGeometry } from './scan-geometry.js';

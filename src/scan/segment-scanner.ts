@@ -1,5 +1,5 @@
-import { encodeChunk } from '../chunk/chunk-codec.js';
-import type { Extent, ImageReader } from '../image/image-reader.js';
+import { encodeChunk } from '../chunk/index.js';
+import type { Extent, ImageReader } from '../image/index.js';
 import { isAllZero } from './all-zero.js';
 import type { SegmentResult, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';

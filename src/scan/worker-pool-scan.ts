@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
-import type { ImageSpec } from '../image/image-reader.js';
-import { BlockrepError, errorCodes, type ErrorCode } from '../shared/blockrep-error.js';
+import type { ImageSpec } from '../image/index.js';
+import { BlockrepError, errorCodes, type ErrorCode } from '../shared/index.js';
 import type { ScanBatch, SegmentResult, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
 import type { LocalSegmentScanner } from './local-segment-scanner.js';

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 
 /**
  * Where the scan worker's script is. Worker threads run plain JavaScript, so:

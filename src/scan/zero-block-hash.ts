@@ -1,5 +1,4 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
-import { MAX_BLOCK_SIZE } from '../shared/block-size.js';
+import { BlockrepError, MAX_BLOCK_SIZE } from '../shared/index.js';
 import { Xxh64Wasm } from './xxh64-wasm.js';
 
 const cache = new Map<number, Promise<bigint>>();

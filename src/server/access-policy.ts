@@ -1,6 +1,6 @@
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from '../shared/index.js';
 import type { ListScope, ObjectRef } from './object-key.js';
-import { ALL_DISKS, type Right } from './tokens-file.js';
+import { ALL_DISKS, type Right } from '../tokens/index.js';
 
 /** Who is asking: a token's name (never its secret), its disk prefixes and its rights. */
 export interface Principal {

@@ -1,8 +1,7 @@
-import { blobCodec, CODEC_STORED, encodeChunk } from '../chunk/chunk-codec.js';
-import { decodePatch, differingSlices, rebuildFromPatch, SLICE_HASH_BYTES } from '../chunk/chunk-patch.js';
-import { MAX_JSON_BODY_BYTES, patchPlanRequestSchema } from '../backend/http/http-protocol.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { blobCodec, CODEC_STORED, encodeChunk, decodePatch, differingSlices, rebuildFromPatch, SLICE_HASH_BYTES } from '../chunk/index.js';
+import { MAX_JSON_BODY_BYTES, patchPlanRequestSchema } from '../protocol/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import type { ByteBudget } from './byte-budget.js';
 import { checkDecodedSize, MAX_CHUNK_BLOB_BYTES } from './chunk-upload.js';
 import { readBody, readJson } from './http-io.js';

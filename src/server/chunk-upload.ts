@@ -1,8 +1,7 @@
-import { MAX_BLOCK_SIZE } from '../shared/block-size.js';
+import { MAX_BLOCK_SIZE, BlockrepError } from '../shared/index.js';
 import zstd from 'zstd-napi/binding.js';
-import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk } from '../chunk/chunk-codec.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk } from '../chunk/index.js';
+import type { Repository } from '../repository/index.js';
 import type { ByteBudget } from './byte-budget.js';
 import { readBody } from './http-io.js';
 import type { RequestContext } from './request-context.js';

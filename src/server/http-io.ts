@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { z } from 'zod';
-import { ERROR_CODE_HEADER, type ErrorBody } from '../backend/http/http-protocol.js';
-import { BlockrepError, isBlockrepError, systemErrorCode } from '../shared/blockrep-error.js';
+import { ERROR_CODE_HEADER, type ErrorBody } from '../protocol/index.js';
+import { BlockrepError, toBlockrepError } from '../shared/index.js';
 import { httpStatusFor } from './http-status.js';
 import type { RequestContext } from './request-context.js';
 
@@ -150,7 +150,7 @@ export async function writePiece(ctx: RequestContext, piece: Uint8Array): Promis
  * inside: their detail goes to the log (returned), the client gets "internal error".
  */
 export function sendError(ctx: RequestContext, err: unknown): string | undefined {
-  const e = asBlockrepError(err);
+  const e = toBlockrepError(err);
   ctx.code = e.code;
   const status = httpStatusFor(e.code);
   const internal = status >= 500 && e.code !== 'UNAVAILABLE' && e.code !== 'NO_SPACE';
@@ -174,12 +174,4 @@ export function sendError(ctx: RequestContext, err: unknown): string | undefined
     sendJson(ctx, status, body, headers, { discardBody: true });
   }
   return internal || status >= 500 ? `${e.code}: ${e.message}` : undefined;
-}
-
-function asBlockrepError(err: unknown): BlockrepError {
-  if (isBlockrepError(err)) return err;
-  const sys = systemErrorCode(err);
-  if (sys === 'ENOSPC' || sys === 'EDQUOT') return new BlockrepError('NO_SPACE', 'the repository server has no space left');
-  const message = err instanceof Error ? err.message : String(err);
-  return new BlockrepError('INTERNAL', message, { cause: err });
 }

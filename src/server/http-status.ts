@@ -1,11 +1,11 @@
-import type { ErrorCode } from '../shared/blockrep-error.js';
+import type { ErrorCode } from '../shared/index.js';
 
 /**
  * The one table from error codes to HTTP statuses. The response body always carries the code
  * itself ({code, message}), and the client turns it back into a BlockrepError with that code,
  * so exit codes are the same whether the repository is a directory or a server.
  */
-const table: Partial<Record<ErrorCode, number>> = {
+const table = {
   BAD_REQUEST: 400,
   USAGE: 400,
   INVALID_DISK_ID: 400,
@@ -32,8 +32,32 @@ const table: Partial<Record<ErrorCode, number>> = {
   INTERRUPTED: 503,
   UNAVAILABLE: 503,
   NO_SPACE: 507,
-};
+  // The rest: the server's own failure (the body still carries the code).
+  CONFIG_INVALID: 500,
+  PARTIAL_FAILURE: 500,
+  RUN_FAILED: 500,
+  IMAGE_NOT_FOUND: 500,
+  IMAGE_UNREADABLE: 500,
+  IMAGE_UNSUPPORTED: 500,
+  IMAGE_CORRUPT: 500,
+  BACKING_LOOP: 500,
+  VERIFY_FAILED: 500,
+  RESTORE_TARGET: 500,
+  IO: 500,
+  QMP_UNAVAILABLE: 500,
+  QMP_BUSY: 500,
+  QMP_ERROR: 500,
+  AGENT_UNAVAILABLE: 500,
+  AGENT_ERROR: 500,
+  FREEZE_FAILED: 500,
+  SNAPSHOT_FAILED: 500,
+  THAW_FAILED: 500,
+  COMMIT_FAILED: 500,
+  RECOVERY_NEEDED: 500,
+  VM_LOCKED: 500,
+  INTERNAL: 500,
+} as const satisfies Record<ErrorCode, number>;
 
 export function httpStatusFor(code: ErrorCode): number {
-  return table[code] ?? 500;
+  return table[code];
 }

@@ -1,7 +1,7 @@
 import { z } from 'zod';
-import { MAX_LEASE_MS } from '../repository/disk-lock.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { MAX_LEASE_MS } from '../repository/index.js';
+import type { Backend } from '../backend/index.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { readBody } from './http-io.js';
 import type { RequestContext } from './request-context.js';
 
@@ -26,7 +26,7 @@ export const lockBodySchema = z
  * PUT of a lock object: small JSON, checked, stored — exclusively when asked, or (`ifMatch`, a
  * content tag) only in place of the lock with that content, atomically: how a lease is renewed.
  */
-export async function receiveLock(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, exclusive: boolean, ifMatch?: string): Promise<number> {
+export async function receiveLock(store: Backend, ref: { key: string; diskId: string }, ctx: RequestContext, exclusive: boolean, ifMatch?: string): Promise<number> {
   const body = await readBody(ctx, MAX_LOCK_BYTES, 'a lock');
   let json: unknown;
   try {
@@ -36,12 +36,12 @@ export async function receiveLock(repo: Repository, ref: { key: string; diskId: 
   }
   if (!lockBodySchema.safeParse(json).success) throw new BlockrepError('BAD_REQUEST', 'a lock must be {pid, host, createdAt, purpose[, startTime, lockId, leaseMs, renewedAt]}');
   if (ifMatch !== undefined) {
-    if (!repo.backend.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot replace locks conditionally');
-    if (!(await repo.backend.replaceIfMatch(ref.key, ifMatch, body))) throw new BlockrepError('CHANGED', `the lock of disk ${ref.diskId} is not the one named by If-Match`);
+    if (!store.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot replace locks conditionally');
+    if (!(await store.replaceIfMatch(ref.key, ifMatch, body))) throw new BlockrepError('CHANGED', `the lock of disk ${ref.diskId} is not the one named by If-Match`);
     return body.length;
   }
   try {
-    return await repo.backend.write(ref.key, body, { exclusive });
+    return await store.write(ref.key, body, { exclusive });
   } catch (err) {
     if (isBlockrepError(err) && err.code === 'EXISTS') throw new BlockrepError('EXISTS', `disk ${ref.diskId} is already locked`);
     throw err;

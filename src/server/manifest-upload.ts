@@ -2,13 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { LocalBackend } from '../backend/local/local-backend.js';
-import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes } from '../manifest/manifest-format.js';
-import { composeManifest, decodeDelta, deltaChunkIds, type DecodedDelta } from '../manifest/manifest-delta.js';
-import { idHex, isZeroId, ManifestReader } from '../manifest/manifest-reader.js';
-import { Repository } from '../repository/repository.js';
-import { MANIFEST_DELTA_TYPE, MAX_MANIFEST_DELTA_BYTES } from '../backend/http/http-protocol.js';
-import { BlockrepError, isBlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
+import { LocalBackend, type Backend } from '../backend/index.js';
+import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes, composeManifest, decodeDelta, deltaChunkIds, type DecodedDelta, idHex, isZeroId, ManifestReader } from '../manifest/index.js';
+import { Repository } from '../repository/index.js';
+import { MANIFEST_DELTA_TYPE, MAX_MANIFEST_DELTA_BYTES } from '../protocol/index.js';
+import { BlockrepError, isBlockrepError, wrapSystemError } from '../shared/index.js';
 import { checkDeclaredLength, readBody, requestPieces, tooLarge } from './http-io.js';
 import type { RequestContext } from './request-context.js';
 
@@ -29,6 +27,7 @@ const MAX_REMEMBERED = 256 * 1024;
  */
 export async function receiveManifest(
   repo: Repository,
+  store: Backend,
   spoolDir: string,
   ref: { key: string; diskId: string; versionId: string },
   ctx: RequestContext,
@@ -42,7 +41,7 @@ export async function receiveManifest(
   try {
     let delta: DecodedDelta | undefined;
     if (ctx.req.headers['content-type'] === MANIFEST_DELTA_TYPE) {
-      delta = await composeFromDelta(repo, ref, ctx, spoolRoot, where);
+      delta = await composeFromDelta(store, ref, ctx, spoolRoot, where);
     } else {
       await spool(ctx, spoolPath, declared, where);
     }
@@ -57,7 +56,7 @@ export async function receiveManifest(
     await checkChunksPresent(repo, delta ? deltaEntryBatches(delta) : reader.batches(), where);
     await repo.flush(); // the chunks it refers to are durable before it is
     try {
-      return await repo.backend.write(ref.key, createReadStream(spoolPath), { exclusive: true });
+      return await store.write(ref.key, createReadStream(spoolPath), { exclusive: true });
     } catch (err) {
       if (isBlockrepError(err) && err.code === 'EXISTS') throw new BlockrepError('EXISTS', `version ${ref.versionId} of disk ${ref.diskId} already exists`);
       throw err;
@@ -72,7 +71,7 @@ export async function receiveManifest(
  * composed here from the parent this repository holds into the spool, where it is then checked
  * like a manifest sent whole. The composition must match the digest the client computed.
  */
-async function composeFromDelta(repo: Repository, ref: { key: string; diskId: string }, ctx: RequestContext, spoolRoot: string, where: string): Promise<DecodedDelta> {
+async function composeFromDelta(store: Backend, ref: { key: string; diskId: string }, ctx: RequestContext, spoolRoot: string, where: string): Promise<DecodedDelta> {
   checkDeclaredLength(ctx, MAX_MANIFEST_DELTA_BYTES, where);
   const body = await readBody(ctx, MAX_MANIFEST_DELTA_BYTES, where);
   const delta = decodeDelta(body, where);
@@ -81,7 +80,7 @@ async function composeFromDelta(repo: Repository, ref: { key: string; diskId: st
   if (delta.header.meta.diskId !== ref.diskId) throw new BlockrepError('BAD_REQUEST', `${where}: the delta is of disk ${delta.header.meta.diskId}`);
   let parent: ManifestReader;
   try {
-    parent = await ManifestReader.open(repo.backend, Repository.manifestKey(ref.diskId, parentId));
+    parent = await ManifestReader.open(store, Repository.manifestKey(ref.diskId, parentId));
   } catch (err) {
     if (isBlockrepError(err) && (err.code === 'VERSION_NOT_FOUND' || err.code === 'INVALID_VERSION_ID')) {
       throw new BlockrepError('BAD_REQUEST', `${where}: its parent version ${parentId} does not exist here; send the whole manifest`);

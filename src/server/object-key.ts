@@ -1,9 +1,6 @@
-import { isChunkId } from '../chunk/chunk-codec.js';
-import { Repository } from '../repository/repository.js';
-import { CONFIG_KEY } from '../repository/repository-config.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
-import { diskIdFromPathComponent, diskIdToPathComponent } from '../shared/disk-id.js';
-import { isVersionId } from '../shared/version-id.js';
+import { isChunkId } from '../chunk/index.js';
+import { Repository, CONFIG_KEY } from '../repository/index.js';
+import { BlockrepError, diskIdFromPathComponent, diskIdToPathComponent, isVersionId } from '../shared/index.js';
 
 /**
  * What a request may name: only the keys the repository layer itself makes. Each is parsed

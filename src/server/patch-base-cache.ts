@@ -1,5 +1,5 @@
-import { blobCodec, CODEC_STORED, decodeChunk } from '../chunk/chunk-codec.js';
-import type { Repository } from '../repository/repository.js';
+import { blobCodec, CODEC_STORED, decodeChunk } from '../chunk/index.js';
+import type { Repository } from '../repository/index.js';
 
 export interface PatchBase {
   /** The content, checked against its id. */

@@ -16,11 +16,12 @@ import {
   SWEEP_TEMPS_PATH,
   sweepTempsRequestSchema,
   AGE_HEADER,
-} from '../backend/http/http-protocol.js';
+} from '../protocol/index.js';
 import { planPatches, receiveChunkPatch } from './chunk-patch-upload.js';
 import { PatchBaseCache } from './patch-base-cache.js';
-import type { Repository } from '../repository/repository.js';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import type { Backend } from '../backend/index.js';
+import type { Repository } from '../repository/index.js';
+import { BlockrepError } from '../shared/index.js';
 import { authorizeCollectGarbage, authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
 import { ByteBudget } from './byte-budget.js';
 import { receiveChunk } from './chunk-upload.js';
@@ -46,6 +47,12 @@ const listQuerySchema = z.object({ prefix: z.string().max(512) }).strict();
 
 export interface RepositoryServerOptions {
   repo: Repository;
+  /**
+   * The objects the server serves and stores: the repository's own backend, named here because
+   * the server is an object store under the repository's grammar (reads, conditional writes,
+   * listings); domain checks (manifests, chunk presence) go through `repo`.
+   */
+  store: Backend;
   tokens: TokenStore;
   /** Where manifest uploads are spooled while they are checked (on the repository's disk). */
   spoolDir: string;
@@ -102,7 +109,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, base
     const ref = parseObjectKey(keyFromPath(path.slice(OBJECTS_PATH.length)));
     ctx.kind = ref.kind;
     authorizeObject(principal, method, ref);
-    if (method === 'DELETE' && ctx.req.headers[IF_OLDER_THAN_HEADER] !== undefined) return removeIfOlder(options.repo, ctx, ref, principal);
+    if (method === 'DELETE' && ctx.req.headers[IF_OLDER_THAN_HEADER] !== undefined) return removeIfOlder(options.store, ctx, ref, principal);
     return handleObject(options, budget, bases, ctx, method, ref);
   }
   switch (path) {
@@ -126,7 +133,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, base
       }
       // Touching (a dedup hit the caller will refer to: gc keeps it) serves writing.
       if (touch) authorizeFlush(principal);
-      const sizes = await options.repo.backend.sizes(keys, touch ? { touch: true } : {});
+      const sizes = await options.store.sizes(keys, touch ? { touch: true } : {});
       return sendJson(ctx, 200, { sizes: sizes.map((s) => s ?? null) });
     }
     case PATCH_PLANS_PATH:
@@ -139,7 +146,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, base
       requireMethod(method, 'POST', query);
       authorizeCollectGarbage(principal);
       const { olderThanMs } = await readJson(ctx, sweepTempsRequestSchema, MAX_JSON_BODY_BYTES, 'a temp sweep');
-      const backend = options.repo.backend;
+      const backend = options.store;
       return sendJson(ctx, 200, backend.removeStaleTemps ? await backend.removeStaleTemps(olderThanMs) : { files: 0, bytes: 0 });
     }
     case FLUSH_PATH:
@@ -160,15 +167,15 @@ function requireMethod(method: string, allowed: string, query: string): void {
 }
 
 /** Garbage collection's removal of a chunk: only if old, race-free against touches (sizes). */
-async function removeIfOlder(repo: Repository, ctx: RequestContext, ref: ObjectRef, principal: Principal): Promise<void> {
+async function removeIfOlder(store: Backend, ctx: RequestContext, ref: ObjectRef, principal: Principal): Promise<void> {
   noBody(ctx);
   const olderThan = ctx.req.headers[IF_OLDER_THAN_HEADER];
   if (ref.kind !== 'chunk' || typeof olderThan !== 'string' || !/^\d{1,15}$/.test(olderThan)) {
     throw new BlockrepError('BAD_REQUEST', `${IF_OLDER_THAN_HEADER} applies to chunks and takes ms since the epoch`);
   }
   authorizeCollectGarbage(principal);
-  if (!repo.backend.removeIfOlder) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove chunks conditionally');
-  return sendEmpty(ctx, 204, { [REMOVAL_HEADER]: await repo.backend.removeIfOlder(ref.key, Number(olderThan)) });
+  if (!store.removeIfOlder) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove chunks conditionally');
+  return sendEmpty(ctx, 204, { [REMOVAL_HEADER]: await store.removeIfOlder(ref.key, Number(olderThan)) });
 }
 
 function noBody(ctx: RequestContext): void {
@@ -178,21 +185,21 @@ function noBody(ctx: RequestContext): void {
 }
 
 async function handleObject(options: RepositoryServerOptions, budget: ByteBudget, bases: PatchBaseCache, ctx: RequestContext, method: Method, ref: ObjectRef): Promise<void> {
-  const { repo } = options;
+  const { repo, store } = options;
   switch (method) {
     case 'HEAD':
     case 'GET':
       noBody(ctx);
-      return sendObject(repo, ctx, ref);
+      return sendObject(store, ctx, ref);
     case 'DELETE': {
       noBody(ctx);
       const tag = ifMatchOf(ctx, ref);
       if (tag !== undefined) {
-        if (!repo.backend.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove locks conditionally');
-        if (!(await repo.backend.replaceIfMatch(ref.key, tag, null))) throw new BlockrepError('CHANGED', `${ref.key} is not the one named by If-Match`);
+        if (!store.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove locks conditionally');
+        if (!(await store.replaceIfMatch(ref.key, tag, null))) throw new BlockrepError('CHANGED', `${ref.key} is not the one named by If-Match`);
         return sendEmpty(ctx, 204);
       }
-      await repo.backend.remove(ref.key);
+      await store.remove(ref.key);
       return sendEmpty(ctx, 204);
     }
     case 'PUT': {
@@ -209,10 +216,10 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
               : await receiveChunk(repo, ref.chunkId, ctx, budget);
           break;
         case 'manifest':
-          stored = await receiveManifest(repo, options.spoolDir, ref, ctx);
+          stored = await receiveManifest(repo, store, options.spoolDir, ref, ctx);
           break;
         case 'lock':
-          stored = await receiveLock(repo, ref, ctx, ifNoneMatch === '*', ifMatchOf(ctx, ref));
+          stored = await receiveLock(store, ref, ctx, ifNoneMatch === '*', ifMatchOf(ctx, ref));
           break;
         case 'config':
           throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json is read-only over the network');
@@ -231,8 +238,8 @@ function ifMatchOf(ctx: RequestContext, ref: ObjectRef): string | undefined {
 }
 
 /** HEAD/GET of an object, whole or one range, streamed piece by piece through the backend. */
-async function sendObject(repo: Repository, ctx: RequestContext, ref: ObjectRef): Promise<void> {
-  const size = await repo.backend.size(ref.key);
+async function sendObject(store: Backend, ctx: RequestContext, ref: ObjectRef): Promise<void> {
+  const size = await store.size(ref.key);
   if (size === undefined) throw new BlockrepError('NOT_FOUND', `${ref.key} does not exist`);
   let start = 0;
   let end = size; // exclusive
@@ -258,7 +265,7 @@ async function sendObject(repo: Repository, ctx: RequestContext, ref: ObjectRef)
   if (range !== undefined) headers['content-range'] = `bytes ${start}-${end - 1}/${size}`;
   if (ref.kind === 'lock') {
     // Lock leases are judged by the repository's clock (disk-lock.ts).
-    const age = await repo.backend.objectAgeMs?.(ref.key);
+    const age = await store.objectAgeMs?.(ref.key);
     if (age === undefined) throw new BlockrepError('NOT_FOUND', `${ref.key} does not exist`);
     headers[AGE_HEADER] = Math.round(age);
   }
@@ -268,7 +275,7 @@ async function sendObject(repo: Repository, ctx: RequestContext, ref: ObjectRef)
     return;
   }
   for (let pos = start; pos < end; ) {
-    const piece = await repo.backend.read(ref.key, pos, Math.min(READ_PIECE_BYTES, end - pos));
+    const piece = await store.read(ref.key, pos, Math.min(READ_PIECE_BYTES, end - pos));
     if (piece.length === 0) throw new BlockrepError('IO', `${ref.key} shrank while being sent`);
     if (!(await writePiece(ctx, piece))) return;
     pos += piece.length;
@@ -288,7 +295,7 @@ async function handleList(options: RepositoryServerOptions, ctx: RequestContext,
   ctx.res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   let pending = '';
   let count = 0;
-  for await (const obj of options.repo.backend.list(prefix)) {
+  for await (const obj of options.store.list(prefix)) {
     if (filter && !listedKeyVisible(principal, diskOfListedKey(obj.key))) continue;
     pending += `${JSON.stringify(obj.mtimeMs === undefined ? { key: obj.key, size: obj.size } : { key: obj.key, size: obj.size, mtimeMs: Math.floor(obj.mtimeMs) })}\n`;
     count++;

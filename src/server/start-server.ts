@@ -3,10 +3,9 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
-import { LocalBackend } from '../backend/local/local-backend.js';
-import { Repository } from '../repository/repository.js';
-import { BlockrepError, wrapSystemError } from '../shared/blockrep-error.js';
-import { isLoopback, urlFor, type ListenAddress } from './listen-address.js';
+import { LocalBackend } from '../backend/index.js';
+import { Repository } from '../repository/index.js';
+import { BlockrepError, wrapSystemError, isLoopback, urlFor, type ListenAddress } from '../shared/index.js';
 import { createRequestHandler } from './repository-server.js';
 import { TokenStore } from './token-store.js';
 
@@ -54,7 +53,7 @@ export async function startRepositoryServer(options: ServeOptions): Promise<Runn
     throw wrapSystemError(err, `preparing ${spoolDir}`);
   }
 
-  const handler = createRequestHandler({ repo, tokens, spoolDir, log: options.log, redact: (m) => m.replaceAll(root, '<repository>') });
+  const handler = createRequestHandler({ repo, store: backend, tokens, spoolDir, log: options.log, redact: (m) => m.replaceAll(root, '<repository>') });
   const server: Server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, handler) : createHttpServer(handler);
   // Slow or stalled clients cannot hold a connection forever; keep-alive outlives the client's
   // idle timeout so the server is not the one closing a connection as a request arrives.

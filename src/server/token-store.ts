@@ -1,10 +1,10 @@
 import { timingSafeEqual } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { z } from 'zod';
-import { TOKEN_PATTERN } from '../backend/http/http-protocol.js';
-import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { TOKEN_PATTERN } from '../protocol/index.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { UNRESTRICTED, type Principal } from './access-policy.js';
-import { hashSecret, readTokensFile, type TokenEntry } from './tokens-file.js';
+import { hashSecret, readTokensFile, type TokenEntry } from '../tokens/index.js';
 
 const authorizationSchema = z.string().max(1024).regex(/^Bearer +(\S+)$/);
 

@@ -1,6 +1,7 @@
 /**
  * Every error blockrep raises on purpose carries a stable `code`; callers, the CLI's exit-code
- * table and (later) the HTTP status table match on the code, never on the message text.
+ * table (cli/exit-codes.ts) and the HTTP status table (server/http-status.ts) match on the
+ * code, never on the message text.
  * The message says what is wrong and, where it can, what to do about it.
  */
 export const errorCodes = [

@@ -1,7 +1,7 @@
 import { BlockrepError } from './blockrep-error.js';
 
 /**
- * Disk ids (design.md): letters, digits, `.`, `_`, `-`, with `/` between segments; no empty,
+ * Disk ids (docs/reference/repository-format.md): letters, digits, `.`, `_`, `-`, with `/` between segments; no empty,
  * `.` or `..` segment; at most 200 characters.
  */
 export const MAX_DISK_ID_LENGTH = 200;

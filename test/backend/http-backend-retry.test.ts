@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
 import { encodeChunk } from '../../src/chunk/chunk-codec.js';
 import { Repository } from '../../src/repository/repository.js';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { startFaultProxy, type FaultAction, type FaultProxy } from '../support/fault-proxy.js';
 import { patternBytes } from '../support/qemu-tools.js';

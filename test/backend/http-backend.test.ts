@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer } from '../support/blockrep-server.js';
 import { tempDir } from '../support/temp-dir.js';
 import { describeBackendConformance } from './backend-conformance.js';

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadJobConfig } from '../../src/config/job-config.js';
 import { isBlockrepError } from '../../src/shared/blockrep-error.js';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer } from '../support/blockrep-server.js';
 import { runCli, type CliResult } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
@@ -219,7 +219,7 @@ describe('blockrep run with offline images', () => {
     expect(text.stdout).toMatch(/FAILED +lost \(image\)/);
     // The text log: one line per event, time first.
     const lines = text.stderr.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^\d{4}-\d\d-\d\dT\S+Z info  run-start backing up 1 VM\(s\) from /);
+    expect(lines[0]).toMatch(/^\d{4}-\d\d-\d\dT\S+Z info {2}run-start backing up 1 VM\(s\) from /);
     expect(lines).toContainEqual(expect.stringMatching(/ error vm-failed \[IMAGE_NOT_FOUND\] lost: failed: disk lost\/gone: /));
     const unknown = await runCli(['run', '--config', file, '--only', 'nobody', '--json']);
     expect(unknown.code).toBe(2);

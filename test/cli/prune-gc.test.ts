@@ -12,7 +12,7 @@ import { verifyRepository } from '../../src/app/verify-repository.js';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
 import { LocalBackend } from '../../src/backend/local/local-backend.js';
 import { Repository } from '../../src/repository/repository.js';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer } from '../support/blockrep-server.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
@@ -192,7 +192,7 @@ describe.each(['local', 'http'] as const)('prune and gc (%s)', (kindName) => {
 
     // What is left verifies and restores bit-exact.
     expect((await verifyRepository(kind.repo, {})).damage).toEqual([]);
-    expect((await restoredBytes(kind, 'web', web[2]!, join(kind.root, '..', 'web.raw'))).equals(contents[2])).toBe(true);
+    expect((await restoredBytes(kind, 'web', web[2]!, join(kind.root, '..', 'web.raw'))).equals(contents[2]!)).toBe(true);
 
     if (kind.writerArgs && kind.adminNoReadArgs) {
       // Deleting versions needs admin on the disk; gc needs read and admin on "*".

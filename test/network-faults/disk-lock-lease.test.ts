@@ -9,7 +9,7 @@ import { backupImage } from '../../src/app/backup-image.js';
 import { DiskLock, LEASE_ENV } from '../../src/repository/disk-lock.js';
 import { Repository } from '../../src/repository/repository.js';
 import { BlockrepError } from '../../src/shared/blockrep-error.js';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { startFaultProxy, type FaultAction } from '../support/fault-proxy.js';
 import { tempDir } from '../support/temp-dir.js';

@@ -5,7 +5,7 @@ import { expect } from 'vitest';
 import { listVersions } from '../../src/app/list-versions.js';
 import { verifyRepository } from '../../src/app/verify-repository.js';
 import { openRepository } from '../../src/repository/open-repository.js';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { runCli, spawnCli, type CliResult, type SpawnedCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CHUNK_PATCH_TYPE } from '../../src/backend/http/http-protocol.js';
+import { CHUNK_PATCH_TYPE } from '../../src/protocol/http-protocol.js';
 import { CODEC_ZSTD, decodeChunk, encodeChunk } from '../../src/chunk/chunk-codec.js';
 import { DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../../src/chunk/chunk-patch.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';

@@ -1,7 +1,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MANIFEST_DELTA_TYPE } from '../../src/backend/http/http-protocol.js';
+import { MANIFEST_DELTA_TYPE } from '../../src/protocol/http-protocol.js';
 import { encodeChunk } from '../../src/chunk/chunk-codec.js';
 import { encodeDelta } from '../../src/manifest/manifest-delta.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';

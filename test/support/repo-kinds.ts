@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { onTestFinished } from 'vitest';
-import { createToken } from '../../src/server/tokens-file.js';
+import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer } from './blockrep-server.js';
 
 /**

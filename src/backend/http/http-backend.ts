@@ -1,5 +1,5 @@
-import { BlockrepError, isBlockrepError } from '../../shared/blockrep-error.js';
-import { type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
+import { BlockrepError, isBlockrepError } from '../../shared/index.js';
+import { type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../index.js';
 import { errorFromResponse } from './http-error.js';
 import {
   MANIFEST_DELTA_TYPE,
@@ -21,7 +21,7 @@ import {
   removalSchema,
   SWEEP_TEMPS_PATH,
   sweepTempsResponseSchema,
-} from './http-protocol.js';
+} from '../../protocol/index.js';
 import { HttpTransport, type HttpResponse, type HttpTransportOptions } from './http-transport.js';
 import { spoolBody, type ReplayableBody } from './replayable-body.js';
 

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/blockrep-error.js';
-import { TOKEN_PATTERN } from './http-protocol.js';
+import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
+import { TOKEN_PATTERN } from '../../protocol/index.js';
 
 /**
  * The access token for a repository server: from --token-file (a file holding the secret) or

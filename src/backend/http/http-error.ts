@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { BlockrepError, errorCodes, type ErrorCode } from '../../shared/blockrep-error.js';
-import { ERROR_CODE_HEADER, errorBodySchema, MAX_ERROR_BODY_BYTES } from './http-protocol.js';
+import { BlockrepError, errorCodes, type ErrorCode } from '../../shared/index.js';
+import { ERROR_CODE_HEADER, errorBodySchema, MAX_ERROR_BODY_BYTES } from '../../protocol/index.js';
 import { isTransientNetworkError, networkErrorCode } from './http-retry.js';
 
 /**

@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
-import { BlockrepError, isBlockrepError } from '../../shared/blockrep-error.js';
+import { BlockrepError, isBlockrepError } from '../../shared/index.js';
 import { errorFromNetwork, errorFromResponse } from './http-error.js';
 import { DEFAULT_RETRY, isTransientNetworkError, isTransientStatus, mayHaveReachedServer, retryDelayMs, type RetryPolicy } from './http-retry.js';
 import type { ReplayableBody } from './replayable-body.js';

@@ -4,7 +4,7 @@ import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { wrapSystemError } from '../../shared/blockrep-error.js';
+import { wrapSystemError } from '../../shared/index.js';
 
 /**
  * A request body that can be sent again: a streamed body (a manifest) is spooled to a temporary

@@ -1,11 +1,8 @@
 import type { Command } from 'commander';
-import { backupImage, type DiskBackupReport } from '../../app/backup-image.js';
-import { backupVm, type LivePhase, type VmBackupReport } from '../../app/backup-vm.js';
-import type { ImageFormat } from '../../image/image-reader.js';
-import { openRepository } from '../../repository/open-repository.js';
-import { BlockrepError, toBlockrepError } from '../../shared/blockrep-error.js';
-import { assertDiskId, defaultDiskIdForImage } from '../../shared/disk-id.js';
-import { parseSize } from '../../shared/size.js';
+import { backupImage, type DiskBackupReport, backupVm, type LivePhase, type VmBackupReport } from '../../app/index.js';
+import type { ImageFormat } from '../../image/index.js';
+import { openRepository } from '../../repository/index.js';
+import { BlockrepError, toBlockrepError, assertDiskId, defaultDiskIdForImage, parseSize } from '../../shared/index.js';
 import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand, type CommandContext, type CommandResult } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';

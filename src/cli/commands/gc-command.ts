@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { collectGarbage, DEFAULT_GC_GRACE_MS } from '../../app/collect-garbage.js';
-import { openRepository } from '../../repository/open-repository.js';
-import { formatDuration, parseDuration } from '../../shared/duration.js';
+import { collectGarbage, DEFAULT_GC_GRACE_MS } from '../../app/index.js';
+import { openRepository } from '../../repository/index.js';
+import { formatDuration, parseDuration } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 import { gcText } from '../output/gc-text.js';

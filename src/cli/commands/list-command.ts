@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { listVersions } from '../../app/list-versions.js';
-import { openRepository } from '../../repository/open-repository.js';
-import { assertDiskId } from '../../shared/disk-id.js';
+import { listVersions } from '../../app/index.js';
+import { openRepository } from '../../repository/index.js';
+import { assertDiskId } from '../../shared/index.js';
 import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';

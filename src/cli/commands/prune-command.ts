@@ -1,8 +1,7 @@
 import type { Command } from 'commander';
-import { pruneVersions } from '../../app/prune-versions.js';
-import { openRepository } from '../../repository/open-repository.js';
-import { parseRetentionPolicy, type RetentionPolicy } from '../../repository/retention-policy.js';
-import { assertDiskId } from '../../shared/disk-id.js';
+import { pruneVersions } from '../../app/index.js';
+import { openRepository, parseRetentionPolicy, type RetentionPolicy } from '../../repository/index.js';
+import { assertDiskId } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_LOCKED, EXIT_OK } from '../exit-codes.js';
 import { pruneText } from '../output/prune-text.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { recoverVm, type RecoverVmReport } from '../../app/recover-vm.js';
+import { recoverVm, type RecoverVmReport } from '../../app/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 

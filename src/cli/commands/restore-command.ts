@@ -1,9 +1,7 @@
 import type { Command } from 'commander';
-import { restoreVersion } from '../../app/restore-version.js';
-import { openRepository } from '../../repository/open-repository.js';
-import { BlockrepError } from '../../shared/blockrep-error.js';
-import { assertDiskId } from '../../shared/disk-id.js';
-import { assertVersionId } from '../../shared/version-id.js';
+import { restoreVersion } from '../../app/index.js';
+import { openRepository } from '../../repository/index.js';
+import { BlockrepError, assertDiskId, assertVersionId } from '../../shared/index.js';
 import { addRepositoryOptions, repositoryOptionsFrom, type RepositoryCliOptions } from '../repository-options.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import type { RunEvent, RunReport } from '../../jobs/run-report.js';
-import { BlockrepError, toBlockrepError, type ErrorCode } from '../../shared/blockrep-error.js';
+import type { RunEvent, RunReport } from '../../jobs/index.js';
+import { BlockrepError, toBlockrepError, type ErrorCode } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK, exitCodeFor } from '../exit-codes.js';
 import { eventLogger, LOG_FORMATS, type LogFormat } from '../output/event-log.js';
@@ -39,7 +39,7 @@ export function registerRun(program: Command): void {
         try {
           const parallel = opts.parallel === undefined ? undefined : parseIntOption(opts.parallel, '--parallel', 1, 16);
           // Loaded only for a run (YAML parser, hypervisor code): other commands start faster.
-          const [{ loadJobConfig }, { runJobs }] = await Promise.all([import('../../config/job-config.js'), import('../../jobs/run-jobs.js')]);
+          const [{ loadJobConfig }, { runJobs }] = await Promise.all([import('../../config/index.js'), import('../../jobs/index.js')]);
           const config = await loadJobConfig(opts.config);
           const report = await runJobs(config, {
             signal: ctx.signal,

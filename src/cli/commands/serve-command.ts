@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { DEFAULT_LISTEN, isLoopback, parseListenAddress } from '../../server/listen-address.js';
-import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/blockrep-error.js';
+import { DEFAULT_LISTEN, isLoopback, parseListenAddress, BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 
@@ -30,7 +29,7 @@ export function registerServe(program: Command): void {
         if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined)) throw new BlockrepError('USAGE', '--tls-cert and --tls-key go together');
         const tls = opts.tlsCert !== undefined && opts.tlsKey !== undefined ? { cert: await readPem(opts.tlsCert, '--tls-cert'), key: await readPem(opts.tlsKey, '--tls-key') } : undefined;
         // The server's code (and TLS) is loaded only when serving: every other command starts faster.
-        const { startRepositoryServer } = await import('../../server/start-server.js');
+        const { startRepositoryServer } = await import('../../server/index.js');
         const server = await startRepositoryServer({
           root: opts.root,
           listen,

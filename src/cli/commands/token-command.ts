@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { createToken, diskPrefixSchema, listTokens, revokeToken, rightSchema, tokenNameSchema, type Right } from '../../server/tokens-file.js';
-import { BlockrepError } from '../../shared/blockrep-error.js';
+import { createToken, diskPrefixSchema, listTokens, revokeToken, rightSchema, tokenNameSchema, type Right } from '../../tokens/index.js';
+import { BlockrepError } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 

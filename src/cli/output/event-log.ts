@@ -1,4 +1,4 @@
-import type { RunEvent } from '../../jobs/run-report.js';
+import type { RunEvent } from '../../jobs/index.js';
 
 /**
  * The event log of `blockrep run`: one line per event on stderr, as text for people (and the

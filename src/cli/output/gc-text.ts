@@ -1,6 +1,5 @@
-import type { GcReport } from '../../app/collect-garbage.js';
-import { formatDuration } from '../../shared/duration.js';
-import { formatBytes } from '../../shared/size.js';
+import type { GcReport } from '../../app/index.js';
+import { formatDuration, formatBytes } from '../../shared/index.js';
 
 /** `blockrep gc` for people: what is used, what was freed, what was kept for being recent. */
 export function gcText(r: GcReport): string {

@@ -1,5 +1,5 @@
-import type { Progress } from '../../app/progress.js';
-import { formatBytes } from '../../shared/size.js';
+import type { Progress } from '../../app/index.js';
+import { formatBytes } from '../../shared/index.js';
 
 /**
  * A one-line progress display on the terminal (stderr), redrawn at most a few times a second.

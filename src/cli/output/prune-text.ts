@@ -1,4 +1,4 @@
-import type { PruneReport } from '../../app/prune-versions.js';
+import type { PruneReport } from '../../app/index.js';
 
 /** `blockrep prune` for people: per disk, each version kept (and why) or removed. */
 export function pruneText(r: PruneReport): string {

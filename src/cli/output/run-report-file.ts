@@ -1,4 +1,4 @@
-import { writeFileDurably } from '../../shared/write-file-durably.js';
+import { writeFileDurably } from '../../shared/index.js';
 
 /**
  * Writes the run report file atomically (temporary file in the same folder, fsync, rename,

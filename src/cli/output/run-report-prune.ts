@@ -1,4 +1,4 @@
-import type { PruneReport } from '../../app/prune-versions.js';
+import type { PruneReport } from '../../app/index.js';
 
 /** One line on what a run's retention did to a VM's disks. */
 export function pruneSummary(p: PruneReport): string {

@@ -1,5 +1,5 @@
-import type { RunReport, VmRunReport } from '../../jobs/run-report.js';
-import { formatBytes } from '../../shared/size.js';
+import type { RunReport, VmRunReport } from '../../jobs/index.js';
+import { formatBytes } from '../../shared/index.js';
 import { pruneSummary } from './run-report-prune.js';
 
 /** The summary `blockrep run` prints on stdout: one line for the run, a few per VM. */

@@ -1,8 +1,5 @@
-import type { DiskBackupReport } from '../../app/backup-image.js';
-import type { DiskSummary } from '../../app/list-versions.js';
-import type { RestoreReport } from '../../app/restore-version.js';
-import type { VerifyReport } from '../../app/verify-repository.js';
-import { formatBytes } from '../../shared/size.js';
+import type { DiskBackupReport, DiskSummary, RestoreReport, VerifyReport } from '../../app/index.js';
+import { formatBytes } from '../../shared/index.js';
 
 /** Human-readable renderings of use-case results; the JSON output prints the objects as they are. */
 

@@ -5,7 +5,6 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { expect } from 'vitest';
 import { GuestAgentClient } from '../../../src/hypervisor/guest-agent-client.js';
-import { OVERLAY_FILE_SUFFIX } from '../../../src/hypervisor/overlay-names.js';
 import { QmpClient } from '../../../src/hypervisor/qmp-client.js';
 import { vmLockPathFor } from '../../../src/hypervisor/vm-lock.js';
 import { run } from '../../support/qemu-tools.js';

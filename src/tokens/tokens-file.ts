@@ -1,10 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { z } from 'zod';
-import { TOKEN_PATTERN } from '../backend/http/http-protocol.js';
-import { BlockrepError, systemErrorCode, wrapSystemError } from '../shared/blockrep-error.js';
-import { diskIdProblem } from '../shared/disk-id.js';
-import { writeFileDurably } from '../shared/write-file-durably.js';
+import { TOKEN_PATTERN } from '../protocol/index.js';
+import { BlockrepError, systemErrorCode, wrapSystemError, diskIdProblem, writeFileDurably } from '../shared/index.js';
 
 /**
  * The server's access tokens, one JSON file that `blockrep token` edits and `blockrep serve`

@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { BlockrepError } from '../shared/blockrep-error.js';
+import { BlockrepError } from './blockrep-error.js';
 
 export const DEFAULT_LISTEN = '127.0.0.1:8417';
 

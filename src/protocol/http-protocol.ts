@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { errorCodes } from '../../shared/blockrep-error.js';
+import { errorCodes } from '../shared/index.js';
 
 /**
  * The wire contract between HttpBackend and `blockrep serve`: one generic object API that
