@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+# xxhsum is the oracle of the scan tests (and the peer of the scan benchmark).
+command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
 if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   # Live VMs: QEMU, the guest agent and what the test guest is made of; e2fsprogs makes and
   # checks its ext4 disks.
@@ -20,7 +22,6 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 fi
 if [ "${1:-}" = "--bench" ]; then
-  command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
 fi
 if [ ${#need[@]} -gt 0 ]; then

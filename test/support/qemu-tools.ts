@@ -66,7 +66,16 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
   if (opts.backing !== undefined) args.push('-b', opts.backing, '-F', opts.backingFormat ?? 'qcow2');
   args.push(path);
   if (opts.size !== undefined) args.push(String(opts.size));
-  await qemuImg(...args);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await qemuImg(...args);
+      return;
+    } catch (err) {
+      // LUKS key derivation times itself by the thread's CPU time; on a busy machine QEMU can
+      // measure none and give up. Nothing was made: try again.
+      if (attempt >= 5 || !String(err).includes('Unable to get accurate CPU usage')) throw err;
+    }
+  }
 }
 
 /** qemu-img convert to another format (e.g. raw → qcow2 with options, or compressed with -c). */
