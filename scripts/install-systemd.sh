@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs blockrep's nightly job under systemd (README, "Nightly jobs"):
+# Installs blockrep's nightly job under systemd (docs/guide/nightly-jobs.md):
 #   /etc/systemd/system/blockrep-run.service and blockrep-run.timer (from scripts/systemd/),
 #   /etc/blockrep/ (mode 0700) with blockrep.yaml from the example when there is none yet,
 # then reloads systemd and enables the timer. Run as root. Usage:
