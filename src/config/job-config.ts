@@ -266,7 +266,7 @@ export async function loadJobConfig(file: string): Promise<JobConfig> {
   if (issues.length > 0) throw configError(file, issues);
   const data: unknown = doc.toJS();
   if (data === null || data === undefined) {
-    throw configError(file, [{ line: 1, column: 1, path: '(top level)', message: 'the file is empty: expected a mapping with repository and vms — see README, "Nightly jobs"' }]);
+    throw configError(file, [{ line: 1, column: 1, path: '(top level)', message: 'the file is empty: expected a mapping with repository and vms — see docs/guide/nightly-jobs.md' }]);
   }
   const at = (path: ConfigPath, key = false): { line: number; column: number; path: string } => ({ ...locate(doc, lines, path, { key }), path: formatConfigPath(path) });
   const parsed = jobConfigSchema.safeParse(data);

@@ -25,7 +25,7 @@ export function registerRun(program: Command): void {
       'back up every VM of a job configuration (YAML) into its repository, a few at a time; one VM failing never stops the others. ' +
         'Exit 0 when every VM was backed up, 13 when some failed, 1 when none could be',
     )
-    .requiredOption('--config <file>', 'the job configuration (YAML or JSON): repository, defaults, VMs; see README, "Nightly jobs"')
+    .requiredOption('--config <file>', 'the job configuration (YAML or JSON): repository, defaults, VMs; see docs/guide/nightly-jobs.md')
     .option('--only <vm...>', 'only these VMs, by name')
     .option('--dry-run', 'check the configuration, the sockets, the guest agents, the images and the repository access; change nothing')
     .option('--json', 'print the run report as one JSON object')
