@@ -1,6 +1,7 @@
 import { isZeroId } from '../manifest/manifest-reader.js';
 import type { Repository } from '../repository/repository.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import type { Clock } from '../shared/clock.js';
 import { TaskPool } from '../shared/task-pool.js';
 
 /** Like Proxmox Backup Server: a day and five minutes, so a day-long backup's chunks are safe. */
@@ -26,6 +27,8 @@ export interface GcOptions {
   graceMs?: number;
   /** When gc starts (tests fix it). */
   now?: Date;
+  /** What "now" and the duration are read from; the repository's clock by default. */
+  clock?: Clock;
 }
 
 export interface GcReport {
@@ -72,8 +75,9 @@ export interface GcReport {
  * successors are). Stale temporary files of interrupted writes are swept with the same cutoff.
  */
 export async function collectGarbage(repo: Repository, options: GcOptions = {}): Promise<GcReport> {
-  const started = options.now ?? new Date();
-  const startedMs = Date.now();
+  const clock = options.clock ?? repo.clock;
+  const started = options.now ?? new Date(clock.now());
+  const startedMs = clock.monotonicMs();
   const graceMs = options.graceMs ?? DEFAULT_GC_GRACE_MS;
   if (!Number.isSafeInteger(graceMs) || graceMs < 0) throw new BlockrepError('USAGE', `the gc grace must be a whole, non-negative number of ms, not ${graceMs}`);
   if (!repo.collectsGarbage) throw new BlockrepError('USAGE', `${repo.location} does not support garbage collection`);
@@ -154,7 +158,7 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
     report.tempFilesRemoved = temps.files;
     report.tempBytesRemoved = temps.bytes;
   }
-  report.durationMs = Date.now() - startedMs;
+  report.durationMs = Math.round(clock.monotonicMs() - startedMs);
   return report;
 }
 

@@ -6,6 +6,7 @@ import { ManifestReader } from '../manifest/manifest-reader.js';
 import type { FinishedManifest } from '../manifest/manifest-writer.js';
 import { ManifestCache } from './manifest-cache.js';
 import { BlockrepError, isBlockrepError } from '../shared/blockrep-error.js';
+import { systemClock, type Clock } from '../shared/clock.js';
 import { assertDiskId, diskIdFromPathComponent, diskIdToPathComponent } from '../shared/disk-id.js';
 import { lockHolderSchema, type LockHolder } from '../shared/lock-holder.js';
 import { isVersionId } from '../shared/version-id.js';
@@ -28,6 +29,8 @@ export class Repository {
   private constructor(
     readonly backend: Backend,
     readonly config: RepositoryConfig,
+    /** What disk locks renew by (tests pass a ManualClock). */
+    readonly clock: Clock,
   ) {}
 
   get location(): string {
@@ -35,7 +38,8 @@ export class Repository {
   }
 
   /** Opens a repository; with `create`, initialises an empty location first. */
-  static async open(backend: Backend, options: { create?: boolean } = {}): Promise<Repository> {
+  static async open(backend: Backend, options: { create?: boolean; clock?: Clock } = {}): Promise<Repository> {
+    const clock = options.clock ?? systemClock;
     let raw: Buffer | undefined;
     try {
       raw = await backend.read(CONFIG_KEY);
@@ -53,7 +57,7 @@ export class Repository {
         format: REPOSITORY_FORMAT,
         version: REPOSITORY_FORMAT_VERSION,
         id: randomBytes(16).toString('hex'),
-        createdAt: new Date().toISOString(),
+        createdAt: new Date(clock.now()).toISOString(),
       };
       try {
         await backend.write(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`), { exclusive: true });
@@ -61,7 +65,7 @@ export class Repository {
         // Another process created it at the same moment: use theirs.
         if (!isBlockrepError(err) || err.code !== 'EXISTS') throw err;
       }
-      return Repository.open(backend);
+      return Repository.open(backend, { clock });
     }
     let parsed: unknown;
     try {
@@ -81,7 +85,7 @@ export class Repository {
     if (!config.success) {
       throw new BlockrepError('REPO_CORRUPT', `${backend.location}/${CONFIG_KEY} is not a blockrep repository config`);
     }
-    return new Repository(backend, config.data);
+    return new Repository(backend, config.data, clock);
   }
 
   // ---- chunks
@@ -291,6 +295,6 @@ export class Repository {
   }
 
   async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {
-    return DiskLock.acquire(this.backend, diskId, purpose);
+    return DiskLock.acquire(this.backend, diskId, purpose, { clock: this.clock });
   }
 }
