@@ -99,7 +99,8 @@ export async function checkProperty<T>(module: string, arbitrary: fc.Arbitrary<T
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, `found-${createHash('sha256').update(bytes).digest('hex').slice(0, 12)}.bin`), bytes);
   }
-  throw new Error(fc.defaultReportMessage(details) ?? 'property failed');
+  const cause = details.errorInstance;
+  throw new Error(`${fc.defaultReportMessage(details) ?? 'property failed'}\n${cause instanceof Error ? cause.message : String(cause)}`, { cause });
 }
 
 /** One change to a valid encoding; several are applied in turn. */
