@@ -32,6 +32,11 @@ export const FIXED_HEADER_BYTES = 68;
 export const ENTRY_BYTES = 40;
 export const DIGEST_BYTES = 32;
 const MAX_META_BYTES = 64 * 1024;
+/**
+ * The largest block a backup makes (scan-geometry's MAX_BLOCK_SIZE): a manifest claiming more
+ * is refused, since readers size buffers by it (restore onto a device allocates a zero block).
+ */
+const MAX_BLOCK_BYTES = 16 * 1024 * 1024;
 
 export const sourceFactsSchema = z
   .object({
@@ -139,7 +144,7 @@ export function decodeHeader(buf: Buffer, where: string): ManifestHeader {
   const blockSize = buf.readUInt32BE(12);
   const imageBytes = safeU64(buf, 16, 'image size', where);
   const blockCount = safeU64(buf, 24, 'block count', where);
-  if (blockSize < 512 || (blockSize & (blockSize - 1)) !== 0) throw new BlockrepError('REPO_CORRUPT', `${where}: invalid block size ${blockSize}`);
+  if (blockSize < 512 || blockSize > MAX_BLOCK_BYTES || (blockSize & (blockSize - 1)) !== 0) throw new BlockrepError('REPO_CORRUPT', `${where}: invalid block size ${blockSize}`);
   if (blockCount !== blockCountFor(imageBytes, blockSize)) throw new BlockrepError('REPO_CORRUPT', `${where}: block count does not match the image size`);
   const metaLength = buf.readUInt32BE(64);
   if (FIXED_HEADER_BYTES + metaLength > headerBytes) throw new BlockrepError('REPO_CORRUPT', `${where}: meta overruns the header`);

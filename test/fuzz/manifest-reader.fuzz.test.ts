@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { MemoryBackend } from '../../src/backend/memory/memory-backend.js';
 import { decodeHeader, DIGEST_BYTES, ENTRY_BYTES, MANIFEST_MAGIC } from '../../src/manifest/manifest-format.js';
 import { ManifestReader } from '../../src/manifest/manifest-reader.js';
-import { checkProperty, mutated, replayCorpus, underContract, withMagic, type DecoderContract } from './fuzz-kit.js';
+import { checkProperty, mutated, replayCorpus, underContract, withMagic, type DecoderContract, type Outcome } from './fuzz-kit.js';
 import { manifestBytesOf, manifestCase, withDigest } from './manifest-arbitraries.js';
 
 /**
@@ -14,6 +14,8 @@ import { manifestBytesOf, manifestCase, withDigest } from './manifest-arbitrarie
  */
 const MODULE = 'manifest-reader';
 const contract: DecoderContract = { codes: ['REPO_CORRUPT', 'REPO_FORMAT'], maxAllocBytes: 16 * 1024 * 1024 };
+/** The largest block a backup makes: restore allocates a block of zeros this large. */
+const MAX_BLOCK_BYTES = 16 * 1024 * 1024;
 const KEY = 'disks/fuzz/20261126T033504.123Z-aaaaaa.manifest';
 /** Header fields: magic, version, hash algorithm, header bytes, block size, sizes and counts, meta length. */
 const FIELDS = [0, 4, 6, 8, 12, 16, 24, 32, 40, 48, 56, 64, 68];
@@ -28,10 +30,18 @@ async function readAll(bytes: Buffer): Promise<{ reader: ManifestReader; entries
   return { reader, entries: Buffer.concat(parts) };
 }
 
+/** What an accepted manifest claims stays within what a backup makes and what was stored. */
+function expectWithinLimits(out: Outcome<{ reader: ManifestReader }>, bytes: Buffer): void {
+  if (!out.ok) return;
+  const { header } = out.value.reader;
+  expect(header.blockSize).toBeLessThanOrEqual(MAX_BLOCK_BYTES);
+  expect(header.blockCount * ENTRY_BYTES).toBeLessThan(bytes.length);
+}
+
 describe('manifest reader under arbitrary bytes', () => {
   it('replays its corpus within the contract', async () => {
     await replayCorpus(MODULE, async (bytes) => {
-      await underContract(contract, () => readAll(bytes));
+      expectWithinLimits(await underContract(contract, () => readAll(bytes)), bytes);
       await underContract(contract, () => decodeHeader(bytes, 'corpus'));
     });
   });
@@ -49,7 +59,7 @@ describe('manifest reader under arbitrary bytes', () => {
   it('damaged manifests, with their digest stale or made to match, fail with a stable code within bounds', async () => {
     const cases = fc.tuple(manifestCase.chain((m) => mutated(fc.constant(manifestBytesOf(m).subarray(0, -DIGEST_BYTES)), FIELDS)), fc.boolean()).map(([body, redigest]) => (redigest ? withDigest(body) : body));
     await checkProperty(MODULE, cases, async (bytes) => {
-      await underContract(contract, () => readAll(bytes));
+      expectWithinLimits(await underContract(contract, () => readAll(bytes)), bytes);
     }, 300);
   });
 
