@@ -26,7 +26,11 @@ export const CODEC_ZSTD = 1;
 /** zstd level 1: ~1 GB/s per core here, and most of the ratio of higher levels on disk data. */
 const ZSTD_LEVEL = 1;
 const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
-/** One decompression context, reused: decoding is synchronous, so calls never overlap. */
+/**
+ * One decompression context, reused (decoding is synchronous, so calls never overlap), used
+ * one-shot only: zstd-napi's shared one streams unsized frames, and one cut short left it
+ * refusing every later chunk of the process.
+ */
 let dctx: zstd.DCtx | undefined;
 
 export interface EncodedChunk {
