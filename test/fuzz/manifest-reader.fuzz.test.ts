@@ -1,10 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MemoryBackend } from '../../src/backend/memory/memory-backend.js';
-import { decodeHeader, DIGEST_BYTES, ENTRY_BYTES, MANIFEST_MAGIC } from '../../src/manifest/manifest-format.js';
+import { decodeHeader, DIGEST_BYTES, encodeHeader, ENTRY_BYTES, MANIFEST_MAGIC } from '../../src/manifest/manifest-format.js';
 import { ManifestReader } from '../../src/manifest/manifest-reader.js';
 import { checkProperty, mutated, replayCorpus, underContract, withMagic, type DecoderContract, type Outcome } from './fuzz-kit.js';
-import { manifestBytesOf, manifestCase, withDigest } from './manifest-arbitraries.js';
+import { manifestBytesOf, manifestCase, manifestMeta, withDigest } from './manifest-arbitraries.js';
 
 /**
  * Manifests (manifest-format.ts, manifest-reader.ts) as read back from storage: open() and the
@@ -59,6 +59,28 @@ describe('manifest reader under arbitrary bytes', () => {
   it('damaged manifests, with their digest stale or made to match, fail with a stable code within bounds', async () => {
     const cases = fc.tuple(manifestCase.chain((m) => mutated(fc.constant(manifestBytesOf(m).subarray(0, -DIGEST_BYTES)), FIELDS)), fc.boolean()).map(([body, redigest]) => (redigest ? withDigest(body) : body));
     await checkProperty(MODULE, cases, async (bytes) => {
+      expectWithinLimits(await underContract(contract, () => readAll(bytes)), bytes);
+    }, 300);
+  });
+
+  it('headers whose fields claim anything, with entries and digest to match, are refused or stay within limits', async () => {
+    // Well-formed manifests (a hostile or buggy writer computes the digest too) whose header
+    // fields are drawn from their whole range, entries and all: the checks behind the digest.
+    const claims = fc
+      .record({
+        blockSize: fc.oneof(fc.integer({ min: 0, max: 31 }).map((k) => 2 ** k), fc.nat({ max: 2 ** 32 - 1 })),
+        blocks: fc.integer({ min: 0, max: 3 }),
+        tail: fc.nat(),
+        createdMs: fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER)),
+        meta: manifestMeta,
+      })
+      .map(({ blockSize, blocks, tail, createdMs, meta }) => {
+        const imageBytes = blocks === 0 || blockSize === 0 ? 0 : (blocks - 1) * blockSize + 1 + (tail % blockSize);
+        const blockCount = blockSize === 0 ? 0 : Math.ceil(imageBytes / blockSize);
+        const header = encodeHeader({ blockSize, imageBytes, blockCount, createdMs, changedBlocks: 0, zeroBlocks: 0, storedBytes: 0, meta });
+        return withDigest(Buffer.concat([header, Buffer.alloc(blockCount * ENTRY_BYTES)]));
+      });
+    await checkProperty(MODULE, claims, async (bytes) => {
       expectWithinLimits(await underContract(contract, () => readAll(bytes)), bytes);
     }, 300);
   });

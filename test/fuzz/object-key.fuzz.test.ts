@@ -11,7 +11,7 @@ import { checkProperty, replayCorpus, underContract, type DecoderContract } from
  * same key — one spelling per object, nothing outside the repository's own names.
  */
 const MODULE = 'object-key';
-const contract: DecoderContract = { codes: ['BAD_REQUEST'], maxAllocBytes: 1024 * 1024, maxMs: 200 };
+const contract: DecoderContract = { codes: ['BAD_REQUEST'], maxAllocBytes: 1024 * 1024, maxMs: 1000 };
 
 const segment = fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/).filter((s) => s !== '.' && s !== '..');
 const diskId = fc.array(segment, { minLength: 1, maxLength: 4 }).map((s) => s.join('/')).filter((s) => s.length <= 200);

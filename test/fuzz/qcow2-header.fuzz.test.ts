@@ -11,7 +11,7 @@ import { checkProperty, mutated, replayCorpus, underContract, withMagic, type De
  * to read more than a 2 MiB cluster.
  */
 const MODULE = 'qcow2-header';
-const contract: DecoderContract = { codes: ['IMAGE_CORRUPT', 'IMAGE_UNSUPPORTED'], maxAllocBytes: 64 * 1024, maxMs: 500 };
+const contract: DecoderContract = { codes: ['IMAGE_CORRUPT', 'IMAGE_UNSUPPORTED'], maxAllocBytes: 64 * 1024, maxMs: 1000 };
 /** Header fields: version, backing name offset and size, cluster bits, size, crypt, L1, refcounts, snapshots, features, refcount order, header length, compression type, first extension. */
 const FIELDS = [4, 8, 16, 20, 24, 32, 36, 40, 48, 56, 60, 64, 72, 80, 88, 96, 100, 104, 112, 116, 120];
 
