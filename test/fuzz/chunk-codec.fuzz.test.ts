@@ -90,7 +90,7 @@ describe('chunk codec under arbitrary bytes', () => {
       async ({ id, blob }) => {
         await decodeThenGood(blob, id);
       },
-      200,
+      100,
       ({ blob }) => blob,
     );
   });
