@@ -20,6 +20,8 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v depmod >/dev/null 2>&1 || need+=(kmod)
   { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+  # nbdinfo (libnbd) is the oracle of what QEMU's NBD exports show (dirty bitmaps, allocation).
+  command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 fi
 if [ "${1:-}" = "--bench" ]; then
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
