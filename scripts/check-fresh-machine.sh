@@ -163,7 +163,7 @@ if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
   env_extra+=(NODE_EXTRA_CA_CERTS=/etc/blockrep-check/extra-ca.pem)
   say "(the host's local CA certificates are handed to node: NODE_EXTRA_CA_CERTS)"
 fi
-say "node $(chroot "$root" /usr/local/bin/node -v), npm $(chroot "$root" /usr/local/bin/node /usr/local/lib/node_modules/npm/bin/npm-cli.js -v)"
+say "node $(chroot "$root" /usr/bin/env -i /usr/local/bin/node -v), npm $(chroot "$root" /usr/bin/env -i /usr/local/bin/node /usr/local/lib/node_modules/npm/bin/npm-cli.js -v)"
 
 step "The project: a clean clone of HEAD ($head_commit)"
 git clone -q --no-checkout "$project" "$root/srv/blockrep"

@@ -50,10 +50,11 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "blockrep needs these Debian packages: ${need[*]} (run as root, or install them yourself)" >&2
     exit 1
   fi
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "installing ${need[*]} ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if [ "$npm_install" = 1 ]; then
