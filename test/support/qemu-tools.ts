@@ -66,7 +66,17 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
   if (opts.backing !== undefined) args.push('-b', opts.backing, '-F', opts.backingFormat ?? 'qcow2');
   args.push(path);
   if (opts.size !== undefined) args.push(String(opts.size));
-  await qemuImg(...args);
+  // A LUKS image: qemu-img times PBKDF2 by the thread's CPU time, which the kernel may count in
+  // whole ticks; on a busy machine it sometimes reads 0 ms and gives up ("Unable to get accurate
+  // CPU usage", about 1 in 10 under load). That measurement is retried, nothing else.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await qemuImg(...args);
+      return;
+    } catch (err) {
+      if (attempt >= 5 || !(err instanceof Error) || !err.message.includes('Unable to get accurate CPU usage')) throw err;
+    }
+  }
 }
 
 /** qemu-img convert to another format (e.g. raw → qcow2 with options, or compressed with -c). */
