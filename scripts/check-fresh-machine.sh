@@ -225,13 +225,14 @@ check_command() { # check_command NAME COMMAND
   for pid in $(procs_in_root); do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
+load_before="$(cut -d' ' -f1 /proc/loadavg)"
 left_before="$(procs_in_root 'blockrep.js serve|qemu-system' | wc -l)"
 check_command demo "npm run demo"
 [ "$only_demo" = 1 ] || check_command test "npm test"
 
 test_summary=""
 if [ -f "$logs/test.log" ]; then
-  test_summary="$(sed 's/\x1b\[[0-9;]*m//g' "$logs/test.log" | grep -E '^ *(Test Files|Tests) ' | sed 's/^ *//' | paste -sd';' | sed 's/;/; /')"
+  test_summary="$(sed 's/\x1b\[[0-9;]*m//g' "$logs/test.log" | grep -E '^ *(Test Files|Tests) ' | sed 's/^ *//' | tr -s ' ' | paste -sd';' | sed 's/;/; /g')"
 fi
 
 {
@@ -241,7 +242,8 @@ fi
   echo "\`$(git -C "$project" rev-parse --short=12 "$head_commit")\`: \`debootstrap --variant=minbase bookworm\` (Debian $(cat "$root/etc/debian_version"),"
   echo "$(chroot "$root" dpkg-query -W -f '.\n' | wc -l | tr -d ' ') packages at the end), Node.js $node_version with its npm and headers copied into"
   echo "/usr/local, a clean clone of the commit, and the README's two commands run there as root,"
-  echo "one after the other (the second finds what the first installed). $(nproc) cores."
+  echo "one after the other (the second finds what the first installed). $(nproc) cores, shared"
+  echo "with other work: load average $load_before when the demo started, $(cut -d' ' -f1 /proc/loadavg) at the end."
   echo
   echo "| command | result | time | Debian packages install-deps.sh installed (with dependencies) | blockrep serve / QEMU left running |"
   echo "| --- | --- | --- | --- | --- |"
