@@ -28,8 +28,12 @@ export class PatchBaseCache {
     private readonly capacityBytes = DEFAULT_PATCH_BASE_CACHE_BYTES,
   ) {}
 
-  /** The content of chunk `id`, from here or read and checked (CHUNK_MISSING, CHUNK_CORRUPT). */
-  async get(id: string): Promise<PatchBase> {
+  /**
+   * The content of chunk `id`, from here or read and checked (CHUNK_MISSING, CHUNK_CORRUPT);
+   * undefined if it is not here and its content is larger than `maxRawBytes` (known from the
+   * blob's header, before it is decompressed and hashed).
+   */
+  async get(id: string, maxRawBytes = Infinity): Promise<PatchBase | undefined> {
     const kept = this.bases.get(id);
     if (kept) {
       this.bases.delete(id); // to the end: most recently used
@@ -37,6 +41,7 @@ export class PatchBaseCache {
       return kept;
     }
     const blob = await this.repo.readChunkBlob(id);
+    if (blob.length >= 12 && blob.readUInt32BE(8) > maxRawBytes) return undefined;
     const base = { raw: decodeChunk(blob, id), incompressible: blobCodec(blob) === CODEC_STORED };
     this.keep(id, base);
     return base;
