@@ -13,8 +13,9 @@ import type { RequestContext } from './request-context.js';
  * repository holds (null when it does not hold the base, or the geometry does not match, or the
  * plan's work is used up). The work is bounded whatever the plan says: each base is read,
  * decoded and sliced once per plan however many items name it; at most `maxBaseBytes` of bases
- * are decoded (later items get null: sent whole), each held against the request's budget; the
- * event loop gets a turn between bases; and the plan stops when its client hangs up.
+ * are decoded (later items get null: sent whole), each held against the request's budget; plans
+ * take turns base by base, and the event loop gets a turn between bases; and the plan stops
+ * when its client hangs up.
  */
 export async function planPatches(bases: PatchBaseCache, ctx: RequestContext, maxBaseBytes: number): Promise<{ items: Array<string | null> }> {
   const { sliceBytes, items } = await readJson(ctx, patchPlanRequestSchema, MAX_JSON_BODY_BYTES, 'a patch plan');
@@ -32,22 +33,26 @@ export async function planPatches(bases: PatchBaseCache, ctx: RequestContext, ma
   for (const [baseId, indexes] of byBase) {
     await yieldToLoop();
     if (ctx.res.destroyed) throw clientGone(ctx);
-    let base: PatchBase | undefined;
-    try {
-      base = await bases.get(baseId, budgetLeft);
-    } catch (err) {
-      if (isBlockrepError(err) && (err.code === 'CHUNK_MISSING' || err.code === 'CHUNK_CORRUPT')) continue; // no plan: sent whole
-      throw err;
-    }
-    if (base === undefined) continue; // larger than what is left of this plan's work
-    budgetLeft -= base.raw.length;
-    await ctx.lease.ensure(kept + base.raw.length);
-    const mine = sliceHashes(base.raw, sliceBytes);
-    for (const i of indexes) {
-      const h = hashes[i]!;
-      if (h.length === mine.length) out[i] = bitmapOf(mine, h).toString('base64');
-    }
-    ctx.lease.shrink(kept);
+    const used = await bases.inTurn(async () => {
+      if (ctx.res.destroyed) throw clientGone(ctx);
+      let base: PatchBase | undefined;
+      try {
+        base = await bases.get(baseId, budgetLeft);
+      } catch (err) {
+        if (isBlockrepError(err) && (err.code === 'CHUNK_MISSING' || err.code === 'CHUNK_CORRUPT')) return 0; // no plan: sent whole
+        throw err;
+      }
+      if (base === undefined) return 0; // larger than what is left of this plan's work
+      await ctx.lease.ensure(kept + base.raw.length);
+      const mine = sliceHashes(base.raw, sliceBytes);
+      for (const i of indexes) {
+        const h = hashes[i]!;
+        if (h.length === mine.length) out[i] = bitmapOf(mine, h).toString('base64');
+      }
+      ctx.lease.shrink(kept);
+      return base.raw.length;
+    });
+    budgetLeft -= used;
   }
   return { items: out };
 }

@@ -138,7 +138,13 @@ export async function readBody(ctx: RequestContext, maxBytes: number, what: stri
   let total = 0;
   const base = ctx.lease.heldBytes;
   for await (const piece of bodyPieces(ctx, () => maxBytes, what)) {
-    await ctx.lease.ensure(base + total + piece.length, base + maxBytes);
+    try {
+      await ctx.lease.ensure(base + total + piece.length, base + maxBytes);
+    } catch (err) {
+      // Refused for memory: reading (and dropping) the rest would cost what the refusal saves.
+      ctx.closeAfterAnswer = true;
+      throw err;
+    }
     pieces.push(piece);
     total += piece.length;
   }

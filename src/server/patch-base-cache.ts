@@ -22,6 +22,7 @@ export const DEFAULT_PATCH_BASE_CACHE_BYTES = 64 * 1024 * 1024;
 export class PatchBaseCache {
   private readonly bases = new Map<string, PatchBase>();
   private bytes = 0;
+  private turns: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly repo: Repository,
@@ -45,6 +46,17 @@ export class PatchBaseCache {
     const base = { raw: decodeChunk(blob, id), incompressible: blobCodec(blob) === CODEC_STORED };
     this.keep(id, base);
     return base;
+  }
+
+  /**
+   * Runs `work` (a base decoded, hashed and compared: tens of ms of CPU on the event loop) after
+   * the work of every plan before it: however many plans arrive at once, another request waits
+   * for at most one such step, not one per plan.
+   */
+  inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.turns.catch(() => undefined).then(work);
+    this.turns = run.catch(() => undefined);
+    return run;
   }
 
   private keep(id: string, base: PatchBase): void {
