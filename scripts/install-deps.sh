@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+# The NBD client's tests: qemu-nbd serves images, nbdinfo (libnbd) is the oracle of their maps.
+command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 # xxhsum is the oracle of the scan tests (and the peer of the scan benchmark).
 command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
 if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
