@@ -269,8 +269,9 @@ export class NbdClient {
   }
 
   /**
-   * Ends the session: waits for requests in flight, sends NBD_CMD_DISC, and waits (briefly)
-   * for the server to close. Safe to call twice, and after a failure.
+   * Ends the session: waits for the requests already sent or queued, sends NBD_CMD_DISC, and
+   * waits (briefly) for the server to close. A read still splitting into requests fails with
+   * NBD_ERROR (details.closed). Safe to call twice, and after a failure.
    */
   close(): Promise<void> {
     this.closing ??= this.closeOnce();

@@ -179,6 +179,33 @@ describe('handshake: refused with NBD_PROTOCOL', () => {
   });
 });
 
+describe('ending the session', () => {
+  it('close() waits for the reads in flight, then sends NBD_CMD_DISC; later requests are refused', async () => {
+    const held: Array<[NbdRequest, Socket]> = [];
+    const server = await fake({ onRequest: (req, s) => held.push([req, s]) });
+    const client = await connect(server);
+    const reading = client.read(0, 4096);
+    await new Promise((r) => setTimeout(r, 50));
+    let closed = false;
+    const closing = client.close().then(() => (closed = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(closed).toBe(false);
+    expect(server.disconnects()).toBe(0);
+    const [req, sock] = held[0]!;
+    sock.write(data(req, 0, 4096, NBD_REPLY_FLAG_DONE));
+    expect((await reading).equals(Buffer.alloc(4096, 0xab))).toBe(true);
+    await closing;
+    expect(server.disconnects()).toBe(1);
+    expect((await failure(client.read(0, 1))).code).toBe('NBD_ERROR');
+  });
+
+  it('listMetaContexts leaves with NBD_OPT_ABORT', async () => {
+    const server = await fake({});
+    expect(await NbdClient.listMetaContexts({ address: { kind: 'unix', path: server.path }, queries: ['base:allocation'] })).toEqual(['base:allocation']);
+    expect(server.options).toEqual([nbdOption.structuredReply, nbdOption.listMetaContext, nbdOption.abort]);
+  });
+});
+
 describe('reads: malformed and hostile replies', () => {
   it('a reply with the wrong magic', () => expectReadRefused((req, s) => s.write(Buffer.concat([Buffer.from([0xde, 0xad, 0xbe, 0xef]), data(req, req.offset, req.length).subarray(4)])), /reply has magic 0xdeadbeef/));
   it('a reply for a cookie never sent', () => expectReadRefused((req, s) => s.write(data({ ...req, cookie: req.cookie + 1000n }, req.offset, req.length, NBD_REPLY_FLAG_DONE)), /no request in flight/));

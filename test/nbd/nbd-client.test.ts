@@ -172,6 +172,30 @@ describe('NbdClient against qemu-nbd', () => {
     }
   });
 
+  it('maps an export larger than 4 GiB in requests under 4 GiB, as nbdinfo does, and reads past 4 GiB', async () => {
+    const image = join(dir, 'big.qcow2');
+    await createImage(image, { format: 'qcow2', size: '10G' });
+    await qemuIo(image, ['write -P 0x01 0 1M', 'write -P 0x02 5G 64K', 'write -P 0x03 10238M 2M']);
+    const server = await startQemuNbd({ image, format: 'qcow2', socketPath: join(dir, 'big.sock') });
+    servers.push(server);
+    const client = await connect(server, { metaContexts: [BASE_ALLOCATION] });
+    try {
+      const ours = await collect(client, BASE_ALLOCATION, 0, 10 * 1024 * MiB);
+      // At least three requests: no extent reaches past the 4 GiB - 64 KiB a request may cover.
+      expect(ours.every((e) => e.length <= 0xffff0000)).toBe(true);
+      expect(coalesce(ours)).toEqual(coalesce(await nbdinfoMap(server.uri)));
+      expect(coalesce(ours).filter((e) => e.type === 0).map((e) => [e.offset / MiB, e.length / KiB])).toEqual([
+        [0, 1024],
+        [5120, 64],
+        [10238, 2048],
+      ]);
+      const at5g = await client.read(5 * 1024 * MiB - 10, 20);
+      expect([...at5g]).toEqual([...Buffer.alloc(10), ...Buffer.alloc(10, 0x02)]);
+    } finally {
+      await client.close();
+    }
+  });
+
   it('keeps exactly maxInFlight requests in flight, and no more (a proxy holds the replies back)', async () => {
     const proxyPath = join(dir, 'proxy.sock');
     const proxy = await startCountingProxy(proxyPath, chain.server.socketPath!, 100);

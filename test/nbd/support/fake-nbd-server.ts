@@ -47,6 +47,8 @@ export interface FakeServer {
   path: string;
   requests: NbdRequest[];
   options: number[];
+  /** NBD_CMD_DISC requests received. */
+  disconnects: () => number;
   stop(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export async function startFakeServer(dir: string, script: FakeScript = {}): Pro
   const requests: NbdRequest[] = [];
   const options: number[] = [];
   const sockets = new Set<Socket>();
+  let disconnects = 0;
   const exp: FakeExport = { exportBytes: 1024 * 1024, transmissionFlags: nbdTransmissionFlag.hasFlags | nbdTransmissionFlag.readOnly, ...script.export };
   const server: Server = createServer((sock) => {
     sockets.add(sock);
@@ -120,6 +123,7 @@ export async function startFakeServer(dir: string, script: FakeScript = {}): Pro
           const request = decodeRequest(Buffer.from(buf.subarray(0, 28)));
           buf = buf.subarray(28);
           if (request.type === 2) {
+            disconnects++;
             sock.end();
             return;
           }
@@ -135,6 +139,7 @@ export async function startFakeServer(dir: string, script: FakeScript = {}): Pro
     path,
     requests,
     options,
+    disconnects: () => disconnects,
     stop: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
