@@ -2,7 +2,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { BlockrepError, TaskPool, isBlockrepError, systemErrorCode } from '../shared/index.js';
 import { formatNbdAddress, type NbdAddress } from './nbd-address.js';
 import { NBD_DEFAULT_MAX_PAYLOAD, NBD_MAX_REQUEST_LENGTH, NBD_REPLY_FLAG_DONE, nbdBytes, nbdCommand, nbdErrnoName, nbdReplyType } from './nbd-constants.js';
-import { clientHandshake, clientListMetaContexts, sendAbort, type NbdExportInfo } from './nbd-handshake.js';
+import { clientHandshake, clientListMetaContexts, sendAbort, type HandshakeProgress, type NbdExportInfo } from './nbd-handshake.js';
 import { nbdProtocolError } from './nbd-protocol-error.js';
 import {
   MAX_BLOCK_STATUS_PAYLOAD_BYTES,
@@ -123,12 +123,13 @@ async function openSocket(address: NbdAddress, timeoutMs: number): Promise<Socke
 }
 
 /** Runs a handshake step with the deadline; a timeout or a close becomes a BlockrepError. */
-async function withHandshake<T>(address: NbdAddress, timeoutMs: number | undefined, step: (socket: Socket, reader: SocketReader) => Promise<T>): Promise<{ socket: Socket; reader: SocketReader; result: T }> {
+async function withHandshake<T>(address: NbdAddress, timeoutMs: number | undefined, step: (socket: Socket, reader: SocketReader, progress: HandshakeProgress) => Promise<T>): Promise<{ socket: Socket; reader: SocketReader; result: T }> {
   const deadline = checkCount('handshakeTimeoutMs', timeoutMs, DEFAULT_HANDSHAKE_TIMEOUT_MS, 1, 3_600_000);
   const started = Date.now();
   const socket = await openSocket(address, deadline);
   const reader = new SocketReader(socket);
   let timedOut = false;
+  const progress: HandshakeProgress = { greeted: false };
   const timer = setTimeout(
     () => {
       timedOut = true;
@@ -137,13 +138,17 @@ async function withHandshake<T>(address: NbdAddress, timeoutMs: number | undefin
     Math.max(1, deadline - (Date.now() - started)),
   );
   try {
-    const result = await step(socket, reader);
+    const result = await step(socket, reader, progress);
     return { socket, reader, result };
   } catch (err) {
     sendAbort(socket);
     socket.destroy();
     const where = formatNbdAddress(address);
-    if (timedOut) throw new BlockrepError('NBD_ERROR', `the NBD server at ${where} did not finish the handshake within ${deadline} ms`, { details: { address: where, timeout: true } });
+    if (timedOut) {
+      // qemu-nbd without --shared serves one client: the next one is accepted but never greeted.
+      const what = progress.greeted ? 'did not finish the handshake' : 'accepted the connection but sent no greeting (busy with another client?)';
+      throw new BlockrepError('NBD_ERROR', `the NBD server at ${where} ${what} within ${deadline} ms`, { details: { address: where, timeout: true, greeted: progress.greeted } });
+    }
     if (err instanceof SocketClosedError) throw nbdProtocolError(`the server at ${where} closed the connection during the handshake (${err.reason})`);
     throw err;
   } finally {
@@ -191,8 +196,8 @@ export class NbdClient {
     const maxStatus = checkCount('maxBlockStatusRequestBytes', options.maxBlockStatusRequestBytes, DEFAULT_MAX_BLOCK_STATUS_REQUEST_BYTES, 1, NBD_MAX_REQUEST_LENGTH);
     const metaContexts = [...new Set(options.metaContexts ?? [])];
     const exportName = options.exportName ?? '';
-    const { socket, reader, result } = await withHandshake(options.address, options.handshakeTimeoutMs, (s, r) =>
-      clientHandshake(s, r, { exportName, structuredReplies: options.structuredReplies ?? true, metaContexts }),
+    const { socket, reader, result } = await withHandshake(options.address, options.handshakeTimeoutMs, (s, r, p) =>
+      clientHandshake(s, r, p, { exportName, structuredReplies: options.structuredReplies ?? true, metaContexts }),
     );
     return new NbdClient(socket, reader, result.info, result.contexts, formatNbdAddress(options.address), requestTimeoutMs, maxInFlight, maxRead, maxStatus);
   }
@@ -203,7 +208,7 @@ export class NbdClient {
    * with NBD_OPT_ABORT. No queries: every context the server has.
    */
   static async listMetaContexts(options: { address: NbdAddress; exportName?: string; queries?: readonly string[]; handshakeTimeoutMs?: number }): Promise<string[]> {
-    const { socket, result } = await withHandshake(options.address, options.handshakeTimeoutMs, (s, r) => clientListMetaContexts(s, r, { exportName: options.exportName ?? '', queries: options.queries ?? [] }));
+    const { socket, result } = await withHandshake(options.address, options.handshakeTimeoutMs, (s, r, p) => clientListMetaContexts(s, r, p, { exportName: options.exportName ?? '', queries: options.queries ?? [] }));
     socket.destroy();
     return result;
   }
@@ -242,7 +247,8 @@ export class NbdClient {
     this.checkRange(offset, length, 'block-status query');
     const align = this.info.minimumBlockBytes;
     const start = offset - (offset % align);
-    const end = Math.min(this.info.exportBytes, start + Math.min(this.maxBlockStatusRequestBytes - (this.maxBlockStatusRequestBytes % align), Math.ceil((offset + length - start) / align) * align));
+    const maxRequest = Math.max(align, this.maxBlockStatusRequestBytes - (this.maxBlockStatusRequestBytes % align));
+    const end = Math.min(this.info.exportBytes, start + Math.min(maxRequest, Math.ceil((offset + length - start) / align) * align));
     const extents = await this.statusRequest(contextId, start, end - start);
     const out: NbdExtent[] = [];
     for (const extent of extents) {

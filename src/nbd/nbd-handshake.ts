@@ -97,8 +97,18 @@ function optionRefused(what: string, reply: OptionReply, details: Record<string,
   return new BlockrepError('NBD_ERROR', `the NBD server refused ${what}: ${name}${message ? ` (${message})` : ''}`, { details: { ...details, reply: name } });
 }
 
-export async function clientHandshake(socket: Socket, reader: SocketReader, options: { exportName: string; structuredReplies: boolean; metaContexts: readonly string[] }): Promise<HandshakeResult> {
-  const channel = await greet(socket, reader);
+/** How far a handshake got, for the message of a timeout. */
+export interface HandshakeProgress {
+  greeted: boolean;
+}
+
+export async function clientHandshake(
+  socket: Socket,
+  reader: SocketReader,
+  progress: HandshakeProgress,
+  options: { exportName: string; structuredReplies: boolean; metaContexts: readonly string[] },
+): Promise<HandshakeResult> {
+  const channel = await greet(socket, reader, progress);
   const structuredReplies = options.structuredReplies && (await negotiateStructuredReplies(channel));
   const contexts = new Map<string, number>();
   if (options.metaContexts.length > 0) {
@@ -118,8 +128,8 @@ export async function clientHandshake(socket: Socket, reader: SocketReader, opti
 }
 
 /** The metadata contexts the server offers for `queries` (e.g. `qemu:dirty-bitmap:`); then NBD_OPT_ABORT. */
-export async function clientListMetaContexts(socket: Socket, reader: SocketReader, options: { exportName: string; queries: readonly string[] }): Promise<string[]> {
-  const channel = await greet(socket, reader);
+export async function clientListMetaContexts(socket: Socket, reader: SocketReader, progress: HandshakeProgress, options: { exportName: string; queries: readonly string[] }): Promise<string[]> {
+  const channel = await greet(socket, reader, progress);
   if (!(await negotiateStructuredReplies(channel))) {
     throw new BlockrepError('NBD_ERROR', 'the NBD server refused structured replies, without which it has no metadata contexts', { details: { option: 'NBD_OPT_STRUCTURED_REPLY' } });
   }
@@ -128,8 +138,9 @@ export async function clientListMetaContexts(socket: Socket, reader: SocketReade
   return names;
 }
 
-async function greet(socket: Socket, reader: SocketReader): Promise<OptionChannel> {
+async function greet(socket: Socket, reader: SocketReader, progress: HandshakeProgress): Promise<OptionChannel> {
   const { handshakeFlags } = decodeServerGreeting(await reader.read(nbdBytes.greeting));
+  progress.greeted = true;
   // NO_ZEROES only matters after NBD_OPT_EXPORT_NAME; echo it when offered, so that reply is short.
   const clientFlags = nbdClientFlag.fixedNewstyle | (handshakeFlags & nbdHandshakeFlag.noZeroes ? nbdClientFlag.noZeroes : 0);
   socket.write(encodeClientFlags(clientFlags));

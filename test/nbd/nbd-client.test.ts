@@ -243,6 +243,19 @@ describe('NbdClient against qemu-nbd', () => {
     }
   });
 
+  it('a qemu-nbd serving one client (its default) greets no second client: NBD_ERROR after the timeout', async () => {
+    const server = await startQemuNbd({ image: plainRaw.image, format: 'raw', socketPath: join(dir, 'single.sock'), shared: 1 });
+    servers.push(server);
+    const first = await connect(server);
+    const err = await connect(server, { handshakeTimeoutMs: 500 }).catch((e: unknown) => e);
+    expect(isBlockrepError(err) && err.code).toBe('NBD_ERROR');
+    expect((err as any).details).toMatchObject({ timeout: true, greeted: false });
+    await first.close();
+    const again = await connect(server);
+    expect((await again.read(0, 4096)).equals(plainRaw.raw.subarray(0, 4096))).toBe(true);
+    await again.close();
+  });
+
   it('says NBD_UNAVAILABLE when nothing listens, and refuses requests after close', async () => {
     const err = await NbdClient.connect({ address: { kind: 'unix', path: join(dir, 'nothing.sock') } }).catch((e: unknown) => e);
     expect(isBlockrepError(err) && err.code).toBe('NBD_UNAVAILABLE');

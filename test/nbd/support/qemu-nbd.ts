@@ -24,6 +24,8 @@ export interface QemuNbdOptions {
   exportName?: string;
   bitmaps?: string[];
   allocationDepth?: boolean;
+  /** Clients served at once (qemu-nbd's --shared; default here 0, unlimited; qemu-nbd's own default is 1). */
+  shared?: number;
 }
 
 async function freePort(): Promise<number> {
@@ -48,9 +50,9 @@ function canConnect(target: { path: string } | { host: string; port: number }): 
   });
 }
 
-/** Starts `qemu-nbd --read-only --persistent --shared=0` and waits until it accepts connections. */
+/** Starts `qemu-nbd --read-only --persistent` and waits until it accepts connections. */
 export async function startQemuNbd(options: QemuNbdOptions): Promise<QemuNbd> {
-  const args = ['--read-only', '--persistent', '--shared=0', `--format=${options.format}`];
+  const args = ['--read-only', '--persistent', `--shared=${options.shared ?? 0}`, `--format=${options.format}`];
   let target: { path: string } | { host: string; port: number };
   let port: number | undefined;
   if (options.tcp === true) {
@@ -121,12 +123,10 @@ export function coalesce(extents: Iterable<{ offset: number; length: number; typ
 }
 
 /**
- * A unix-socket proxy in front of an NBD server that counts the client's requests. Once the
- * transmission phase starts it holds the server's replies back until `holdUntil` requests have
- * arrived or `quietMs` passed without a new one; `maxHeld` is how many requests the client had
- * sent before it saw any reply, and `maxOutstanding` the most it ever had unanswered as far as
- * the proxy can tell (requests sent minus replies forwarded is not known exactly; counted as
- * requests seen while replies were held).
+ * A unix-socket proxy in front of an NBD server that counts the client's requests. At the first
+ * request it holds the server's replies back until `holdUntil` requests have arrived or
+ * `quietMs` passed without a new one: `maxHeld` is how many requests the client sent before it
+ * saw any reply, i.e. how many it keeps in flight.
  */
 export async function startCountingProxy(listenPath: string, upstreamPath: string, holdUntil: number, quietMs = 300): Promise<{ maxHeld: () => number; requests: () => number; stop: () => Promise<void> }> {
   let maxHeld = 0;
