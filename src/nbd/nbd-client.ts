@@ -1,5 +1,5 @@
 import { connect as netConnect, type Socket } from 'node:net';
-import { BlockrepError, TaskPool, isBlockrepError, systemErrorCode } from '../shared/index.js';
+import { BlockrepError, TaskPool, systemErrorCode, toBlockrepError } from '../shared/index.js';
 import { formatNbdAddress, type NbdAddress } from './nbd-address.js';
 import { NBD_DEFAULT_MAX_PAYLOAD, NBD_MAX_REQUEST_LENGTH, NBD_REPLY_FLAG_DONE, nbdBytes, nbdCommand, nbdErrnoName, nbdReplyType } from './nbd-constants.js';
 import { clientHandshake, clientListMetaContexts, sendAbort, type HandshakeProgress, type NbdExportInfo } from './nbd-handshake.js';
@@ -399,7 +399,7 @@ export class NbdClient {
         if (midReply) this.fail(nbdProtocolError(`the server at ${this.where} closed the connection in the middle of a reply`));
         else this.fail(new BlockrepError('NBD_ERROR', `the NBD server at ${this.where} closed the connection${this.pending.size > 0 ? ` with ${this.pending.size} request(s) unanswered` : ''}`, { details: { closed: true } }));
       } else {
-        this.fail(isBlockrepError(err) ? err : nbdProtocolError(String(err)));
+        this.fail(toBlockrepError(err));
       }
     }
   }

@@ -198,7 +198,8 @@ describe('NbdClient against qemu-nbd', () => {
 
   it('keeps exactly maxInFlight requests in flight, and no more (a proxy holds the replies back)', async () => {
     const proxyPath = join(dir, 'proxy.sock');
-    const proxy = await startCountingProxy(proxyPath, chain.server.socketPath!, 100);
+    // The proxy releases the replies after 1 s without a new request: a busy machine cannot cut the batch short.
+    const proxy = await startCountingProxy(proxyPath, chain.server.socketPath!, 100, 1_000);
     const client = await NbdClient.connect({ address: { kind: 'unix', path: proxyPath }, maxInFlight: 8, maxReadRequestBytes: 1 * MiB });
     try {
       const data = await client.read(0, 24 * MiB);
