@@ -268,7 +268,11 @@ export class NbdClient {
       const extents = await this.blockStatus(context, at, end - at);
       const last = extents[extents.length - 1];
       // Extents start at the request's offset and are nonzero, so only an aligned-down start can fail to reach past `at`.
-      if (!last || last.offset + last.length <= at) throw nbdProtocolError(`block status for ${context} at offset ${at} did not advance`, { offset: at });
+      if (!last || last.offset + last.length <= at) {
+        const err = nbdProtocolError(`block status for ${context} at offset ${at} did not advance`, { offset: at });
+        this.fail(err);
+        throw err;
+      }
       for (const extent of extents) yield extent;
       at = last.offset + last.length;
     }

@@ -360,6 +360,7 @@ describe('block status: malformed and hostile replies', () => {
     expect(err.code).toBe('NBD_PROTOCOL');
     expect(err.message).toMatch(/did not advance/);
     expect(server.requests[0]).toMatchObject({ offset: 512 });
+    expect((await failure(client.read(0, 1))).code).toBe('NBD_PROTOCOL');
     await client.close();
   });
 
