@@ -40,7 +40,7 @@ beforeAll(async () => {
   await qemuIo(top, ['write -P 0x22 1M 3M', 'write -z 8M 2M', 'write -P 0x44 10M 4K', 'write -P 0x55 45M 130K', 'write -z 61M 64K', 'write -P 0x66 71M 1M']);
   const rawOut = join(dir, 'top.raw');
   await convertToRaw(top, rawOut, 'qcow2');
-  chain = { top, raw: await readFile(rawOut), server: await startQemuNbd({ image: top, format: 'qcow2', socketPath: join(dir, 'top.sock'), bitmaps: ['b0'] }) };
+  chain = { top, raw: await readFile(rawOut), server: await startQemuNbd({ image: top, format: 'qcow2', socketPath: join(dir, 'top.sock'), bitmaps: ['b0'], allocationDepth: true }) };
   servers.push(chain.server);
 
   // A sparse raw file with data in a few places, odd size (not a multiple of 64 KiB).
@@ -71,6 +71,7 @@ describe('NbdClient against qemu-nbd', () => {
       expect(client.info.minimumBlockBytes).toBe(1);
       expect(client.info.maximumPayloadBytes).toBe(32 * MiB);
       expect(client.metaContexts.sort()).toEqual([BASE_ALLOCATION, 'qemu:dirty-bitmap:b0']);
+      expect(client.info.transmissionFlags & 1).toBe(1);
     } finally {
       await client.close();
     }
@@ -140,6 +141,19 @@ describe('NbdClient against qemu-nbd', () => {
         [62464, 64],
         [72704, 1024],
       ]);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('maps qemu:allocation-depth as nbdinfo does: it tells zero clusters of the overlay from the unallocated', async () => {
+    const context = 'qemu:allocation-depth';
+    const client = await connect(chain.server, { metaContexts: [context] });
+    try {
+      const ours = coalesce(await collect(client, context, 0, 72 * MiB));
+      expect(ours).toEqual(coalesce(await nbdinfoMap(chain.server.uri, context)));
+      const depthAt = (offset: number): number => ours.find((e) => e.offset <= offset && offset < e.offset + e.length)!.type;
+      expect([depthAt(MiB), depthAt(8 * MiB), depthAt(20 * MiB), depthAt(50 * MiB)]).toEqual([1, 1, 2, 0]);
     } finally {
       await client.close();
     }
