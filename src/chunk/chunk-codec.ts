@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { compress, decompress } from 'zstd-napi';
+import { compress } from 'zstd-napi';
+import zstd from 'zstd-napi/binding.js';
 import { BlockrepError } from '../shared/index.js';
 
 /**
@@ -25,6 +26,12 @@ export const CODEC_ZSTD = 1;
 /** zstd level 1: ~1 GB/s per core here, and most of the ratio of higher levels on disk data. */
 const ZSTD_LEVEL = 1;
 const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
+/**
+ * One decompression context, reused (decoding is synchronous, so calls never overlap), used
+ * one-shot only: zstd-napi's shared one streams unsized frames, and one cut short left it
+ * refusing every later chunk of the process.
+ */
+let dctx: zstd.DCtx | undefined;
 
 export interface EncodedChunk {
   /** Lower-case hex SHA-256 of the uncompressed bytes. */
@@ -100,7 +107,11 @@ export function unpackChunk(blob: Uint8Array, expectedId: string): Buffer {
     raw = payload;
   } else if (codec === CODEC_ZSTD) {
     try {
-      raw = decompress(payload);
+      // Into exactly the length the header states (at most MAX_CHUNK_BYTES), never what the
+      // frames claim: a small frame can claim, or expand to, gigabytes. More is an error.
+      raw = Buffer.allocUnsafe(rawLength);
+      dctx ??= new zstd.DCtx();
+      raw = raw.subarray(0, dctx.decompress(raw, payload));
     } catch (err) {
       throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: compressed data is damaged`, { cause: err });
     }
