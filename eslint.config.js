@@ -14,6 +14,7 @@ const layers = {
   chunk: ['shared'],
   image: ['shared'],
   hypervisor: ['shared'],
+  nbd: ['shared'],
   backend: ['shared', 'protocol'],
   manifest: ['shared', 'backend'],
   scan: ['shared', 'chunk', 'image'],

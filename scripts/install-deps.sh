@@ -26,6 +26,10 @@ if [ "$npm_install" = 1 ]; then
 fi
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+# qemu-nbd serves images to the NBD client's tests; nbdinfo (libnbd) is the oracle of what NBD
+# exports show (maps, dirty bitmaps, allocation), there and in the hypervisor tests.
+command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   # Live VMs: QEMU, the guest agent and what the test guest is made of; e2fsprogs makes and
   # checks its ext4 disks.
@@ -35,8 +39,6 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v depmod >/dev/null 2>&1 || need+=(kmod)
   { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
-  # nbdinfo (libnbd) is the oracle of what QEMU's NBD exports show (dirty bitmaps, allocation).
-  command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 fi
 if [ "$mode" = --test ]; then
   # The scan tests check hashes against xxhsum; the TLS tests make a certificate with openssl.

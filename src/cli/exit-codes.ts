@@ -52,6 +52,7 @@ const table = {
   QMP_UNAVAILABLE: EXIT_VM_UNREACHABLE,
   QMP_BUSY: EXIT_VM_UNREACHABLE,
   AGENT_UNAVAILABLE: EXIT_VM_UNREACHABLE,
+  NBD_UNAVAILABLE: EXIT_VM_UNREACHABLE,
   FREEZE_FAILED: EXIT_SNAPSHOT_FAILED,
   SNAPSHOT_FAILED: EXIT_SNAPSHOT_FAILED,
   THAW_FAILED: EXIT_VM_NEEDS_RECOVERY,
@@ -70,6 +71,8 @@ const table = {
   BAD_REQUEST: EXIT_FAILURE,
   QMP_ERROR: EXIT_FAILURE,
   AGENT_ERROR: EXIT_FAILURE,
+  NBD_ERROR: EXIT_FAILURE,
+  NBD_PROTOCOL: EXIT_FAILURE,
   INTERNAL: EXIT_FAILURE,
 } as const satisfies Record<ErrorCode, number>;
 
@@ -90,7 +93,8 @@ Exit codes:
   6    image refused: corrupt, truncated, encrypted, unsupported feature, backing loop
   7    no space left on the device
   8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another
-       client, or (with --require-quiesce) no guest agent answers
+       client, no NBD server at the disk's export address, or (with --require-quiesce)
+       no guest agent answers
   9    snapshot not taken: freeze or snapshot failed; the VM runs on its own images, unharmed
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
        says which; run blockrep recover --qmp SOCKET [--qga SOCKET]

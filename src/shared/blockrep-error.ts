@@ -56,6 +56,10 @@ export const errorCodes = [
   'COMMIT_FAILED', // an overlay could not be committed back: the VM runs on it (blockrep recover)
   'RECOVERY_NEEDED', // an earlier run left the VM frozen or on a blockrep overlay (blockrep recover)
   'VM_LOCKED', // another blockrep process is working on the same VM
+  // NBD (QEMU's NBD server for changed-block tracking, libvirt's pull-mode backup)
+  'NBD_UNAVAILABLE', // no NBD server at the address (missing socket, connection refused)
+  'NBD_ERROR', // the NBD server refused an option or a request, closed the connection, or did not answer in time
+  'NBD_PROTOCOL', // the NBD server broke the protocol (malformed or hostile reply, closed mid-reply)
   'INTERRUPTED', // stopped by a signal; nothing half-done was published
   'INTERNAL',
 ] as const;
