@@ -56,6 +56,12 @@ export const errorCodes = [
   'COMMIT_FAILED', // an overlay could not be committed back: the VM runs on it (blockrep recover)
   'RECOVERY_NEEDED', // an earlier run left the VM frozen or on a blockrep overlay (blockrep recover)
   'VM_LOCKED', // another blockrep process is working on the same VM
+  // libvirt domains (virsh)
+  'LIBVIRT_UNAVAILABLE', // libvirt cannot be reached (daemon down, wrong --connect URI, virsh missing)
+  'LIBVIRT_ERROR', // a virsh command failed or timed out for another reason (the message carries libvirt's)
+  'DOMAIN_NOT_FOUND', // libvirt has no domain of that name
+  'DOMAIN_NOT_RUNNING', // the domain is shut off (or crashed): there is no running VM to snapshot
+  'BLOCK_JOB_ACTIVE', // a disk of the domain is in a block job that is not blockrep's (another tool is working on it)
   'INTERRUPTED', // stopped by a signal; nothing half-done was published
   'INTERNAL',
 ] as const;
