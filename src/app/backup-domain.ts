@@ -32,6 +32,8 @@ export type DomainBackupMethod = (typeof DOMAIN_BACKUP_METHODS)[number];
 
 export interface BackupDomainRequest {
   domain: string;
+  /** The first part of disk ids; default: the domain's name. */
+  vmName?: string;
   /** libvirt URI (virsh --connect); default: libvirt's default. */
   connect?: string;
   method?: DomainBackupMethod;
@@ -55,6 +57,8 @@ export interface BackupDomainOptions extends Omit<BackupImageOptions, 'signal'> 
 
 export interface DomainBackupReport {
   domain: string;
+  /** The first part of its disk ids. */
+  vm: string;
   method: 'snapshot';
   /** The guest's filesystems were frozen (inside libvirt's snapshot call). */
   quiesced: boolean;
@@ -82,8 +86,11 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
   const started = Date.now();
   resolveDomainMethod(request.method);
   if (request.blockSize !== undefined) checkBlockSize(request.blockSize);
-  const problem = vmNameProblem(request.domain);
-  if (problem !== undefined) throw new BlockrepError('USAGE', `the domain name ${JSON.stringify(request.domain.slice(0, 240))} cannot be the first part of a disk id: ${problem}`);
+  const vm = request.vmName ?? request.domain;
+  const problem = vmNameProblem(vm);
+  if (problem !== undefined) {
+    throw new BlockrepError('USAGE', `${request.vmName !== undefined ? 'the VM name' : 'the domain name'} ${JSON.stringify(vm.slice(0, 240))} cannot be the first part of a disk id: ${problem}${request.vmName === undefined ? '; give another with --vm NAME' : ''}`);
+  }
   const warnings: string[] = [];
   const warn = (m: string): void => {
     warnings.push(m);
@@ -110,9 +117,9 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
       }
     }
     const { disks: candidates, skipped } = snapshotCandidates(live);
-    const selected = selectDomainDisks(candidates, request.domain, request.disks);
+    const selected = selectDomainDisks(candidates, vm, request.disks);
     for (const d of selected) {
-      assertDiskId(`${request.domain}/${d.target}`);
+      assertDiskId(`${vm}/${d.target}`);
       const job = d.mirror ? { type: d.mirror.job ?? 'block job' } : await domain.blockJob(d.target);
       if (job) {
         throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${job.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
@@ -142,12 +149,13 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
       warn(`${err.message}; going on without freezing the guest: the backup is crash-consistent only (use --require-quiesce to fail instead)`);
       snapshot = await takeDomainSnapshot(domain, live.disks, targets, false);
     }
-    const { reports, failures } = await sendAndCommit(repo, domain, snapshot, request, options, recoveryStep);
+    const { reports, failures } = await sendAndCommit(repo, domain, vm, snapshot, request, options, recoveryStep);
     if (options.signal?.aborted && reports.length + failures.length < snapshot.targets.length) {
       throw new BlockrepError('INTERRUPTED', `interrupted; no half-done version was published and every disk of domain ${request.domain} runs on its own image again`);
     }
     return {
       domain: request.domain,
+      vm,
       method: 'snapshot',
       quiesced: snapshot.quiesced,
       snapshot: { snapshotMs: snapshot.snapshotMs },
@@ -170,6 +178,7 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
 async function sendAndCommit(
   repo: Repository,
   domain: LibvirtDomain,
+  vm: string,
   snapshot: DomainSnapshot,
   request: BackupDomainRequest,
   options: BackupDomainOptions,
@@ -194,13 +203,13 @@ async function sendAndCommit(
     await options.onPhase?.('snapshot-taken');
     for (const t of snapshot.targets) {
       if (options.signal?.aborted) break;
-      const diskId = `${request.domain}/${t.target}`;
+      const diskId = `${vm}/${t.target}`;
       try {
         done.set(
           t,
           await backupImage(
             repo,
-            { path: t.baseFile, format: t.baseFormat, diskId, ...(request.blockSize !== undefined ? { blockSize: request.blockSize } : {}), source: { kind: 'live', vm: request.domain } },
+            { path: t.baseFile, format: t.baseFormat, diskId, ...(request.blockSize !== undefined ? { blockSize: request.blockSize } : {}), source: { kind: 'live', vm } },
             {
               ...(options.workers !== undefined ? { workers: options.workers } : {}),
               ...(options.compress !== undefined ? { compress: options.compress } : {}),

@@ -49,7 +49,9 @@ export class Virsh {
     const argv = [...this.connectArgs, ...args];
     const timeoutMs = call.timeoutMs ?? this.timeoutMs;
     return new Promise((resolve, reject) => {
-      const child = spawn(this.program, argv, { env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+      // Its own process group: a Ctrl-C meant for blockrep must not reach virsh, which would abort
+      // a `blockcommit --wait` and leave the disk on its overlay; blockrep cleans up itself.
+      const child = spawn(this.program, argv, { env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       const out: Buffer[] = [];
       let outBytes = 0;
       let err = '';

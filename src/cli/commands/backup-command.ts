@@ -45,7 +45,7 @@ export function registerBackup(program: Command): void {
     .option('--method <method>', 'live VM: how to back up a libvirt domain: snapshot (external snapshot, then block commit) or auto (snapshot for now); backup-api is planned', 'auto')
     .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP), for a VM libvirt does not manage")
     .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
-    .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: QEMU's -name)")
+    .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: the domain's name, or QEMU's -name)")
     .option('--disks <list>', 'live VM: only these disks, comma-separated targets (--domain) or drive or device ids (--qmp) (default: every writable disk)')
     .option('--no-quiesce', 'live VM: do not freeze the guest filesystems (crash-consistent backup)')
     .option('--require-quiesce', 'live VM: fail when no guest agent answers, instead of going on without freezing')
@@ -179,7 +179,7 @@ const DOMAIN_HOLD_PHASES: readonly DomainPhase[] = ['snapshot-taken', 'disk-scan
 async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: CommandContext): Promise<CommandResult> {
   if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --domain, not both');
   if (opts.disk !== undefined || opts.format !== undefined) throw new BlockrepError('USAGE', '--disk and --format are for images; a libvirt domain names its disks <domain>/<target>');
-  if (opts.qga !== undefined || opts.vm !== undefined) throw new BlockrepError('USAGE', '--qga and --vm are for --qmp; libvirt reaches the guest agent itself, and the domain name is the first part of disk ids');
+  if (opts.qga !== undefined) throw new BlockrepError('USAGE', '--qga is for --qmp; libvirt reaches the guest agent itself');
   if (!opts.quiesce && opts.requireQuiesce) throw new BlockrepError('USAGE', '--no-quiesce and --require-quiesce contradict each other');
   const method = opts.method ?? 'auto';
   if (!(DOMAIN_BACKUP_METHODS as readonly string[]).includes(method)) throw new BlockrepError('USAGE', `--method must be one of ${DOMAIN_BACKUP_METHODS.join(', ')}, not ${method}`);
@@ -193,6 +193,7 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
     repo,
     {
       domain: opts.domain!,
+      ...(opts.vm !== undefined ? { vmName: opts.vm } : {}),
       ...(opts.connect !== undefined ? { connect: opts.connect } : {}),
       method: method as DomainBackupMethod,
       ...(disks ? { disks } : {}),
@@ -227,7 +228,7 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
       durationMs: report.durationMs,
       method: report.method,
       domain: report.domain,
-      vm: report.domain,
+      vm: report.vm,
       quiesced: report.quiesced,
       snapshot: report.snapshot,
       ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
