@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../support/run-cli.js';
@@ -120,6 +120,32 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       const rec = await runCli(['recover', '--domain', guest.name, '--json']);
       expect(rec.code, rec.stderr).toBe(0);
       expect(rec.json.committed.map((c: { disk: string }) => c.disk)).toContain('vdb');
+    });
+
+    it('SIGINT after the snapshot: the overlays are committed back, nothing published (exit 130)', async () => {
+      const run = startCli(['backup', '--domain', guest.name, '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'snapshot-taken' });
+      await run.waitForStderr('test hold at snapshot-taken');
+      expect((await guest.overlayFiles()).length).toBe(2);
+      run.child.kill('SIGINT');
+      const r = await run.exit;
+      expect(r.code, r.stderr).toBe(130);
+      expect(r.json).toMatchObject({ ok: false, code: 'INTERRUPTED' });
+    });
+
+    it('blockrep run: a job configuration with a domain entry, checked with --dry-run, then backed up', async () => {
+      const config = join(dir, 'blockrep.yaml');
+      await writeFile(config, `repository: {url: ${repo}}\nvms:\n  - domain: ${guest.name}\n    connect: qemu:///system\n    disks: [vda]\n    quiesce: require\n`);
+      const dry = await runCli(['run', '--config', config, '--dry-run', '--json']);
+      expect(dry.code, dry.stdout + dry.stderr).toBe(0);
+      expect(dry.json.vms[0].checks.map((c: { check: string; status: string }) => [c.check, c.status])).toEqual([
+        ['domain', 'ok'],
+        ['disks', 'ok'],
+        ['agent', 'ok'],
+      ]);
+      const r = await runCli(['run', '--config', config, '--json']);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.json.vms[0]).toMatchObject({ vm: guest.name, kind: 'libvirt', method: 'snapshot', status: 'ok', quiesced: true });
+      expect(r.json.vms[0].disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vda`]);
     });
 
     it('a guest left frozen: backup refuses (RECOVERY_NEEDED), recover thaws it', async () => {

@@ -214,7 +214,10 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
               if (phase !== hold) return;
               process.stderr.write(`blockrep: test hold at ${phase}${disk ? ` (${disk})` : ''}\n`);
               if (ctx.signal.aborted) return;
+              // Nothing else is open while held (virsh has exited): a timer keeps Node from exiting.
+              const alive = setInterval(() => undefined, 60_000);
               await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }));
+              clearInterval(alive);
             },
           }
         : {}),
