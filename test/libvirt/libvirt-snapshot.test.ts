@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { openRepository } from '../../src/repository/index.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
 import { checkRestoredDisk, exists, startCli } from '../live/support/test-guest.js';
@@ -120,6 +121,19 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       const rec = await runCli(['recover', '--domain', guest.name, '--json']);
       expect(rec.code, rec.stderr).toBe(0);
       expect(rec.json.committed.map((c: { disk: string }) => c.disk)).toContain('vdb');
+    });
+
+    it('a disk whose read fails (its repository lock held by another writer): the other disk is backed up, both overlays committed back', async () => {
+      const r0 = await openRepository(repo);
+      const lock = await r0.lockDisk(`${guest.name}/vda`, 'backup');
+      try {
+        const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+        expect(r.code, r.stderr).toBe(5);
+        expect(r.json).toMatchObject({ ok: false, code: 'REPO_LOCKED', failures: [{ disk: `${guest.name}/vda`, code: 'REPO_LOCKED' }] });
+        expect(r.json.disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vdb`]);
+      } finally {
+        await lock.release();
+      }
     });
 
     it('SIGINT after the snapshot: the overlays are committed back, nothing published (exit 130)', async () => {
