@@ -133,8 +133,14 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
     for (const f of stale) warn(`removed ${f}, an overlay file an earlier run left behind (the domain did not use it)`);
 
     let quiesce = request.quiesce !== 'off';
-    if (quiesce && live.agent?.state !== 'connected') {
-      const why = live.agent ? 'its guest agent is not connected (qemu-guest-agent not running in the guest?)' : 'it has no guest-agent channel (org.qemu.guest_agent.0)';
+    if (quiesce && (live.agent?.state !== 'connected' || state === 'paused')) {
+      // A paused guest cannot answer its agent: libvirt would wait for a freeze that never comes.
+      const why =
+        state === 'paused'
+          ? 'it is paused, so its guest agent cannot answer'
+          : live.agent
+            ? 'its guest agent is not connected (qemu-guest-agent not running in the guest?)'
+            : 'it has no guest-agent channel (org.qemu.guest_agent.0)';
       if (request.quiesce === 'require') throw new BlockrepError('AGENT_UNAVAILABLE', `domain ${request.domain} cannot be quiesced: ${why}`);
       warn(`domain ${request.domain}: ${why}; going on without freezing the guest: the backup is crash-consistent only (use --require-quiesce to fail instead)`);
       quiesce = false;

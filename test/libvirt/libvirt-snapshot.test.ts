@@ -74,10 +74,12 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       expect(d1b.lastRecord).toBeGreaterThan(d1.lastRecord);
     });
 
-    it('--disks picks one disk; the other gets no snapshot', async () => {
+    it('--disks picks one disk; the other gets no snapshot; a stale overlay file of a killed run is removed first', async () => {
+      await writeFile(`${guest.images.disk2}.blockrep-overlay.qcow2`, 'left by a run killed long ago');
       const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--disks', 'vdb', '--json']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.json.disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vdb`]);
+      expect(r.json.warnings).toEqual([expect.stringContaining(`removed ${guest.images.disk2}.blockrep-overlay.qcow2`)]);
     });
 
     it('kill -9 after the snapshot, a leftover commit job on one disk: backup refuses, recover puts the domain right', async () => {
@@ -160,6 +162,20 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       expect(r.code, r.stdout + r.stderr).toBe(0);
       expect(r.json.vms[0]).toMatchObject({ vm: guest.name, kind: 'libvirt', method: 'snapshot', status: 'ok', quiesced: true });
       expect(r.json.vms[0].disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vda`]);
+    });
+
+    it('a paused domain: a crash-consistent backup with a warning (its agent cannot answer); --require-quiesce refuses', async () => {
+      await virshOk(['suspend', guest.name]);
+      try {
+        const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.json).toMatchObject({ ok: true, quiesced: false, warnings: [expect.stringContaining('paused')] });
+        const strict = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--require-quiesce', '--json']);
+        expect(strict.code).toBe(8);
+        expect(strict.json).toMatchObject({ ok: false, code: 'AGENT_UNAVAILABLE' });
+      } finally {
+        await virshOk(['resume', guest.name]);
+      }
     });
 
     it('a guest left frozen: backup refuses (RECOVERY_NEEDED), recover thaws it', async () => {
