@@ -1,16 +1,20 @@
-import { writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadJobConfig } from '../../src/config/job-config.js';
-import { tempDir } from '../support/temp-dir.js';
 
 /** `vms: - domain: NAME` in the job configuration (no libvirtd needed). */
 
 async function load(yaml: string): Promise<Awaited<ReturnType<typeof loadJobConfig>>> {
-  const dir = await tempDir('blockrep-jobcfg-');
-  const file = join(dir, 'blockrep.yaml');
-  await writeFile(file, yaml);
-  return loadJobConfig(file);
+  const dir = await mkdtemp(join(tmpdir(), 'blockrep-jobcfg-'));
+  try {
+    const file = join(dir, 'blockrep.yaml');
+    await writeFile(file, yaml);
+    return await loadJobConfig(file);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 describe('job configuration: libvirt domains', () => {

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openRepository } from '../../src/repository/index.js';
 import { runCli } from '../support/run-cli.js';
-import { tempDir } from '../support/temp-dir.js';
 import { checkRestoredDisk, exists, startCli } from '../live/support/test-guest.js';
 import { ensureLibvirtd, LibvirtGuest, skipLibvirtTests, stopLibvirtd, virsh, virshOk, type LibvirtDaemons } from './support/libvirt-guest.js';
 
@@ -19,6 +19,7 @@ import { ensureLibvirtd, LibvirtGuest, skipLibvirtTests, stopLibvirtd, virsh, vi
 describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
   let daemons: LibvirtDaemons | undefined;
   let dir: string;
+  let work: string;
   let repo: string;
   let guest: LibvirtGuest;
   let stopped: LibvirtGuest | undefined;
@@ -26,7 +27,10 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
 
   beforeAll(async () => {
     daemons = await ensureLibvirtd();
-    dir = await tempDir('blockrep-libvirt-');
+    // Removed in afterAll below, after the domains are gone (libvirt owns files in it until then).
+    dir = await mkdtemp(join(tmpdir(), 'blockrep-libvirt-'));
+    work = join(dir, 'restores');
+    await mkdir(work);
     // QEMU runs as libvirt-qemu and must pass through to the images.
     await chmod(dir, 0o755);
     repo = join(dir, 'repo');
@@ -36,6 +40,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
     await guest?.remove();
     await stopped?.remove();
     await stopLibvirtd(daemons);
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   }, 120_000);
 
   describe('with the domain put right after each test', () => {
@@ -55,7 +60,6 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       if (process.env.BLOCKREP_TEST_VERBOSE) console.log('first run', JSON.stringify({ durationMs: r.json.durationMs, snapshot: r.json.snapshot, overlayMs: r.json.disks.map((d: { overlayMs: number }) => d.overlayMs) }));
       await guest.expectSafe();
 
-      const work = await tempDir('blockrep-libvirt-restore-');
       const d1 = await checkRestoredDisk(repo, `${guest.name}/vda`, r.json.disks[0].version, 'disk1', work);
       const d2 = await checkRestoredDisk(repo, `${guest.name}/vdb`, r.json.disks[1].version, 'disk2', work);
       // Both disks were taken at one instant while the writer ran: their logs end within a record.
