@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint';
 
 /**
  * Which folders of src/ each folder may import (docs/design/architecture.md). Imports run one
- * way: cli → jobs → app → hypervisor | image | scan | manifest | repository → backend → shared.
+ * way: cli → jobs → app → libvirt → hypervisor | image | scan | manifest | repository → backend → shared.
  * Another folder is reached only through its index.ts (backend/http has its own, loaded lazily).
  */
 const layers = {
@@ -15,13 +15,14 @@ const layers = {
   image: ['shared'],
   hypervisor: ['shared'],
   nbd: ['shared'],
+  libvirt: ['shared', 'hypervisor'],
   backend: ['shared', 'protocol'],
   manifest: ['shared', 'backend'],
   scan: ['shared', 'chunk', 'image'],
   repository: ['shared', 'backend', 'chunk', 'manifest'],
-  app: ['shared', 'backend', 'chunk', 'image', 'manifest', 'scan', 'repository', 'hypervisor'],
+  app: ['shared', 'backend', 'chunk', 'image', 'manifest', 'scan', 'repository', 'hypervisor', 'libvirt'],
   config: ['shared', 'protocol', 'image', 'repository'],
-  jobs: ['shared', 'app', 'config', 'hypervisor', 'image', 'repository'],
+  jobs: ['shared', 'app', 'config', 'hypervisor', 'libvirt', 'image', 'repository'],
   server: ['shared', 'protocol', 'tokens', 'backend', 'chunk', 'manifest', 'repository'],
   cli: ['shared', 'app', 'config', 'jobs', 'image', 'repository', 'server', 'tokens'],
 };

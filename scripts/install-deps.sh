@@ -39,6 +39,9 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v depmod >/dev/null 2>&1 || need+=(kmod)
   { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+  # libvirt domains (backup --domain): the tests start libvirtd and virtlogd themselves.
+  command -v virsh >/dev/null 2>&1 || need+=(libvirt-clients)
+  { [ -x /usr/sbin/libvirtd ] && [ -x /usr/sbin/virtlogd ]; } || need+=(libvirt-daemon-system)
 fi
 if [ "$mode" = --test ]; then
   # The scan tests check hashes against xxhsum; the TLS tests make a certificate with openssl.

@@ -1,15 +1,17 @@
 /**
- * app — the use cases: back up an image or a live VM, restore, verify, list, prune, gc, recover.
+ * app — the use cases: back up an image, a live VM or a libvirt domain, restore, verify, list, prune, gc, recover.
  * Each takes a Repository and options and returns a report; none prints or exits.
  * Invariants: a version is published last and whole; a live VM is thawed and back on its own
  * images on every path.
  */
 export { backupImage, type DiskBackupReport } from './backup-image.js';
+export { DOMAIN_BACKUP_METHODS, backupDomain, resolveDomainMethod, type DomainBackupMethod, type DomainBackupReport, type DomainPhase } from './backup-domain.js';
 export { backupVm, selectDisks, type LivePhase, type VmBackupReport } from './backup-vm.js';
 export { DEFAULT_GC_GRACE_MS, collectGarbage, type GcReport } from './collect-garbage.js';
 export { listVersions, type DiskSummary } from './list-versions.js';
 export { type Progress } from './progress.js';
 export { pruneVersions, type PruneReport } from './prune-versions.js';
+export { recoverDomain, type RecoverDomainReport } from './recover-domain.js';
 export { recoverVm, type RecoverVmReport } from './recover-vm.js';
 export { restoreVersion, type RestoreReport } from './restore-version.js';
 export { verifyRepository, type VerifyReport } from './verify-repository.js';

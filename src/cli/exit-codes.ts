@@ -53,6 +53,10 @@ const table = {
   QMP_BUSY: EXIT_VM_UNREACHABLE,
   AGENT_UNAVAILABLE: EXIT_VM_UNREACHABLE,
   NBD_UNAVAILABLE: EXIT_VM_UNREACHABLE,
+  LIBVIRT_UNAVAILABLE: EXIT_VM_UNREACHABLE,
+  DOMAIN_NOT_RUNNING: EXIT_VM_UNREACHABLE,
+  DOMAIN_NOT_FOUND: EXIT_NOT_FOUND,
+  BLOCK_JOB_ACTIVE: EXIT_LOCKED,
   FREEZE_FAILED: EXIT_SNAPSHOT_FAILED,
   SNAPSHOT_FAILED: EXIT_SNAPSHOT_FAILED,
   THAW_FAILED: EXIT_VM_NEEDS_RECOVERY,
@@ -73,6 +77,7 @@ const table = {
   AGENT_ERROR: EXIT_FAILURE,
   NBD_ERROR: EXIT_FAILURE,
   NBD_PROTOCOL: EXIT_FAILURE,
+  LIBVIRT_ERROR: EXIT_FAILURE,
   INTERNAL: EXIT_FAILURE,
 } as const satisfies Record<ErrorCode, number>;
 
@@ -86,18 +91,19 @@ Exit codes:
   1    failure (the message says what went wrong); blockrep run: no VM could be backed up
   2    usage error: bad arguments, disk id, version id or size, or a mistake in a job
        configuration (the message names the file, line and path)
-  3    not found: repository, disk, version or image
+  3    not found: repository, disk, version, image or libvirt domain
   4    damage: verify found damaged or missing data, or stored data failed its checks
   5    locked: another blockrep process is writing the same disk or working on the same VM,
-       or took over this run's disk lock after it expired (nothing was published)
+       or took over this run's disk lock after it expired (nothing was published), or a
+       disk of the libvirt domain is in another tool's block job
   6    image refused: corrupt, truncated, encrypted, unsupported feature, backing loop
   7    no space left on the device
   8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another
-       client, no NBD server at the disk's export address, or (with --require-quiesce)
-       no guest agent answers
+       client, libvirt cannot be reached, the domain is not running, no NBD server at
+       the disk's export address, or (with --require-quiesce) no guest agent answers
   9    snapshot not taken: freeze or snapshot failed; the VM runs on its own images, unharmed
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
-       says which; run blockrep recover --qmp SOCKET [--qga SOCKET]
+       says which; run blockrep recover --qmp SOCKET [--qga SOCKET] (or --domain NAME)
   11   access denied by the repository server: no token, an unknown token, or one without
        the right for this disk or operation
   12   the repository server cannot be reached or stays unavailable (after retries)

@@ -48,6 +48,17 @@ export interface LiveVmJob extends VmJobBase {
   quiesce: Quiesce;
 }
 
+/** A running libvirt domain, backed up through virsh (method snapshot). */
+export interface LibvirtVmJob extends VmJobBase {
+  kind: 'libvirt';
+  domain: string;
+  /** libvirt URI; default: libvirt's default. */
+  connect?: string;
+  /** Targets (vda); default every writable file disk. */
+  disks?: string[];
+  quiesce: Quiesce;
+}
+
 export interface ImageJob {
   path: string;
   format?: ImageFormat;
@@ -60,7 +71,7 @@ export interface ImageVmJob extends VmJobBase {
   images: ImageJob[];
 }
 
-export type VmJob = LiveVmJob | ImageVmJob;
+export type VmJob = LiveVmJob | LibvirtVmJob | ImageVmJob;
 
 export interface JobConfig {
   /** The file as given. */
@@ -90,6 +101,8 @@ const HINTS: Record<string, { expected: string; example: string }> = {
   vms: { expected: 'a list of VMs', example: 'vms: [{name: web01, qmp: /run/qemu/web01.qmp}]' },
   name: { expected: 'the VM\'s name (letters, digits, ".", "_", "-"; the first part of its disk ids)', example: 'name: web01' },
   qmp: { expected: 'a path to a QMP socket', example: 'qmp: /run/qemu/web01.qmp' },
+  domain: { expected: 'the name of a libvirt domain', example: 'domain: web01' },
+  connect: { expected: 'a libvirt URI', example: 'connect: qemu:///system' },
   qga: { expected: "a path to the guest agent's socket", example: 'qga: /run/qemu/web01.qga' },
   disks: { expected: 'a list of drive or device ids', example: 'disks: [virtio0, virtio1]' },
   images: { expected: 'a list of image files (or mappings with path, disk, format)', example: 'images: [/var/lib/images/archive.qcow2]' },
@@ -161,8 +174,11 @@ const imageSchema = z.preprocess(
 );
 
 const vmSchema = z.strictObject({
-  name: z.string(),
+  // Optional for a libvirt domain, whose name it then is.
+  name: z.string().optional(),
   qmp: pathField.optional(),
+  domain: z.string().min(1).optional(),
+  connect: z.string().min(1).optional(),
   qga: pathField.optional(),
   disks: z.array(z.string().min(1)).min(1).optional(),
   quiesce: quiesceField.optional(),
@@ -307,19 +323,23 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
   const defaults = raw.defaults ?? {};
   const names = new Map<string, number>();
   const vms: VmJob[] = raw.vms.map((v, index) => {
-    const namePath = ['vms', index, 'name'];
-    if (vmNameProblem(v.name) !== undefined) {
-      problem(namePath, `the VM name ${JSON.stringify(v.name)} cannot be the first part of a disk id: use letters, digits, ".", "_", "-" — write e.g. name: web01`);
+    const namePath = ['vms', index, v.name === undefined ? 'domain' : 'name'];
+    const name = v.name ?? v.domain ?? '';
+    if (v.name === undefined && v.domain === undefined) problem(['vms', index], 'give the VM a name — write e.g. name: web01');
+    else if (vmNameProblem(name) !== undefined) {
+      problem(namePath, `the VM name ${JSON.stringify(name)} cannot be the first part of a disk id: use letters, digits, ".", "_", "-" — write e.g. name: web01`);
     }
-    const twin = names.get(v.name);
-    if (twin !== undefined) problem(namePath, `the name ${v.name} is used by vms[${twin}] too; each VM needs its own (it names its disks)`);
-    else names.set(v.name, index);
-    if (v.qmp !== undefined && v.images !== undefined) problem(['vms', index, 'images'], 'a VM is either running (qmp) or shut down (images), not both; make two entries');
-    if (v.qmp === undefined && v.images === undefined) {
-      problem(['vms', index], 'give qmp (the socket of a running VM) or images (the disk images of a shut-down VM) — write e.g. qmp: /run/qemu/web01.qmp');
+    const twin = names.get(name);
+    if (twin !== undefined) problem(namePath, `the name ${name} is used by vms[${twin}] too; each VM needs its own (it names its disks)`);
+    else names.set(name, index);
+    const kinds = [v.qmp !== undefined ? 'qmp' : undefined, v.domain !== undefined ? 'domain' : undefined, v.images !== undefined ? 'images' : undefined].filter((k) => k !== undefined);
+    if (kinds.length > 1) problem(['vms', index, kinds[1]!], `a VM is either a libvirt domain (domain), a running QEMU VM (qmp) or shut down (images), one of them; this one has ${kinds.join(' and ')}`);
+    if (kinds.length === 0) {
+      problem(['vms', index], 'give domain (a running libvirt domain), qmp (the socket of a running QEMU VM) or images (the disk images of a shut-down VM) — write e.g. domain: web01');
     }
+    if (v.connect !== undefined && v.domain === undefined) problem(['vms', index, 'connect'], 'connect is the libvirt URI of a domain; give domain too, or remove it');
     const common = {
-      name: v.name,
+      name,
       index,
       compress: v.compress ?? defaults.compress ?? true,
       where: (...path: ConfigPath) => where(['vms', index, ...path]),
@@ -341,6 +361,17 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
         return { path: resolve(base, img.path), diskId, where: where(['vms', index, 'images', j]), ...(img.format ? { format: img.format } : {}) };
       });
       return { ...common, kind: 'image', images };
+    }
+    if (v.domain !== undefined) {
+      if (v.qga !== undefined) problem(['vms', index, 'qga'], 'qga is for qmp VMs; libvirt reaches the guest agent of a domain itself');
+      return {
+        ...common,
+        kind: 'libvirt',
+        domain: v.domain,
+        quiesce: v.quiesce ?? defaults.quiesce ?? 'auto',
+        ...(v.connect !== undefined ? { connect: v.connect } : {}),
+        ...(v.disks !== undefined ? { disks: v.disks } : {}),
+      };
     }
     return {
       ...common,

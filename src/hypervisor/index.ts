@@ -7,7 +7,7 @@ export { commitOverlay, queryJobs, type CommitResult } from './block-commit.js';
 export { openGuestAgent } from './guest-agent-channel.js';
 export { type GuestAgentClient } from './guest-agent-client.js';
 export { planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget } from './live-snapshot.js';
-export { isCommitJob, isOverlayFile, isOverlayNode } from './overlay-names.js';
+export { OVERLAY_FILE_SUFFIX, isCommitJob, isOverlayFile, isOverlayNode, overlayFileFor } from './overlay-names.js';
 export { QmpClient } from './qmp-client.js';
 export { listVmDisks, type VmDisk } from './vm-disks.js';
 export { VmLock } from './vm-lock.js';

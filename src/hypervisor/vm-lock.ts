@@ -21,7 +21,11 @@ export class VmLock {
   private constructor(readonly path: string) {}
 
   static async acquire(qmpSocket: string, purpose: string): Promise<VmLock> {
-    const path = vmLockPathFor(qmpSocket);
+    return VmLock.acquireAt(vmLockPathFor(qmpSocket), purpose);
+  }
+
+  /** The same lock at a path of the caller's choosing (a libvirt domain has no socket of ours). */
+  static async acquireAt(path: string, purpose: string): Promise<VmLock> {
     const info: LockInfo = currentHolder(purpose);
     for (let attempt = 0; attempt < 3; attempt++) {
       try {

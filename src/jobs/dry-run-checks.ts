@@ -4,7 +4,9 @@ import { openImage } from '../image/index.js';
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from '../shared/index.js';
 import { selectDisks } from '../app/index.js';
-import type { ImageVmJob, LiveVmJob } from '../config/index.js';
+import type { ImageVmJob, LibvirtVmJob, LiveVmJob } from '../config/index.js';
+import { isOverlayFile } from '../hypervisor/index.js';
+import { LibvirtDomain, snapshotCandidates, Virsh } from '../libvirt/index.js';
 import type { CheckReport } from './run-report.js';
 
 /**
@@ -148,4 +150,54 @@ export async function creatable(path: string): Promise<boolean> {
     }
   }
   return false;
+}
+
+/** Dry run of a libvirt domain: its state, its disks, the agent channel, through read-only virsh verbs. */
+export async function checkLibvirtVm(vm: LibvirtVmJob): Promise<CheckReport[]> {
+  const checks: CheckReport[] = [];
+  const fail = (check: 'domain' | 'disks', err: unknown): CheckReport[] => {
+    const e = toBlockrepError(err);
+    checks.push({ check, status: 'failed', code: e.code, message: `${vm.where('domain')}: ${e.message}` });
+    return checks;
+  };
+  const domain = new LibvirtDomain(new Virsh(vm.connect !== undefined ? { connect: vm.connect } : {}), vm.domain);
+  let state: string;
+  try {
+    state = await domain.state();
+  } catch (err) {
+    return fail('domain', err);
+  }
+  if (state !== 'running' && state !== 'paused') {
+    checks.push({ check: 'domain', status: 'failed', code: 'DOMAIN_NOT_RUNNING', message: `${vm.where('domain')}: domain ${vm.domain} is ${state}` });
+    return checks;
+  }
+  checks.push({ check: 'domain', status: 'ok', message: `domain ${vm.domain} is ${state}` });
+  try {
+    const live = await domain.definition();
+    const left = live.disks.find((d) => d.source !== undefined && isOverlayFile(d.source));
+    if (left) {
+      checks.push({ check: 'disks', status: 'failed', code: 'RECOVERY_NEEDED', message: `disk ${left.target} runs on a blockrep overlay; run: blockrep recover --domain ${vm.domain}` });
+      return checks;
+    }
+    const { disks, skipped } = snapshotCandidates(live);
+    const wanted = vm.disks ?? disks.map((d) => d.target);
+    const missing = wanted.filter((w) => !disks.some((d) => d.target === w));
+    if (missing.length > 0 || disks.length === 0) {
+      checks.push({ check: 'disks', status: 'failed', code: 'USAGE', message: `${vm.where('disks')}: no disk ${missing.join(', ') || 'at all'} to back up; its disks: ${disks.map((d) => d.target).join(', ') || 'none'}` });
+      return checks;
+    }
+    checks.push({ check: 'disks', status: 'ok', message: `${wanted.join(', ')}${skipped.length > 0 ? `; left out: ${skipped.map((s) => `${s.id} (${s.reason})`).join(', ')}` : ''}` });
+    if (vm.quiesce !== 'off') {
+      const ok = live.agent?.state === 'connected';
+      checks.push({
+        check: 'agent',
+        status: ok ? 'ok' : vm.quiesce === 'require' ? 'failed' : 'warning',
+        ...(ok ? {} : { code: 'AGENT_UNAVAILABLE' as const }),
+        message: ok ? 'the guest agent is connected' : live.agent ? 'the guest agent is not connected' : 'the domain has no guest-agent channel',
+      });
+    }
+  } catch (err) {
+    return fail('disks', err);
+  }
+  return checks;
 }

@@ -1,8 +1,8 @@
 import { openRepository, type OpenRepositoryOptions, type Repository } from '../repository/index.js';
 import { BlockrepError, toBlockrepError } from '../shared/index.js';
-import { backupImage, backupVm, pruneVersions } from '../app/index.js';
-import type { ImageVmJob, JobConfig, LiveVmJob, VmJob } from '../config/index.js';
-import { checkImageVm, checkLiveVm, checkSocket, creatable, type CheckTimeouts } from './dry-run-checks.js';
+import { backupDomain, backupImage, backupVm, pruneVersions } from '../app/index.js';
+import type { ImageVmJob, JobConfig, LibvirtVmJob, LiveVmJob, VmJob } from '../config/index.js';
+import { checkImageVm, checkLibvirtVm, checkLiveVm, checkSocket, creatable, type CheckTimeouts } from './dry-run-checks.js';
 import type { FailedDiskReport, OkDiskReport, RunEvent, RunReport, VmRunReport } from './run-report.js';
 
 /**
@@ -167,11 +167,11 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
     level: 'info',
     event: 'vm-start',
     vm: vm.name,
-    message: `${vm.name}: ${dryRun ? 'checking' : vm.kind === 'live' ? 'live backup' : 'image backup'} (${vm.kind === 'live' ? `qmp ${vm.qmpSocket}` : `${vm.images.length} image(s)`})`,
+    message: `${vm.name}: ${dryRun ? 'checking' : vm.kind === 'image' ? 'image backup' : 'live backup'} (${vm.kind === 'live' ? `qmp ${vm.qmpSocket}` : vm.kind === 'libvirt' ? `libvirt domain ${vm.domain}` : `${vm.images.length} image(s)`})`,
   });
   try {
     if (dryRun) {
-      report.checks = vm.kind === 'live' ? await checkLiveVm(repo, vm, options) : await checkImageVm(repo, vm);
+      report.checks = vm.kind === 'live' ? await checkLiveVm(repo, vm, options) : vm.kind === 'libvirt' ? await checkLibvirtVm(vm) : await checkImageVm(repo, vm);
       for (const c of report.checks) {
         emit({ level: c.status === 'ok' ? 'info' : c.status === 'warning' ? 'warn' : 'error', event: 'check', vm: vm.name, message: `${vm.name}: ${c.check}: ${c.message}`, ...(c.code ? { code: c.code } : {}) });
       }
@@ -184,6 +184,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
     } else {
       if (!repo) throw new BlockrepError('INTERNAL', 'no repository');
       if (vm.kind === 'live') await backupLiveVm(repo, vm, options, report, warn);
+      else if (vm.kind === 'libvirt') await backupLibvirtVm(repo, vm, options, report, warn);
       else await backupImageVm(repo, vm, options, report);
       for (const d of report.disks) {
         if (d.status === 'ok') {
@@ -273,6 +274,34 @@ async function backupLiveVm(repo: Repository, vm: LiveVmJob, options: RunJobsOpt
   );
   report.quiesced = r.quiesced;
   if (r.frozenMs !== undefined) report.frozenMs = r.frozenMs;
+  report.snapshot = r.snapshot;
+  if (r.skippedDisks.length > 0) report.skippedDisks = r.skippedDisks;
+  report.disks = [
+    ...r.disks.map((d): OkDiskReport => ({ status: 'ok', ...d })),
+    ...r.failures.map((f): FailedDiskReport => ({ status: 'failed', ...f })),
+  ];
+}
+
+async function backupLibvirtVm(repo: Repository, vm: LibvirtVmJob, options: RunJobsOptions, report: VmRunReport, warn: (m: string) => void): Promise<void> {
+  const r = await backupDomain(
+    repo,
+    {
+      domain: vm.domain,
+      vmName: vm.name,
+      ...(vm.connect !== undefined ? { connect: vm.connect } : {}),
+      ...(vm.disks ? { disks: vm.disks } : {}),
+      ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
+      quiesce: vm.quiesce,
+    },
+    {
+      compress: vm.compress,
+      onWarning: warn,
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.workers !== undefined ? { workers: options.workers } : {}),
+    },
+  );
+  report.method = r.method;
+  report.quiesced = r.quiesced;
   report.snapshot = r.snapshot;
   if (r.skippedDisks.length > 0) report.skippedDisks = r.skippedDisks;
   report.disks = [

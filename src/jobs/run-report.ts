@@ -35,7 +35,7 @@ export interface FailedDiskReport {
 export type DiskRunReport = OkDiskReport | FailedDiskReport;
 
 export interface CheckReport {
-  check: 'qmp-socket' | 'qmp' | 'disks' | 'agent' | 'image' | 'repository-access';
+  check: 'qmp-socket' | 'qmp' | 'domain' | 'disks' | 'agent' | 'image' | 'repository-access';
   status: 'ok' | 'warning' | 'failed';
   message: string;
   code?: ErrorCode;
@@ -53,7 +53,9 @@ export type VmStatus = 'ok' | 'failed' | 'not-started';
 
 export interface VmRunReport {
   vm: string;
-  kind: 'live' | 'image';
+  kind: 'live' | 'libvirt' | 'image';
+  /** libvirt domains: how they were backed up. */
+  method?: 'snapshot';
   status: VmStatus;
   /** Where the VM is in the config (`FILE:LINE:COL vms[i]`). */
   where: string;
@@ -64,7 +66,8 @@ export interface VmRunReport {
   durationMs: number;
   quiesced?: boolean;
   frozenMs?: number;
-  snapshot?: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined };
+  /** QMP: the freeze, transaction and thaw; libvirt: the snapshot call (the guest was frozen within it). */
+  snapshot?: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined } | { snapshotMs: number };
   disks: DiskRunReport[];
   skippedDisks?: Array<{ id: string; reason: string }>;
   warnings: string[];

@@ -60,6 +60,12 @@ export const errorCodes = [
   'NBD_UNAVAILABLE', // no NBD server at the address (missing socket, connection refused)
   'NBD_ERROR', // the NBD server refused an option or a request, closed the connection, or did not answer in time
   'NBD_PROTOCOL', // the NBD server broke the protocol (malformed or hostile reply, closed mid-reply)
+  // libvirt domains (virsh)
+  'LIBVIRT_UNAVAILABLE', // libvirt cannot be reached (daemon down, wrong --connect URI, virsh missing)
+  'LIBVIRT_ERROR', // a virsh command failed or timed out for another reason (the message carries libvirt's)
+  'DOMAIN_NOT_FOUND', // libvirt has no domain of that name
+  'DOMAIN_NOT_RUNNING', // the domain is shut off (or crashed): there is no running VM to snapshot
+  'BLOCK_JOB_ACTIVE', // a disk of the domain is in a block job that is not blockrep's (another tool is working on it)
   'INTERRUPTED', // stopped by a signal; nothing half-done was published
   'INTERNAL',
 ] as const;

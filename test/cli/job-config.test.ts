@@ -82,7 +82,7 @@ describe('job configuration mistakes', () => {
   it('a bad disk id, a VM that is neither live nor offline, two VMs of one name', async () => {
     const e = await mistake(`${repoLine('r')}vms:\n  - name: arch\n    images:\n      - path: a.qcow2\n        disk: "../etc"\n  - name: none\n  - name: arch\n    qmp: /x\n`);
     expect(e.message).toMatch(/:7:15 vms\[0\]\.images\[0\]\.disk: the disk id "arch\/\.\.\/etc" is invalid: it has a "\.\." segment/);
-    expect(e.message).toMatch(/:8:5 vms\[1\]: give qmp \(the socket of a running VM\) or images/);
+    expect(e.message).toMatch(/:8:5 vms\[1\]: give domain \(a running libvirt domain\), qmp \(the socket of a running QEMU VM\) or images/);
     expect(e.message).toMatch(/:9:11 vms\[2\]\.name: the name arch is used by vms\[0\] too/);
     const name = await mistake(`${repoLine('r')}vms:\n  - {name: "web 01", qmp: /x}\n`);
     expect(name.message).toMatch(/:4:12 vms\[0\]\.name: the VM name "web 01" cannot be the first part of a disk id/);
@@ -169,6 +169,7 @@ describe('the shipped example and the systemd units', () => {
       ['web01', 'live'],
       ['db01', 'live'],
       ['archive', 'image'],
+      ['mail01', 'libvirt'],
     ]);
     expect(c.vms[1]).toMatchObject({ disks: ['virtio1'], quiesce: 'require', retention: { keepLast: 3, keepDaily: 14, keepWeekly: 8 } });
     expect(c.vms[2]).toMatchObject({ blockSize: 1 << 20, images: [{ diskId: 'archive/archive' }, { diskId: 'archive/data', path: '/dev/vg0/archive-data', format: 'raw' }] });

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { backupImage, type DiskBackupReport, backupVm, type LivePhase, type VmBackupReport } from '../../app/index.js';
+import { backupImage, type DiskBackupReport, backupDomain, DOMAIN_BACKUP_METHODS, type DomainBackupMethod, type DomainBackupReport, type DomainPhase, backupVm, type LivePhase, type VmBackupReport } from '../../app/index.js';
 import type { ImageFormat } from '../../image/index.js';
 import { openRepository } from '../../repository/index.js';
 import { BlockrepError, toBlockrepError, assertDiskId, defaultDiskIdForImage, parseSize } from '../../shared/index.js';
@@ -22,34 +22,43 @@ interface BackupOptions extends RepositoryCliOptions {
   disks?: string;
   quiesce: boolean;
   requireQuiesce?: boolean;
+  domain?: string;
+  connect?: string;
+  method?: string;
 }
 
 export function registerBackup(program: Command): void {
   addRepositoryOptions(program.command('backup'))
     .description(
       'back up disk images (raw or qcow2) into a repository, storing only the blocks that changed since their last version; ' +
-        'with --qmp, back up the disks of a running QEMU VM through a consistent live snapshot',
+        'with --domain, back up the disks of a running libvirt domain, with --qmp those of a QEMU VM, through a consistent live snapshot',
     )
-    .argument('[image...]', 'image files or block devices to back up; each is one disk (not with --qmp)')
+    .argument('[image...]', 'image files or block devices to back up; each is one disk (not with --domain or --qmp)')
     .option('--disk <id>', 'disk id (only with a single image); default: the image file name without its extension')
     .option('--block-size <size>', "block size for change detection and storage, a power of two from 4K to 16M (default: the disk's current block size, 256K for a new disk)")
     .option('--format <format>', 'image format, raw or qcow2 (default: detected; give it for raw images a guest could write a qcow2 header into)')
     .option('--workers <n>', 'scan threads (default: up to 2)')
     .option('--no-compress', 'store chunks uncompressed')
     .option('--json', 'print one JSON object as the report')
-    .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP)")
+    .option('--domain <name>', 'live VM: the name of a running libvirt domain; its disks are <domain>/<target> (vda, …)')
+    .option('--connect <uri>', 'live VM: libvirt URI for --domain (default: libvirt\'s default, qemu:///system for root)')
+    .option('--method <method>', 'live VM: how to back up a libvirt domain: snapshot (external snapshot, then block commit) or auto (snapshot for now); backup-api is planned', 'auto')
+    .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP), for a VM libvirt does not manage")
     .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
-    .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: QEMU's -name)")
-    .option('--disks <list>', 'live VM: only these disks, comma-separated drive or device ids (default: every writable disk)')
+    .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: the domain's name, or QEMU's -name)")
+    .option('--disks <list>', 'live VM: only these disks, comma-separated targets (--domain) or drive or device ids (--qmp) (default: every writable disk)')
     .option('--no-quiesce', 'live VM: do not freeze the guest filesystems (crash-consistent backup)')
     .option('--require-quiesce', 'live VM: fail when no guest agent answers, instead of going on without freezing')
     .action(async (images: string[], opts: BackupOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
+        if (opts.domain !== undefined && opts.qmp !== undefined) throw new BlockrepError('USAGE', 'give either --domain (a libvirt domain) or --qmp (a QEMU VM libvirt does not manage), not both');
+        if (opts.domain !== undefined) return backupLibvirtDomain(images, opts, ctx);
+        if (opts.connect !== undefined || opts.method !== 'auto') throw new BlockrepError('USAGE', '--connect and --method need --domain');
         if (opts.qmp !== undefined) return backupLiveVm(images, opts, ctx);
         if (opts.qga !== undefined || opts.vm !== undefined || opts.disks !== undefined || opts.requireQuiesce || !opts.quiesce) {
-          throw new BlockrepError('USAGE', '--qga, --vm, --disks, --no-quiesce and --require-quiesce need --qmp');
+          throw new BlockrepError('USAGE', '--qga, --vm, --disks, --no-quiesce and --require-quiesce need --domain or --qmp');
         }
-        if (images.length === 0) throw new BlockrepError('USAGE', 'give the images to back up, or --qmp SOCKET for a running VM');
+        if (images.length === 0) throw new BlockrepError('USAGE', 'give the images to back up, or --domain NAME (libvirt) or --qmp SOCKET for a running VM');
         if (opts.disk !== undefined && images.length !== 1) throw new BlockrepError('USAGE', '--disk can only be given with a single image');
         if (opts.format !== undefined && opts.format !== 'raw' && opts.format !== 'qcow2') throw new BlockrepError('USAGE', `--format must be raw or qcow2, not ${opts.format}`);
         const blockSize = opts.blockSize === undefined ? undefined : parseSize(opts.blockSize, 'block size');
@@ -162,6 +171,87 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
     },
     text: liveBackupText(report),
   };
+}
+
+/** Phases a test can hold a libvirt run at (BLOCKREP_TEST_HOLD=phase). */
+const DOMAIN_HOLD_PHASES: readonly DomainPhase[] = ['snapshot-taken', 'disk-scanned'];
+
+async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: CommandContext): Promise<CommandResult> {
+  if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --domain, not both');
+  if (opts.disk !== undefined || opts.format !== undefined) throw new BlockrepError('USAGE', '--disk and --format are for images; a libvirt domain names its disks <domain>/<target>');
+  if (opts.qga !== undefined) throw new BlockrepError('USAGE', '--qga is for --qmp; libvirt reaches the guest agent itself');
+  if (!opts.quiesce && opts.requireQuiesce) throw new BlockrepError('USAGE', '--no-quiesce and --require-quiesce contradict each other');
+  const method = opts.method ?? 'auto';
+  if (!(DOMAIN_BACKUP_METHODS as readonly string[]).includes(method)) throw new BlockrepError('USAGE', `--method must be one of ${DOMAIN_BACKUP_METHODS.join(', ')}, not ${method}`);
+  const blockSize = opts.blockSize === undefined ? undefined : parseSize(opts.blockSize, 'block size');
+  const workers = opts.workers === undefined ? undefined : parseIntOption(opts.workers, '--workers', 0, 64);
+  const disks = opts.disks === undefined ? undefined : opts.disks.split(',').map((d) => d.trim()).filter(Boolean);
+  const hold = process.env.BLOCKREP_TEST_HOLD as DomainPhase | undefined;
+  if (hold !== undefined && !DOMAIN_HOLD_PHASES.includes(hold)) throw new BlockrepError('USAGE', `BLOCKREP_TEST_HOLD must be one of ${DOMAIN_HOLD_PHASES.join(', ')} with --domain`);
+  const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts, { create: true }));
+  const report = await backupDomain(
+    repo,
+    {
+      domain: opts.domain!,
+      ...(opts.vm !== undefined ? { vmName: opts.vm } : {}),
+      ...(opts.connect !== undefined ? { connect: opts.connect } : {}),
+      method: method as DomainBackupMethod,
+      ...(disks ? { disks } : {}),
+      ...(blockSize !== undefined ? { blockSize } : {}),
+      quiesce: !opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto',
+    },
+    {
+      signal: ctx.signal,
+      onProgress: ctx.onProgress,
+      compress: opts.compress,
+      ...(workers !== undefined ? { workers } : {}),
+      onWarning: (m) => {
+        process.stderr.write(`blockrep: warning: ${m}\n`);
+      },
+      ...(hold !== undefined
+        ? {
+            onPhase: async (phase: DomainPhase, disk?: string) => {
+              if (phase !== hold) return;
+              process.stderr.write(`blockrep: test hold at ${phase}${disk ? ` (${disk})` : ''}\n`);
+              if (ctx.signal.aborted) return;
+              // Nothing else is open while held (virsh has exited): a timer keeps Node from exiting.
+              const alive = setInterval(() => undefined, 60_000);
+              await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }));
+              clearInterval(alive);
+            },
+          }
+        : {}),
+    },
+  );
+  const first = report.failures[0];
+  return {
+    exitCode: first ? exitCodeFor(first.code) : EXIT_OK,
+    json: {
+      ok: report.failures.length === 0,
+      durationMs: report.durationMs,
+      method: report.method,
+      domain: report.domain,
+      vm: report.vm,
+      quiesced: report.quiesced,
+      snapshot: report.snapshot,
+      ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
+      ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
+      ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
+      disks: report.disks,
+    },
+    text: domainBackupText(report),
+  };
+}
+
+function domainBackupText(r: DomainBackupReport): string {
+  const lines = [backupText(r.disks, r.failures, r.durationMs)];
+  lines.push(
+    r.quiesced
+      ? `domain ${r.domain}: quiesced snapshot (method snapshot; the snapshot call took ${r.snapshot.snapshotMs} ms, the guest was frozen within it)`
+      : `domain ${r.domain}: not quiesced (crash-consistent snapshot, method snapshot)`,
+  );
+  for (const d of r.disks) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
+  return lines.join('\n');
 }
 
 function liveBackupText(r: VmBackupReport): string {

@@ -1,10 +1,13 @@
 import type { Command } from 'commander';
-import { recoverVm, type RecoverVmReport } from '../../app/index.js';
+import { recoverDomain, type RecoverDomainReport, recoverVm, type RecoverVmReport } from '../../app/index.js';
+import { BlockrepError } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 
 interface RecoverOptions {
-  qmp: string;
+  qmp?: string;
+  domain?: string;
+  connect?: string;
   qga?: string;
   json?: boolean;
 }
@@ -14,15 +17,31 @@ export function registerRecover(program: Command): void {
     .command('recover')
     .description(
       'put a running VM right after a blockrep run was interrupted or killed: thaw a guest left frozen, ' +
-        'commit any blockrep overlay back into its base, delete leftover overlay files (does nothing when all is well)',
+        'end a leftover blockrep block job, commit any blockrep overlay back into its base, delete leftover overlay files (does nothing when all is well)',
     )
-    .requiredOption('--qmp <socket>', "the unix socket of the VM's QEMU monitor (QMP)")
+    .option('--domain <name>', 'a libvirt domain')
+    .option('--connect <uri>', 'libvirt URI for --domain (default: libvirt\'s default)')
+    .option('--qmp <socket>', "the unix socket of the VM's QEMU monitor (QMP), for a VM libvirt does not manage")
     .option('--qga <socket>', 'the unix socket of its guest agent (default: found through QMP)')
     .option('--json', 'print one JSON object as the report')
     .action(async (opts: RecoverOptions) => {
       await runCommand(Boolean(opts.json), async () => {
+        if ((opts.domain === undefined) === (opts.qmp === undefined)) throw new BlockrepError('USAGE', 'give --domain NAME (a libvirt domain) or --qmp SOCKET (a QEMU VM), one of them');
+        if (opts.domain !== undefined) {
+          if (opts.qga !== undefined) throw new BlockrepError('USAGE', '--qga is for --qmp; libvirt reaches the guest agent itself');
+          const r = await recoverDomain(
+            { domain: opts.domain, ...(opts.connect !== undefined ? { connect: opts.connect } : {}) },
+            {
+              onWarning: (m) => {
+                process.stderr.write(`blockrep: warning: ${m}\n`);
+              },
+            },
+          );
+          return { exitCode: EXIT_OK, json: { ok: true, ...r }, text: recoverDomainText(r) };
+        }
+        if (opts.connect !== undefined) throw new BlockrepError('USAGE', '--connect needs --domain');
         const report = await recoverVm(
-          { qmpSocket: opts.qmp, ...(opts.qga !== undefined ? { qgaSocket: opts.qga } : {}) },
+          { qmpSocket: opts.qmp!, ...(opts.qga !== undefined ? { qgaSocket: opts.qga } : {}) },
           {
             onWarning: (m) => {
               process.stderr.write(`blockrep: warning: ${m}\n`);
@@ -44,5 +63,18 @@ function recoverText(r: RecoverVmReport): string {
   const nothing = !r.thawed && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0;
   if (r.warnings.length > 0) lines.push(`recovered what could be recovered; ${r.warnings.length} warning(s) above say what was left alone`);
   else lines.push(nothing ? 'nothing to recover: the VM runs on its own images' : 'recovered: the VM runs on its own images');
+  return lines.join('\n');
+}
+
+function recoverDomainText(r: RecoverDomainReport): string {
+  const lines: string[] = [];
+  if (r.agent === 'unavailable') lines.push('guest agent: not reachable; the freeze state was not checked');
+  else lines.push((r.thawedFilesystems ?? 0) > 0 ? `guest: was frozen, ${r.thawedFilesystems} filesystem(s) thawed` : 'guest: not frozen');
+  for (const j of r.jobs) lines.push(`disk ${j.disk}: block job (${j.type}) on a blockrep overlay aborted`);
+  for (const c of r.committed) lines.push(`disk ${c.disk}: overlay ${c.overlay} committed back into ${c.base}; the disk runs on its own image again`);
+  for (const f of r.removedFiles) lines.push(`removed leftover overlay file ${f}`);
+  const nothing = (r.thawedFilesystems ?? 0) === 0 && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0;
+  if (r.warnings.length > 0) lines.push(`recovered what could be recovered; ${r.warnings.length} warning(s) above say what was left alone`);
+  else lines.push(nothing ? `nothing to recover: domain ${r.domain} runs on its own images` : `recovered: domain ${r.domain} runs on its own images`);
   return lines.join('\n');
 }

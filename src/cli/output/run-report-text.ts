@@ -35,7 +35,7 @@ function vmLines(vm: VmRunReport): string[] {
     `${ok.length} disk(s)`,
     `${ok.reduce((n, d) => n + d.changedBlocks, 0)} blocks changed`,
     `${formatBytes(ok.reduce((n, d) => n + d.bytesSent, 0))} sent`,
-    ...(vm.frozenMs !== undefined ? [`frozen ${vm.frozenMs} ms`] : vm.kind === 'live' && vm.quiesced === false ? ['not quiesced'] : []),
+    ...(vm.frozenMs !== undefined ? [`frozen ${vm.frozenMs} ms`] : vm.kind !== 'image' && vm.quiesced === false ? ['not quiesced'] : []),
     seconds(vm.durationMs),
   ];
   const what = vm.status === 'not-started' ? vm.message : vm.status === 'failed' && ok.length === 0 ? seconds(vm.durationMs) : facts.join(', ');
