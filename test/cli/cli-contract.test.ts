@@ -205,6 +205,27 @@ describe.each(repoKinds)('with a $name repository', (kind) => {
   });
 });
 
+describe('arguments that would do something else than asked', () => {
+  it('--repo "" is refused (it would make a repository in the working directory)', async () => {
+    const cwd = join(base, 'cwd');
+    await mkdir(cwd, { recursive: true });
+    const img = join(cwd, 'small.img');
+    await writeFile(img, randomBytes(64 * 1024));
+    for (const args of [['backup', img], ['list']]) {
+      const r = await runCli([...args, '--repo', '', '--json'], { cwd });
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.json).toMatchObject({ ok: false, code: 'USAGE', message: expect.stringContaining('--repo') });
+    }
+    expect(await readdir(cwd)).toEqual(['small.img']);
+  });
+
+  it('--token-file /dev/zero is a usage error that says why, read no further than a token file can be', async () => {
+    const r = await runCli(['list', '--repo', 'http://127.0.0.1:9', '--token-file', '/dev/zero', '--json']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.json).toMatchObject({ ok: false, code: 'USAGE', message: 'cannot read --token-file /dev/zero: it is larger than 4096 bytes, so it is not a token file' });
+  });
+});
+
 describe('over the network, a changed block travels as a patch of its changed slices', () => {
   it('sends a 4K change in a random 256K block as about one 16K slice, and restores bit-exact', async () => {
     const kind = repoKinds.find((k) => k.name === 'http');
