@@ -86,7 +86,7 @@ export async function restoreVersion(repo: Repository, req: RestoreRequest, opti
       const fetch = async (id: string): Promise<Buffer> => {
         const blob = await repo.readChunkBlob(id);
         bytesFetched += blob.length;
-        return decodeChunk(blob, id);
+        return decodeChunk(blob, id, blockSize); // never decodes past one block
       };
       fill();
       for (let i = 0; i < n; i++) {

@@ -1,9 +1,11 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { CompressStream } from 'zstd-napi';
 import { openTestRepo, repoKinds, type TestRepo } from '../support/repo-kinds.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
@@ -223,6 +225,69 @@ describe('arguments that would do something else than asked', () => {
     const r = await runCli(['list', '--repo', 'http://127.0.0.1:9', '--token-file', '/dev/zero', '--json']);
     expect(r.code, r.stderr).toBe(2);
     expect(r.json).toMatchObject({ ok: false, code: 'USAGE', message: 'cannot read --token-file /dev/zero: it is larger than 4096 bytes, so it is not a token file' });
+  });
+});
+
+describe('a hostile repository', () => {
+  /** A zstd frame of `bytes` zeros, made in pieces (never the whole in memory), without a content size. */
+  async function zstdOfZeros(bytes: number): Promise<Buffer> {
+    const out: Buffer[] = [];
+    const stream = new CompressStream();
+    stream.on('data', (d: Buffer) => out.push(d));
+    const piece = Buffer.alloc(1 << 20);
+    for (let done = 0; done < bytes; done += piece.length) {
+      if (!stream.write(piece)) await new Promise((resolve) => stream.once('drain', resolve));
+    }
+    await new Promise((resolve) => stream.end(resolve));
+    return Buffer.concat(out);
+  }
+
+  /** The CLI under /usr/bin/time: its result and its peak resident memory in bytes. */
+  function cliWithPeakRss(args: string[]): Promise<{ code: number; json: any; stderr: string; maxRssBytes: number }> {
+    const bin = fileURLToPath(new URL('../../bin/blockrep.js', import.meta.url));
+    return new Promise((resolve) => {
+      execFile('/usr/bin/time', ['-f', 'MAXRSS %M', process.execPath, bin, ...args], { maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+        const rss = /MAXRSS (\d+)/.exec(stderr);
+        let json: any;
+        try {
+          json = JSON.parse(stdout);
+        } catch {
+          json = undefined;
+        }
+        resolve({ code: err ? Number(err.code) : 0, json, stderr, maxRssBytes: rss ? Number(rss[1]) * 1024 : Number.NaN });
+      });
+    });
+  }
+
+  it('a 64K chunk that decompresses to 1 GiB: verify and restore fail with CHUNK_CORRUPT in little memory', async () => {
+    const dir = join(base, 'bomb');
+    await mkdir(dir, { recursive: true });
+    const img = join(dir, 'disk.img');
+    await writeFile(img, randomBytes(64 * 1024));
+    const repo = join(dir, 'repo');
+    const b = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
+    expect(b.code, b.stderr).toBe(0);
+    const [prefix] = await readdir(join(repo, 'chunks'));
+    const [id] = await readdir(join(repo, 'chunks', prefix!));
+    // A blob whose header claims one block (64 KiB) and whose zstd payload holds 1 GiB.
+    const payload = await zstdOfZeros(1 << 30);
+    expect(payload.length).toBeLessThan(64 * 1024);
+    const header = Buffer.alloc(12);
+    header.write('BRCK', 0, 'latin1');
+    header.writeUInt8(1, 4);
+    header.writeUInt8(1, 5);
+    header.writeUInt32BE(64 * 1024, 8);
+    await writeFile(join(repo, 'chunks', prefix!, id!), Buffer.concat([header, payload]));
+
+    const v = await cliWithPeakRss(['verify', '--repo', repo, '--json']);
+    expect(v.code, v.stderr).toBe(4);
+    expect(v.json.damage).toEqual([expect.objectContaining({ chunk: id, code: 'CHUNK_CORRUPT' })]);
+    expect(v.maxRssBytes).toBeLessThan(300 << 20);
+    const r = await cliWithPeakRss(['restore', '--repo', repo, '--disk', 'disk', '--to', join(dir, 'out.img'), '--json']);
+    expect(r.code, r.stderr).toBe(4);
+    expect(r.json).toMatchObject({ ok: false, code: 'CHUNK_CORRUPT' });
+    expect(r.maxRssBytes).toBeLessThan(300 << 20);
+    expect(await readdir(dir)).not.toContain('out.img');
   });
 });
 
