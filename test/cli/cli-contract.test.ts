@@ -92,6 +92,18 @@ describe.each(repoKinds)('with a $name repository', (kind) => {
       const r = await cli(repo, ['backup', img, '--disk', 'a//b', '--json']);
       expect(r.json).toMatchObject({ ok: false, code: 'INVALID_DISK_ID' });
       expect((await cli(repo, ['restore', '--disk', 'x'])).code).toBe(2); // --to missing
+      // A disk id is one file name in the repository, each "/" escaped to 3 bytes: the longest
+      // (224 bytes stored, plus the lock's and gc's suffixes) works, one more byte is refused early.
+      const longest = `${Array.from({ length: 12 }, (_, i) => String.fromCharCode(97 + i).repeat(15)).join('/')}/${'m'.repeat(8)}`;
+      expect(longest.length + 2 * 12).toBe(224);
+      const atLimit = await cli(repo, ['backup', img, '--disk', longest, '--json']);
+      expect(atLimit.code, atLimit.stderr).toBe(0);
+      expect((await cli(repo, ['list', '--json'])).json.disks.map((d: { disk: string }) => d.disk)).toContain(longest);
+      for (const tooLong of [longest.replace(/m{4}$/, 'm/mm'), `${'a/'.repeat(99)}a`]) {
+        const refused = await cli(repo, ['backup', img, '--disk', tooLong, '--json']);
+        expect(refused.code, refused.stderr).toBe(2);
+        expect(refused.json).toMatchObject({ ok: false, code: 'INVALID_DISK_ID', message: expect.stringContaining('more than 224') });
+      }
       expect((await runCli(['frobnicate'])).code).toBe(2);
     });
   });
