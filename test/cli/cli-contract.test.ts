@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -237,6 +237,45 @@ describe('arguments that would do something else than asked', () => {
     const r = await runCli(['list', '--repo', 'http://127.0.0.1:9', '--token-file', '/dev/zero', '--json']);
     expect(r.code, r.stderr).toBe(2);
     expect(r.json).toMatchObject({ ok: false, code: 'USAGE', message: 'cannot read --token-file /dev/zero: it is larger than 4096 bytes, so it is not a token file' });
+  });
+});
+
+describe('file modes', () => {
+  /** Every file and folder under `root` with its permission bits, relative names sorted. */
+  async function modes(root: string): Promise<Array<[string, number]>> {
+    const out: Array<[string, number]> = [['.', (await stat(root)).mode & 0o7777]];
+    for (const entry of await readdir(root, { recursive: true })) out.push([entry, (await stat(join(root, entry))).mode & 0o7777]);
+    return out.sort();
+  }
+  const umask0 = (args: string[]) => {
+    const bin = fileURLToPath(new URL('../../bin/blockrep.js', import.meta.url));
+    execFileSync('sh', ['-c', 'umask 000 && exec "$@"', 'sh', process.execPath, bin, ...args], { stdio: 'ignore' });
+  };
+
+  it('a repository is readable by its owner only, whatever the umask; an older one with open modes keeps working', async () => {
+    const dir = join(base, 'modes');
+    await mkdir(dir, { recursive: true });
+    const img = join(dir, 'disk.img');
+    await writeFile(img, randomBytes(256 * 1024), { mode: 0o600 });
+    const repo = join(dir, 'repo');
+    const cache = join(dir, 'cache');
+    umask0(['backup', img, '--repo', repo, '--block-size', '64K']);
+    const all = await modes(repo);
+    expect(all.length).toBeGreaterThan(5);
+    for (const [name, mode] of all) {
+      const isDir = (await stat(join(repo, name))).isDirectory();
+      expect([name, mode]).toEqual([name, isDir ? 0o700 : 0o600]);
+    }
+    // The restored image of a 0600 source is 0600 too, with umask 000.
+    umask0(['restore', '--repo', repo, '--disk', 'disk', '--to', join(dir, 'out.img')]);
+    expect((await stat(join(dir, 'out.img'))).mode & 0o7777).toBe(0o600);
+
+    // A repository written before (folders 0755, files 0644) is read and written as before.
+    for (const [name] of all) await chmod(join(repo, name), (await stat(join(repo, name))).isDirectory() ? 0o755 : 0o644);
+    await writeFile(img, randomBytes(256 * 1024));
+    const again = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json'], { env: { BLOCKREP_CACHE_DIR: cache } });
+    expect(again.code, again.stderr).toBe(0);
+    expect((await runCli(['verify', '--repo', repo, '--json'])).json).toMatchObject({ ok: true, versions: 2 });
   });
 });
 
