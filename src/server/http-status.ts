@@ -55,6 +55,7 @@ const table = {
   COMMIT_FAILED: 500,
   RECOVERY_NEEDED: 500,
   VM_LOCKED: 500,
+  TOKENS_LOCKED: 500,
   INTERNAL: 500,
 } as const satisfies Record<ErrorCode, number>;
 
