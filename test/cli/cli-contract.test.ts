@@ -233,6 +233,23 @@ describe('arguments that would do something else than asked', () => {
     expect(await readdir(cwd)).toEqual(['small.img']);
   });
 
+  it('an image named .qcow2 without a qcow2 header is backed up as raw, with a warning naming it', async () => {
+    const dir = join(base, 'misnamed');
+    await mkdir(dir, { recursive: true });
+    const img = join(dir, 'data.qcow2');
+    await writeFile(img, randomBytes(128 * 1024));
+    const r = await runCli(['backup', img, '--repo', join(dir, 'repo'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json.warnings).toEqual([expect.stringContaining(`${img} is named .qcow2 but has no qcow2 header: backed up as a raw image`)]);
+    expect(r.stderr).toContain(`blockrep: warning: ${img} is named .qcow2`);
+    const text = await runCli(['backup', img, '--repo', join(dir, 'repo')]);
+    expect(text.stderr).toContain('backed up as a raw image');
+    const said = await runCli(['backup', img, '--repo', join(dir, 'repo'), '--format', 'raw', '--json']);
+    expect(said.code, said.stderr).toBe(0);
+    expect(said.json.warnings).toBeUndefined();
+    expect(said.stderr).toBe('');
+  });
+
   it('--token-file /dev/zero is a usage error that says why, read no further than a token file can be', async () => {
     const r = await runCli(['list', '--repo', 'http://127.0.0.1:9', '--token-file', '/dev/zero', '--json']);
     expect(r.code, r.stderr).toBe(2);
