@@ -6,6 +6,7 @@ import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CompressStream } from 'zstd-napi';
+import { startServer } from '../support/blockrep-server.js';
 import { openTestRepo, repoKinds, type TestRepo } from '../support/repo-kinds.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
@@ -248,6 +249,22 @@ describe('arguments that would do something else than asked', () => {
     expect(said.code, said.stderr).toBe(0);
     expect(said.json.warnings).toBeUndefined();
     expect(said.stderr).toBe('');
+  });
+
+  it('an https:// URL to a plain-HTTP blockrep serve: unavailable (exit 12), saying to use http://', async () => {
+    const dir = join(base, 'plain-http');
+    await mkdir(dir, { recursive: true });
+    const server = await startServer({ root: join(dir, 'repo') });
+    try {
+      const tls = server.url.replace(/^http:/, 'https:');
+      const r = await runCli(['list', '--repo', tls, '--json']);
+      expect(r.code, r.stderr).toBe(12);
+      expect(r.json).toMatchObject({ ok: false, code: 'UNAVAILABLE', message: expect.stringContaining(`does not speak TLS`) });
+      expect(r.json.message).toContain(`use ${server.url}`);
+      expect(r.json.message).not.toMatch(/certificate/);
+    } finally {
+      await server.stop();
+    }
   });
 
   it('--token-file /dev/zero is a usage error that says why, read no further than a token file can be', async () => {
