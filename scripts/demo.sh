@@ -56,20 +56,39 @@ blockrep verify --repo "$repo"
 step "A running VM: the tiny test guest under QEMU (TCG), two ext4 disks, writing all the time"
 vm="$work/vm"
 rm -rf "$vm" "$work/server" "$work/tokens.json" "$work/token" "$work/blockrep.yaml"
-bash scripts/guest/start-guest.sh "$vm" demovm >/dev/null
+# What the demo starts in the background — the guest's QEMU (it daemonizes and writes its pid
+# to $vm/qemu.pid) and blockrep serve — is stopped whenever the demo ends: success, failure,
+# Ctrl-C or kill. A signal ends the demo through the EXIT trap.
 server_pid=""
+stop_pid() { # stop_pid PID: TERM, up to 5 s to exit, then KILL
+  local pid="$1"
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 cleanup() {
-  kill "$(cat "$vm/qemu.pid" 2>/dev/null)" 2>/dev/null || true
-  [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
+  trap - INT TERM HUP
+  [ -z "$server_pid" ] || stop_pid "$server_pid"
+  local qemu_pid
+  qemu_pid="$(cat "$vm/qemu.pid" 2>/dev/null || true)"
+  [ -z "$qemu_pid" ] || stop_pid "$qemu_pid"
+  wait 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+bash scripts/guest/start-guest.sh "$vm" demovm >/dev/null
 echo "disk1: $(qemu-img info -U "$vm/a/disk1.qcow2" | grep -E '^(file format|backing file):' | paste -sd' ')  (attached with -drive)"
 echo "vd2:   $vm/b/disk2.raw, raw (attached with -blockdev)"
 
 step "The offsite side: blockrep serve on loopback, and a token for the nightly job"
 blockrep token create --tokens "$work/tokens.json" --name nightly --disks '*' --rights read,write,admin | tail -n 1 >"$work/token"
 chmod 600 "$work/token"
-blockrep serve --root "$work/server" --listen 127.0.0.1:0 --tokens "$work/tokens.json" >"$work/serve.out" 2>"$work/serve.log" &
+# node itself in the background (not the blockrep function, whose $! would be a subshell that
+# leaves node running when killed).
+node bin/blockrep.js serve --root "$work/server" --listen 127.0.0.1:0 --tokens "$work/tokens.json" >"$work/serve.out" 2>"$work/serve.log" &
 server_pid=$!
 for _ in $(seq 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$work/serve.out" | head -n 1)

@@ -3,14 +3,29 @@
 # Debian packages via apt-get (when a command is missing), the npm packages, and the tiny test
 # guest that the live-VM tests boot (built from Debian packages, cached in .cache/test-guest;
 # skipped with BLOCKREP_SKIP_QEMU_TESTS=1).
+# Usage: install-deps.sh [--test|--bench]   (--test: also what the test suite calls; --bench:
+# also what the benchmarks call). Works on a minimal Debian (debootstrap --variant=minbase) with
+# Node.js 20; scripts/check-fresh-machine.sh proves it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-}"
+
+# npm packages: installed when missing or when the lock file is newer than the install.
+npm_install=0
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm_install=1
+fi
 
 need=()
+if [ "$npm_install" = 1 ]; then
+  # npm ci compiles zstd-napi (when no prebuilt binary can be fetched) and the native seek
+  # addon with node-gyp, which runs python3, make and a C++ compiler.
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  command -v make >/dev/null 2>&1 || need+=(make)
+  command -v g++ >/dev/null 2>&1 || need+=(g++)
+fi
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
-# xxhsum is the oracle of the scan tests (and the peer of the scan benchmark).
-command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
 if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   # Live VMs: QEMU, the guest agent and what the test guest is made of; e2fsprogs makes and
   # checks its ext4 disks.
@@ -20,8 +35,16 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v depmod >/dev/null 2>&1 || need+=(kmod)
   { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+  # nbdinfo (libnbd) is the oracle of what QEMU's NBD exports show (dirty bitmaps, allocation).
+  command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 fi
-if [ "${1:-}" = "--bench" ]; then
+if [ "$mode" = --test ]; then
+  # The scan tests check hashes against xxhsum; the TLS tests make a certificate with openssl.
+  command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+fi
+if [ "$mode" = --bench ]; then
+  command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
 fi
 if [ ${#need[@]} -gt 0 ]; then
@@ -29,14 +52,22 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "blockrep needs these Debian packages: ${need[*]} (run as root, or install them yourself)" >&2
     exit 1
   fi
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "installing ${need[*]} ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# npm packages: install when missing or when the lock file is newer than the install.
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ "$npm_install" = 1 ]; then
+  # node-gyp compiles against Node's headers. Those that came with node (nodesource's package
+  # and the nodejs.org tarball put them in PREFIX/include/node) are used when they match its
+  # version, so that no download from nodejs.org is needed.
+  prefix="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")"
+  if [ -z "${npm_config_nodedir:-}" ] && [ -f "$prefix/include/node/node_version.h" ] &&
+    [ "v$(sed -n 's/^#define NODE_\(MAJOR\|MINOR\|PATCH\)_VERSION \([0-9]*\)$/\2/p' "$prefix/include/node/node_version.h" | paste -sd.)" = "$(node -v)" ]; then
+    export npm_config_nodedir="$prefix"
+  fi
   npm ci --no-audit --no-fund
 fi
 npm run --silent build

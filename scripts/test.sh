@@ -3,7 +3,7 @@
 # and lint, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --test
 # Types of src/, test/ and bench/, and the lint rules (the layers of src/ among them).
 npm run -s check
 exec npx vitest run "$@"

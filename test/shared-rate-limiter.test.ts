@@ -1,17 +1,18 @@
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/shared/clock.js';
 import { RateLimiter, throttle } from '../src/shared/rate-limiter.js';
 
 /** A fake clock: sleeping advances it, so rates are checked exactly and instantly. */
 function clock() {
-  let t = 0;
-  return { now: () => t, sleep: async (ms: number) => void (t += ms), elapsed: () => t };
+  const c = new ManualClock(0, { autoAdvance: true });
+  return { clock: c, sleep: (ms: number) => c.sleep(ms), elapsed: () => c.monotonicMs() };
 }
 
 describe('rate limiter', () => {
   it('holds a long-run rate within 1 % whatever the request sizes, across concurrent callers', async () => {
     const c = clock();
     const rate = 20 * 1024 * 1024; // 20M, as `--bwlimit 20M`
-    const limiter = new RateLimiter(rate, undefined, c.now, c.sleep);
+    const limiter = new RateLimiter(rate, undefined, c.clock);
     let total = 0;
     const sizes = [4096, 65536, 1 << 20, 300, 2 << 20, 12345];
     await Promise.all(
@@ -30,7 +31,7 @@ describe('rate limiter', () => {
 
   it('allows one burst after idling, never more', async () => {
     const c = clock();
-    const limiter = new RateLimiter(1000, 100, c.now, c.sleep);
+    const limiter = new RateLimiter(1000, 100, c.clock);
     await limiter.take(1000); // 1 s
     const afterFirst = c.elapsed();
     // Idle 10 s, then 2000 bytes: one 100-byte burst of credit only.
@@ -43,7 +44,7 @@ describe('rate limiter', () => {
 
   it('paces a stream in slices', async () => {
     const c = clock();
-    const limiter = new RateLimiter(64 * 1024, 0.0001, c.now, c.sleep);
+    const limiter = new RateLimiter(64 * 1024, 0.0001, c.clock);
     const out: number[] = [];
     for await (const s of throttle(new Uint8Array(256 * 1024), limiter, 64 * 1024)) out.push(s.byteLength);
     expect(out).toEqual([65536, 65536, 65536, 65536]);

@@ -1,6 +1,6 @@
 import { isZeroId } from '../manifest/index.js';
 import type { Repository } from '../repository/index.js';
-import { BlockrepError, isBlockrepError, TaskPool } from '../shared/index.js';
+import { BlockrepError, isBlockrepError, TaskPool, type Clock } from '../shared/index.js';
 
 /** Like Proxmox Backup Server: a day and five minutes, so a day-long backup's chunks are safe. */
 export const DEFAULT_GC_GRACE_MS = (24 * 60 + 5) * 60_000;
@@ -25,6 +25,8 @@ export interface GcOptions {
   graceMs?: number;
   /** When gc starts (tests fix it). */
   now?: Date;
+  /** What "now" and the duration are read from; the repository's clock by default. */
+  clock?: Clock;
 }
 
 export interface GcReport {
@@ -71,8 +73,9 @@ export interface GcReport {
  * successors are). Stale temporary files of interrupted writes are swept with the same cutoff.
  */
 export async function collectGarbage(repo: Repository, options: GcOptions = {}): Promise<GcReport> {
-  const started = options.now ?? new Date();
-  const startedMs = Date.now();
+  const clock = options.clock ?? repo.clock;
+  const started = options.now ?? new Date(clock.now());
+  const startedMs = clock.monotonicMs();
   const graceMs = options.graceMs ?? DEFAULT_GC_GRACE_MS;
   if (!Number.isSafeInteger(graceMs) || graceMs < 0) throw new BlockrepError('USAGE', `the gc grace must be a whole, non-negative number of ms, not ${graceMs}`);
   if (!repo.collectsGarbage) throw new BlockrepError('USAGE', `${repo.location} does not support garbage collection`);
@@ -153,7 +156,7 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
     report.tempFilesRemoved = temps.files;
     report.tempBytesRemoved = temps.bytes;
   }
-  report.durationMs = Date.now() - startedMs;
+  report.durationMs = Math.round(clock.monotonicMs() - startedMs);
   return report;
 }
 

@@ -44,11 +44,6 @@ const MAX_LISTED_DAMAGE = 10_000;
 const SEED_RANGE = 2 ** 32;
 
 /**
- * Whether a chunk is in the sample: chunk ids are SHA-256 digests, uniform, so the chunks whose
- * first 32 bits fall in a window of `percent` % of the 32-bit range, starting at `seed`, are a
- * uniform sample; another seed is another window, and a fixed seed repeats a run.
- */
-/**
  * The default seed: the window moves on by its own width every UTC day, so the windows of
  * successive days tile the range and a nightly `--sample P` checks every chunk within
  * ceil(100 / P) nights (5 %: 20 nights), then starts over.
@@ -58,6 +53,11 @@ export function sampleSeedForDay(percent: number, now: number = Date.now()): num
   return Math.floor(((day * percent) / 100) % 1 * SEED_RANGE) % SEED_RANGE;
 }
 
+/**
+ * Whether a chunk is in the sample: chunk ids are SHA-256 digests, uniform, so the chunks whose
+ * first 32 bits fall in a window of `percent` % of the 32-bit range, starting at `seed`, are a
+ * uniform sample; another seed is another window, and a fixed seed repeats a run.
+ */
 export function inSample(id: string, percent: number, seed: number): boolean {
   if (percent >= 100) return true;
   const position = (Number.parseInt(id.slice(0, 8), 16) - seed + SEED_RANGE) % SEED_RANGE;

@@ -97,6 +97,11 @@ export interface Backend {
   flush(): Promise<void>;
   /** Objects whose key starts with `prefix` (a folder-like prefix ending in `/`). */
   list(prefix: string): AsyncIterable<BackendObject>;
+  /**
+   * Optional: the names of the folders directly under `prefix` (ending in `/`), sorted, without
+   * listing what is in them — so a server lists only the disks a token may see.
+   */
+  folders?: ((prefix: string) => Promise<string[]>) | undefined;
   /** Removes an object; a missing object is not an error. */
   remove(key: string): Promise<void>;
   /**

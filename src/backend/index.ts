@@ -5,5 +5,5 @@
  * writes never overwrite a successor. Knows nothing of manifests or chunks.
  */
 export { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from './backend.js';
-export { LocalBackend } from './local/local-backend.js';
+export { LocalBackend, type LocalBackendOptions } from './local/local-backend.js';
 export { RateLimitedBackend } from './rate-limited-backend.js';

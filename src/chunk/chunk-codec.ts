@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
-import binding from 'zstd-napi/binding.js';
+import zstd from 'zstd-napi/binding.js';
 import { BlockrepError, MAX_BLOCK_SIZE } from '../shared/index.js';
 
 /**
@@ -29,9 +29,11 @@ const ZSTD_LEVEL = 1;
  * Decoding is bounded: the content is decompressed into a buffer of the length the header
  * states, itself at most the block size the caller gives (a chunk is never larger than its
  * block), so a small blob that expands to gigabytes fails as CHUNK_CORRUPT having used no more
- * memory than one block. One decompression context, reused: decoding is synchronous.
+ * memory than one block. One decompression context, reused (decoding is synchronous, so calls
+ * never overlap), used one-shot only: zstd-napi's shared one streams unsized frames, and one
+ * cut short left it refusing every later chunk of the process.
  */
-const dctx = new binding.DCtx();
+let dctx: zstd.DCtx | undefined;
 
 export interface EncodedChunk {
   /** Lower-case hex SHA-256 of the uncompressed bytes. */
@@ -109,7 +111,9 @@ export function unpackChunk(blob: Uint8Array, expectedId: string, maxRawBytes = 
     raw = Buffer.allocUnsafe(rawLength);
     let produced: number;
     try {
-      // Fails ("destination buffer is too small") rather than grow past rawLength.
+      // Into exactly the length the header states, never what the frames claim: a small frame
+      // can claim, or expand to, gigabytes. More is an error ("destination buffer is too small").
+      dctx ??= new zstd.DCtx();
       produced = dctx.decompress(raw, payload);
     } catch (err) {
       throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: compressed data is damaged or larger than its header says (${rawLength} bytes)`, { cause: err });

@@ -71,7 +71,7 @@ export interface JobConfig {
 
 /**
  * Two VMs at a time: each backup already reads with up to two scan threads and keeps up to 8
- * chunk writes in flight, so a third VM adds memory (a first full backup peaks at ~260 MiB)
+ * chunk writes in flight, so a third VM adds memory (a first full backup peaks near 300 MiB: bench/results/scan.md)
  * and disk contention rather than speed on a small host; two lets one VM's freeze, snapshot
  * and commit overlap another's upload.
  */

@@ -32,7 +32,6 @@ export const FIXED_HEADER_BYTES = 68;
 export const ENTRY_BYTES = 40;
 export const DIGEST_BYTES = 32;
 const MAX_META_BYTES = 64 * 1024;
-
 export const sourceFactsSchema = z
   .object({
     kind: z.enum(['image', 'live']),

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { contentTag, type Backend } from '../backend/index.js';
-import { BlockrepError, isBlockrepError, diskIdToPathComponent, currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '../shared/index.js';
+import { BlockrepError, isBlockrepError, diskIdToPathComponent, currentHolder, holderIsGone, lockHolderSchema, systemClock, type Clock, type ClockTimer, type LockHolder } from '../shared/index.js';
 
 /** A holder that stops renewing loses its lock this long after its last renewal. */
 export const DEFAULT_LEASE_MS = 5 * 60_000;
@@ -38,7 +38,7 @@ interface SeenLock {
  * by several processes gets the same check without that atomicity (a read and a rename).
  */
 export class DiskLock {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: ClockTimer | undefined;
   private renewing: Promise<void> | undefined;
   private released = false;
   private lost: BlockrepError | undefined;
@@ -52,16 +52,19 @@ export class DiskLock {
     private readonly holder: LockHolder & { lockId: string; leaseMs: number },
     /** The lock's content as this holder last wrote it. */
     private written: Buffer,
+    /** Times the renewals and the holder's own timestamps; the lease's age is the storage's. */
+    private readonly clock: Clock,
   ) {}
 
-  static async acquire(backend: Backend, diskId: string, purpose: string, options: { leaseMs?: number } = {}): Promise<DiskLock> {
+  static async acquire(backend: Backend, diskId: string, purpose: string, options: { leaseMs?: number; clock?: Clock } = {}): Promise<DiskLock> {
     const key = `locks/${diskIdToPathComponent(diskId)}.lock`;
     const leaseMs = options.leaseMs ?? leaseFromEnv();
-    const base = currentHolder(purpose);
-    const holder = { ...base, lockId: randomBytes(12).toString('hex'), leaseMs, renewedAt: base.createdAt };
+    const clock = options.clock ?? systemClock;
+    const createdAt = new Date(clock.now()).toISOString();
+    const holder = { ...currentHolder(purpose), createdAt, lockId: randomBytes(12).toString('hex'), leaseMs, renewedAt: createdAt };
     const body = Buffer.from(JSON.stringify(holder));
     const held = (): DiskLock => {
-      const lock = new DiskLock(backend, key, diskId, holder, body);
+      const lock = new DiskLock(backend, key, diskId, holder, body, clock);
       lock.schedule();
       return lock;
     };
@@ -72,7 +75,7 @@ export class DiskLock {
       } catch (err) {
         if (!isBlockrepError(err) || err.code !== 'EXISTS') throw err;
       }
-      const seen = await inspect(backend, key);
+      const seen = await inspect(backend, key, clock);
       if (seen === undefined) continue; // released meanwhile
       if (staleness(seen) !== undefined) {
         // Replaced in one step, and only if nobody renewed or took it since it was judged.
@@ -122,18 +125,19 @@ export class DiskLock {
   /** Stops renewing and removes the lock if it is still this holder's. */
   async release(): Promise<void> {
     this.released = true;
-    clearTimeout(this.timer);
+    this.timer?.cancel();
     await this.renewing;
     if (this.lost) return; // a successor's lock is not ours to remove
     if (await replaceIfMatch(this.backend, this.key, this.written, null)) return;
     // A renewal whose answer was lost may have stored a newer content of ours.
-    const seen = await inspect(this.backend, this.key, false);
+    const seen = await inspect(this.backend, this.key, null);
     if (seen?.holder?.lockId === this.holder.lockId) await replaceIfMatch(this.backend, this.key, seen.raw, null);
   }
 
   private schedule(): void {
     if (this.released || this.lost) return;
-    this.timer = setTimeout(() => {
+    // The clock's timers never keep the process alive: a lock does not hold it up by itself.
+    this.timer = this.clock.setTimer(() => {
       this.renewing = this.renew()
         .catch((err: unknown) => {
           // A failed renewal (the link is down, the server restarts) is tried again at the next
@@ -145,20 +149,18 @@ export class DiskLock {
           this.schedule();
         });
     }, Math.max(10, Math.floor(this.holder.leaseMs / RENEWALS_PER_LEASE)));
-    // A lock never keeps the process alive by itself.
-    this.timer.unref();
   }
 
   /** Rewrites the lock (its modification time is the renewal) if it is still ours. */
   private async renew(): Promise<void> {
     if (this.released || this.lost) return;
-    const next = Buffer.from(JSON.stringify({ ...this.holder, renewedAt: new Date().toISOString() }));
+    const next = Buffer.from(JSON.stringify({ ...this.holder, renewedAt: new Date(this.clock.now()).toISOString() }));
     if (await replaceIfMatch(this.backend, this.key, this.written, next)) {
       this.written = next;
       this.lastError = undefined;
       return;
     }
-    const seen = await inspect(this.backend, this.key, false);
+    const seen = await inspect(this.backend, this.key, null);
     if (seen?.holder?.lockId === this.holder.lockId) {
       // Ours, as an earlier renewal left it whose answer was lost: renew from there.
       if (await replaceIfMatch(this.backend, this.key, seen.raw, next)) {
@@ -188,8 +190,11 @@ function leaseFromEnv(): number {
   return ms;
 }
 
-/** The lock as it is now; `withAge` also asks for its age (a contender judging it does). */
-async function inspect(backend: Backend, key: string, withAge = true): Promise<SeenLock | undefined> {
+/**
+ * The lock as it is now. A contender judging it passes its clock and also gets its age; the
+ * holder itself (null) only needs to know whose lock it is.
+ */
+async function inspect(backend: Backend, key: string, clock: Clock | null): Promise<SeenLock | undefined> {
   let raw: Buffer;
   try {
     raw = await backend.read(key);
@@ -204,7 +209,7 @@ async function inspect(backend: Backend, key: string, withAge = true): Promise<S
     holder = undefined; // damaged: judged by its age alone
   }
   let ageMs: number | undefined;
-  if (!withAge) {
+  if (clock === null) {
     // The holder itself: whose lock it is is all it needs.
   } else if (backend.objectAgeMs) {
     ageMs = await backend.objectAgeMs(key);
@@ -212,7 +217,7 @@ async function inspect(backend: Backend, key: string, withAge = true): Promise<S
   } else if (holder) {
     // No storage clock to ask: the holder's own renewal time against ours.
     const at = Date.parse(holder.renewedAt ?? holder.createdAt);
-    if (Number.isFinite(at)) ageMs = Math.max(0, Date.now() - at);
+    if (Number.isFinite(at)) ageMs = Math.max(0, clock.now() - at);
   }
   return { raw, holder, ageMs };
 }
@@ -236,7 +241,7 @@ function leaseOf(holder: LockHolder | undefined): number {
  */
 async function replaceIfMatch(backend: Backend, key: string, expected: Buffer, next: Buffer | null): Promise<boolean> {
   if (backend.replaceIfMatch) return backend.replaceIfMatch(key, contentTag(expected), next);
-  const now = await inspect(backend, key, false);
+  const now = await inspect(backend, key, null);
   if (now === undefined || !now.raw.equals(expected)) return false;
   if (next === null) await backend.remove(key);
   else await backend.write(key, next);

@@ -3,7 +3,7 @@ import type { Backend, ConditionalRemoval, TempSweep } from '../backend/index.js
 import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/index.js';
 import { type ManifestHeader, ManifestReader, type FinishedManifest } from '../manifest/index.js';
 import { ManifestCache } from './manifest-cache.js';
-import { BlockrepError, isBlockrepError, assertDiskId, diskIdFromPathComponent, diskIdToPathComponent, lockHolderSchema, type LockHolder, isVersionId } from '../shared/index.js';
+import { BlockrepError, isBlockrepError, assertDiskId, diskIdFromPathComponent, diskIdToPathComponent, lockHolderSchema, type LockHolder, isVersionId, systemClock, type Clock } from '../shared/index.js';
 import { DiskLock } from './disk-lock.js';
 import { CONFIG_KEY, REPOSITORY_FORMAT, REPOSITORY_FORMAT_VERSION, repositoryConfigSchema, type RepositoryConfig } from './repository-config.js';
 
@@ -23,6 +23,8 @@ export class Repository {
   private constructor(
     readonly backend: Backend,
     readonly config: RepositoryConfig,
+    /** What disk locks renew by (tests pass a ManualClock). */
+    readonly clock: Clock,
   ) {}
 
   get location(): string {
@@ -30,7 +32,8 @@ export class Repository {
   }
 
   /** Opens a repository; with `create`, initialises an empty location first. */
-  static async open(backend: Backend, options: { create?: boolean } = {}): Promise<Repository> {
+  static async open(backend: Backend, options: { create?: boolean; clock?: Clock } = {}): Promise<Repository> {
+    const clock = options.clock ?? systemClock;
     let raw: Buffer | undefined;
     try {
       raw = await backend.read(CONFIG_KEY);
@@ -48,7 +51,7 @@ export class Repository {
         format: REPOSITORY_FORMAT,
         version: REPOSITORY_FORMAT_VERSION,
         id: randomBytes(16).toString('hex'),
-        createdAt: new Date().toISOString(),
+        createdAt: new Date(clock.now()).toISOString(),
       };
       try {
         await backend.write(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`), { exclusive: true });
@@ -56,7 +59,7 @@ export class Repository {
         // Another process created it at the same moment: use theirs.
         if (!isBlockrepError(err) || err.code !== 'EXISTS') throw err;
       }
-      return Repository.open(backend);
+      return Repository.open(backend, { clock });
     }
     let parsed: unknown;
     try {
@@ -76,7 +79,7 @@ export class Repository {
     if (!config.success) {
       throw new BlockrepError('REPO_CORRUPT', `${backend.location}/${CONFIG_KEY} is not a blockrep repository config`);
     }
-    return new Repository(backend, config.data);
+    return new Repository(backend, config.data, clock);
   }
 
   // ---- chunks
@@ -286,6 +289,6 @@ export class Repository {
   }
 
   async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {
-    return DiskLock.acquire(this.backend, diskId, purpose);
+    return DiskLock.acquire(this.backend, diskId, purpose, { clock: this.clock });
   }
 }

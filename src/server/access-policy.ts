@@ -102,3 +102,16 @@ export function authorizeCollectGarbage(p: Principal): void {
 export function authorizeFlush(p: Principal): void {
   if (!mayOnAnyDisk(p, 'write')) throw new BlockrepError('FORBIDDEN', `token ${JSON.stringify(p.name)} may not write`);
 }
+
+/**
+ * Patch plans and patches tell whether a chunk is stored and whether pieces of it match a
+ * guess: reading, besides writing. A write-only token sends whole chunks.
+ */
+export function authorizePatching(p: Principal): void {
+  if (!mayOnAnyDisk(p, 'write') || !mayOnAnyDisk(p, 'read')) throw new BlockrepError('FORBIDDEN', `token ${JSON.stringify(p.name)} may not send chunk patches (needs read and write)`);
+}
+
+/** Writing or removing a lock without naming it (If-Match) breaks whatever lease is there: admins only. */
+export function mayBreakLock(p: Principal, diskId: string): boolean {
+  return mayOnDisk(p, 'admin', diskId);
+}

@@ -1,8 +1,8 @@
 import { MAX_BLOCK_SIZE, BlockrepError } from '../shared/index.js';
 import zstd from 'zstd-napi/binding.js';
-import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk } from '../chunk/index.js';
+import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk, type EncodedChunk } from '../chunk/index.js';
 import type { Repository } from '../repository/index.js';
-import type { ByteBudget } from './byte-budget.js';
+import { isBlockrepError } from '../shared/index.js';
 import { readBody } from './http-io.js';
 import type { RequestContext } from './request-context.js';
 
@@ -16,17 +16,33 @@ export const MAX_CHUNK_BLOB_BYTES = CHUNK_HEADER_BYTES + MAX_CHUNK_RAW_BYTES;
  * decoded and re-hashed; only a blob whose content hashes to the id in its key is stored.
  * Returns the bytes stored.
  */
-export async function receiveChunk(repo: Repository, chunkId: string, ctx: RequestContext, budget: ByteBudget): Promise<number> {
-  const declared = ctx.req.headers['content-length'];
-  const release = await budget.acquire(declared === undefined ? MAX_CHUNK_BLOB_BYTES : Math.min(Number(declared) || 0, MAX_CHUNK_BLOB_BYTES));
-  try {
-    const blob = await readBody(ctx, MAX_CHUNK_BLOB_BYTES, 'a chunk');
-    checkDecodedSize(blob, chunkId);
-    const raw = decodeChunk(blob, chunkId); // CHUNK_CORRUPT on any mismatch
-    return await repo.putChunk({ id: chunkId, blob, rawLength: raw.length });
-  } finally {
-    release();
+export async function receiveChunk(repo: Repository, chunkId: string, ctx: RequestContext): Promise<number> {
+  const blob = await readBody(ctx, MAX_CHUNK_BLOB_BYTES, 'a chunk');
+  checkDecodedSize(blob, chunkId);
+  const raw = decodeChunk(blob, chunkId); // CHUNK_CORRUPT on any mismatch
+  return storeChunk(repo, { id: chunkId, blob, rawLength: raw.length }, ctx);
+}
+
+/**
+ * Stores a checked chunk unless the repository already holds it whole: then it is not
+ * rewritten, only touched, as `POST /v1/sizes` with touch does for a dedup hit (see "Uploads of
+ * a chunk already stored" in docs/design/safety.md for why gc needs that touch and why it
+ * lets a writer keep nothing alive that it could not keep by uploading). A stored copy that is
+ * damaged is replaced. Returns the bytes stored (those already there, if it was).
+ */
+export async function storeChunk(repo: Repository, chunk: EncodedChunk, ctx: RequestContext): Promise<number> {
+  const [present] = await repo.hasChunks([chunk.id], { touch: true });
+  if (present) {
+    try {
+      const stored = await repo.readChunkBlob(chunk.id);
+      await ctx.lease.ensure(ctx.lease.heldBytes + stored.length);
+      if (Buffer.from(chunk.blob).equals(stored) || decodeChunk(stored, chunk.id).length === chunk.rawLength) return stored.length;
+    } catch (err) {
+      // Gone meanwhile (gc moved it aside) or damaged: written anew below.
+      if (!isBlockrepError(err) || (err.code !== 'CHUNK_MISSING' && err.code !== 'CHUNK_CORRUPT')) throw err;
+    }
   }
+  return repo.putChunk(chunk);
 }
 
 /**

@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
 import { ERROR_CODE_HEADER, type ErrorBody } from '../protocol/index.js';
 import { BlockrepError, toBlockrepError } from '../shared/index.js';
@@ -35,12 +36,52 @@ const DISCARD_MAX_BYTES = 64 * 1024 * 1024;
 const DISCARD_MAX_MS = 10_000;
 
 /**
- * The request body's pieces. Stopping early (a refusal) does not destroy the request: that
- * would reset the connection under the answer; discardRest() deals with what is left.
+ * The request body's pieces, as they arrive, at a minimum rate: a body that brings fewer than
+ * `bodyRate.minBytes` in a window of `bodyRate.windowMs` (time the server itself spends on a
+ * piece does not count) is refused with UNAVAILABLE, and its connection closed after the answer
+ * — a trickle would otherwise hold its share of memory and a connection for as long as the
+ * server's silence timeout. Stopping early (a refusal) does not destroy the request: that would
+ * reset the connection under the answer; discardRest() deals with what is left.
  */
-export function requestPieces(ctx: RequestContext): AsyncIterable<Buffer> {
+export async function* requestPieces(ctx: RequestContext): AsyncIterable<Buffer> {
   const iterator = ctx.req.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer>;
-  return { [Symbol.asyncIterator]: () => iterator };
+  const { minBytes, windowMs } = ctx.bodyRate;
+  let windowEnd = performance.now() + windowMs;
+  let windowBytes = 0;
+  let stalled = false;
+  try {
+    for (;;) {
+      const result = await within(iterator.next(), windowEnd - performance.now());
+      if (result === undefined) {
+        stalled = true;
+        ctx.closeAfterAnswer = true;
+        throw new BlockrepError('UNAVAILABLE', `the request body arrived slower than ${minBytes} bytes in ${windowMs / 1000} s: refused, since it held what other clients need`);
+      }
+      if (result.done) return;
+      windowBytes += result.value.length;
+      if (windowBytes >= minBytes) {
+        windowBytes = 0;
+        windowEnd = performance.now() + windowMs;
+      }
+      const paused = performance.now();
+      yield result.value;
+      windowEnd += performance.now() - paused;
+    }
+  } finally {
+    // A stalled next() is still pending: the closed connection settles it (and its return).
+    if (stalled) void iterator.return?.().catch(() => undefined);
+    else await iterator.return?.();
+  }
+}
+
+/** The promise's value, or undefined if `ms` pass first (a rejection after that is dropped). */
+function within<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  promise.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -87,12 +128,23 @@ export async function* bodyPieces(ctx: RequestContext, maxBytes: () => number, w
   }
 }
 
-/** The whole body in memory: only for bodies with a small bound. */
+/**
+ * The whole body in memory, taken from the request's budget lease as it arrives (not as
+ * declared): only for bodies with a bound.
+ */
 export async function readBody(ctx: RequestContext, maxBytes: number, what: string): Promise<Buffer> {
   const declared = checkDeclaredLength(ctx, maxBytes, what);
   const pieces: Buffer[] = [];
   let total = 0;
+  const base = ctx.lease.heldBytes;
   for await (const piece of bodyPieces(ctx, () => maxBytes, what)) {
+    try {
+      await ctx.lease.ensure(base + total + piece.length, base + maxBytes);
+    } catch (err) {
+      // Refused for memory: reading (and dropping) the rest would cost what the refusal saves.
+      ctx.closeAfterAnswer = true;
+      throw err;
+    }
     pieces.push(piece);
     total += piece.length;
   }
@@ -171,7 +223,22 @@ export function sendError(ctx: RequestContext, err: unknown): string | undefined
     const headers: Record<string, string> = { [ERROR_CODE_HEADER]: e.code };
     if (e.code === 'UNAUTHORIZED') headers['www-authenticate'] = 'Bearer realm="blockrep"';
     if (e.code === 'UNAVAILABLE') headers['retry-after'] = '1';
-    sendJson(ctx, status, body, headers, { discardBody: true });
+    if (ctx.closeAfterAnswer) {
+      headers.connection = 'close';
+      sendJson(ctx, status, body, headers);
+      closeAfterAnswer(ctx);
+    } else {
+      sendJson(ctx, status, body, headers, { discardBody: true });
+    }
   }
   return internal || status >= 500 ? `${e.code}: ${e.message}` : undefined;
+}
+
+/** Ends the connection once the answer is out; a peer that does not let go is cut soon after. */
+function closeAfterAnswer(ctx: RequestContext): void {
+  const socket = ctx.req.socket;
+  ctx.res.once('finish', () => {
+    socket.end();
+    setTimeout(() => socket.destroy(), 2000).unref();
+  });
 }

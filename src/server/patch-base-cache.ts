@@ -22,14 +22,19 @@ export const DEFAULT_PATCH_BASE_CACHE_BYTES = 64 * 1024 * 1024;
 export class PatchBaseCache {
   private readonly bases = new Map<string, PatchBase>();
   private bytes = 0;
+  private turns: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly repo: Repository,
     private readonly capacityBytes = DEFAULT_PATCH_BASE_CACHE_BYTES,
   ) {}
 
-  /** The content of chunk `id`, from here or read and checked (CHUNK_MISSING, CHUNK_CORRUPT). */
-  async get(id: string): Promise<PatchBase> {
+  /**
+   * The content of chunk `id`, from here or read and checked (CHUNK_MISSING, CHUNK_CORRUPT);
+   * undefined if it is not here and its content is larger than `maxRawBytes` (known from the
+   * blob's header, before it is decompressed and hashed).
+   */
+  async get(id: string, maxRawBytes = Infinity): Promise<PatchBase | undefined> {
     const kept = this.bases.get(id);
     if (kept) {
       this.bases.delete(id); // to the end: most recently used
@@ -37,9 +42,21 @@ export class PatchBaseCache {
       return kept;
     }
     const blob = await this.repo.readChunkBlob(id);
+    if (blob.length >= 12 && blob.readUInt32BE(8) > maxRawBytes) return undefined;
     const base = { raw: decodeChunk(blob, id), incompressible: blobCodec(blob) === CODEC_STORED };
     this.keep(id, base);
     return base;
+  }
+
+  /**
+   * Runs `work` (a base decoded, hashed and compared: tens of ms of CPU on the event loop) after
+   * the work of every plan before it: however many plans arrive at once, another request waits
+   * for at most one such step, not one per plan.
+   */
+  inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.turns.catch(() => undefined).then(work);
+    this.turns = run.catch(() => undefined);
+    return run;
   }
 
   private keep(id: string, base: PatchBase): void {

@@ -19,16 +19,17 @@ import {
 } from '../protocol/index.js';
 import { planPatches, receiveChunkPatch } from './chunk-patch-upload.js';
 import { PatchBaseCache } from './patch-base-cache.js';
-import type { Backend } from '../backend/index.js';
+import type { Backend, BackendObject } from '../backend/index.js';
 import type { Repository } from '../repository/index.js';
-import { BlockrepError } from '../shared/index.js';
-import { authorizeCollectGarbage, authorizeFlush, authorizeList, authorizeObject, listedKeyVisible, type Method, type Principal } from './access-policy.js';
+import { BlockrepError, isBlockrepError } from '../shared/index.js';
+import { authorizeCollectGarbage, authorizeFlush, authorizeList, authorizeObject, authorizePatching, listedKeyVisible, mayBreakLock, type Method, type Principal } from './access-policy.js';
 import { ByteBudget } from './byte-budget.js';
+import { DEFAULT_SERVER_LIMITS, type ServerLimits } from './server-limits.js';
 import { receiveChunk } from './chunk-upload.js';
 import { declaredLength, readJson, sendEmpty, sendError, sendJson, writePiece } from './http-io.js';
 import { receiveLock } from './lock-upload.js';
 import { receiveManifest } from './manifest-upload.js';
-import { diskOfListedKey, keyFromPath, parseListPrefix, parseObjectKey, type ObjectRef } from './object-key.js';
+import { diskOfListedKey, keyFromPath, parseListPrefix, parseObjectKey, type ListScope, type ObjectRef } from './object-key.js';
 import type { RequestContext } from './request-context.js';
 import type { TokenStore } from './token-store.js';
 
@@ -36,8 +37,8 @@ import type { TokenStore } from './token-store.js';
 const READ_PIECE_BYTES = 1024 * 1024;
 /** NDJSON lines are gathered into writes of about this size. */
 const LIST_WRITE_BYTES = 64 * 1024;
-/** Request bodies held in memory at once by all requests together (chunks are checked whole). */
-const DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024;
+/** A request's log line waits at most this long after its close for its handler to settle. */
+const LOG_WAIT_MS = 2000;
 
 const rangeSchema = z.string().regex(/^bytes=\d{1,15}-\d{0,15}$/, 'only a single range "bytes=a-b" or "bytes=a-" is supported');
 const ifNoneMatchSchema = z.literal('*', { message: 'only If-None-Match: * is supported' });
@@ -60,7 +61,8 @@ export interface RepositoryServerOptions {
   log: (line: string) => void;
   /** Hides server paths in messages to clients. */
   redact?: (message: string) => string;
-  memoryBudgetBytes?: number;
+  /** Memory, body rate and work per client (server-limits.ts); the defaults where not given. */
+  limits?: Partial<ServerLimits>;
 }
 
 /**
@@ -70,27 +72,58 @@ export interface RepositoryServerOptions {
  * before they are stored.
  */
 export function createRequestHandler(options: RepositoryServerOptions): (req: IncomingMessage, res: ServerResponse) => void {
-  const budget = new ByteBudget(options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES);
+  const limits = { ...DEFAULT_SERVER_LIMITS, ...options.limits };
+  const budget = new ByteBudget(limits.memoryBytes, limits.clientMemoryBytes, limits.memoryWaitMs);
   const bases = new PatchBaseCache(options.repo);
   const redact = options.redact ?? ((m: string) => m);
+  const bodyRate = { minBytes: limits.minBodyBytes, windowMs: limits.bodyWindowMs };
   return (req, res) => {
     const started = performance.now();
-    const ctx: RequestContext = { req, res, kind: '-', token: '-', bytesIn: 0, bytesOut: 0, redact };
-    res.on('close', () => options.log(logLine(ctx, performance.now() - started)));
-    handle(options, budget, bases, ctx).catch((err: unknown) => {
-      const detail = sendError(ctx, err);
-      if (detail !== undefined) options.log(`error: ${req.method ?? '-'} ${ctx.kind}: ${detail}`);
+    const lease = budget.lease([`address:${req.socket.remoteAddress ?? '-'}`]);
+    const ctx: RequestContext = { req, res, kind: '-', token: '-', bytesIn: 0, bytesOut: 0, redact, lease, bodyRate };
+    const handled = handle(options, limits, bases, ctx)
+      .catch((err: unknown) => {
+        if (clientHungUp(ctx, err)) {
+          ctx.aborted = true;
+          ctx.res.destroy();
+          return;
+        }
+        const detail = sendError(ctx, err);
+        if (detail !== undefined) options.log(`error: ${req.method ?? '-'} ${ctx.kind}: ${detail}`);
+      })
+      .finally(() => lease.release());
+    res.on('close', () => {
+      lease.release();
+      const ms = performance.now() - started;
+      // Logged once the handler has settled too, so that the line says how the request ended
+      // (a client that hung up is seen by the handler after the close).
+      let timer: NodeJS.Timeout | undefined;
+      void Promise.race([handled, new Promise<void>((r) => (timer = setTimeout(r, LOG_WAIT_MS)))]).then(() => {
+        clearTimeout(timer);
+        options.log(logLine(ctx, ms));
+      });
     });
   };
 }
 
+/**
+ * The request failed because its client went away (hung up mid-body, or while its answer was
+ * being made): not the server's failure, and nobody is left to answer. A coded error of the
+ * server's own (IO, NO_SPACE) is still reported as such.
+ */
+function clientHungUp(ctx: RequestContext, err: unknown): boolean {
+  if (ctx.aborted) return true;
+  const gone = ctx.req.socket.destroyed || (ctx.res.destroyed && !ctx.res.writableFinished);
+  return gone && !(isBlockrepError(err) && err.code !== 'INTERRUPTED');
+}
+
 function logLine(ctx: RequestContext, ms: number): string {
   const status = ctx.res.headersSent ? ctx.res.statusCode : 0;
-  const cut = ctx.res.writableFinished ? '' : ' (cut)';
+  const cut = ctx.aborted ? ' (aborted by the client)' : ctx.res.writableFinished ? '' : ' (cut)';
   return `${new Date().toISOString()} ${ctx.req.method ?? '-'} ${ctx.kind} ${status}${cut} in=${ctx.bytesIn} out=${ctx.bytesOut} ${ms.toFixed(0)}ms token=${ctx.token}${ctx.code ? ` code=${ctx.code}` : ''}`;
 }
 
-async function handle(options: RepositoryServerOptions, budget: ByteBudget, bases: PatchBaseCache, ctx: RequestContext): Promise<void> {
+async function handle(options: RepositoryServerOptions, limits: ServerLimits, bases: PatchBaseCache, ctx: RequestContext): Promise<void> {
   const target = ctx.req.url ?? '';
   if (!target.startsWith('/')) throw new BlockrepError('BAD_REQUEST', 'the request target must be a path');
   const q = target.indexOf('?');
@@ -100,6 +133,8 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, base
 
   const principal = await options.tokens.authenticate(ctx.req.headers.authorization);
   ctx.token = principal.name;
+  // One token's share of memory, whichever addresses it comes from (none without tokens).
+  if (options.tokens.enabled) ctx.lease.addClient(`token:${principal.name}`);
 
   if (path.startsWith(OBJECTS_PATH)) {
     if (query !== '') throw new BlockrepError('BAD_REQUEST', 'object requests take no query');
@@ -110,7 +145,7 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, base
     ctx.kind = ref.kind;
     authorizeObject(principal, method, ref);
     if (method === 'DELETE' && ctx.req.headers[IF_OLDER_THAN_HEADER] !== undefined) return removeIfOlder(options.store, ctx, ref, principal);
-    return handleObject(options, budget, bases, ctx, method, ref);
+    return handleObject(options, bases, principal, ctx, method, ref);
   }
   switch (path) {
     case CONFIG_PATH:
@@ -139,8 +174,8 @@ async function handle(options: RepositoryServerOptions, budget: ByteBudget, base
     case PATCH_PLANS_PATH:
       ctx.kind = 'patch-plans';
       requireMethod(method, 'POST', query);
-      authorizeFlush(principal); // planning serves writing chunks: the same right
-      return sendJson(ctx, 200, await planPatches(bases, ctx));
+      authorizePatching(principal);
+      return sendJson(ctx, 200, await planPatches(bases, ctx, limits.planBaseBytes));
     case SWEEP_TEMPS_PATH: {
       ctx.kind = 'sweep-temps';
       requireMethod(method, 'POST', query);
@@ -184,7 +219,7 @@ function noBody(ctx: RequestContext): void {
   }
 }
 
-async function handleObject(options: RepositoryServerOptions, budget: ByteBudget, bases: PatchBaseCache, ctx: RequestContext, method: Method, ref: ObjectRef): Promise<void> {
+async function handleObject(options: RepositoryServerOptions, bases: PatchBaseCache, principal: Principal, ctx: RequestContext, method: Method, ref: ObjectRef): Promise<void> {
   const { repo, store } = options;
   switch (method) {
     case 'HEAD':
@@ -194,6 +229,10 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
     case 'DELETE': {
       noBody(ctx);
       const tag = ifMatchOf(ctx, ref);
+      // A lock is a lease: only its holder, naming the lock it holds, may end it (or an admin of the disk, on purpose).
+      if (ref.kind === 'lock' && tag === undefined && !mayBreakLock(principal, ref.diskId)) {
+        throw new BlockrepError('BAD_REQUEST', 'a lock is removed with If-Match: "<sha256 of the lock>" (the lock its holder wrote); only an admin of the disk may remove it unconditionally');
+      }
       if (tag !== undefined) {
         if (!store.replaceIfMatch) throw new BlockrepError('METHOD_NOT_ALLOWED', 'this repository cannot remove locks conditionally');
         if (!(await store.replaceIfMatch(ref.key, tag, null))) throw new BlockrepError('CHANGED', `${ref.key} is not the one named by If-Match`);
@@ -207,19 +246,27 @@ async function handleObject(options: RepositoryServerOptions, budget: ByteBudget
       if (ifNoneMatch !== undefined && !ifNoneMatchSchema.safeParse(ifNoneMatch).success) {
         throw new BlockrepError('BAD_REQUEST', 'only If-None-Match: * is supported');
       }
+      const ifMatch = ifMatchOf(ctx, ref); // refused (400) on anything but a lock
       let stored: number;
       switch (ref.kind) {
         case 'chunk':
-          stored =
-            ctx.req.headers['content-type'] === CHUNK_PATCH_TYPE
-              ? await receiveChunkPatch(repo, bases, ref.chunkId, ctx, budget)
-              : await receiveChunk(repo, ref.chunkId, ctx, budget);
+          if (ctx.req.headers['content-type'] === CHUNK_PATCH_TYPE) {
+            authorizePatching(principal);
+            stored = await receiveChunkPatch(repo, bases, ref.chunkId, ctx);
+          } else {
+            stored = await receiveChunk(repo, ref.chunkId, ctx);
+          }
           break;
         case 'manifest':
           stored = await receiveManifest(repo, store, options.spoolDir, ref, ctx);
           break;
         case 'lock':
-          stored = await receiveLock(store, ref, ctx, ifNoneMatch === '*', ifMatchOf(ctx, ref));
+          // A lock is a lease: taken only if free, replaced only by who holds it (disk-lock.ts).
+          if (ifNoneMatch === '*' && ifMatch !== undefined) throw new BlockrepError('BAD_REQUEST', 'If-None-Match and If-Match exclude each other');
+          if (ifNoneMatch !== '*' && ifMatch === undefined && !mayBreakLock(principal, ref.diskId)) {
+            throw new BlockrepError('BAD_REQUEST', 'a lock is written with If-None-Match: * (taken only if free) or If-Match: "<sha256 of the lock>" (renewed or taken over); only an admin of the disk may write it unconditionally');
+          }
+          stored = await receiveLock(store, ref, ctx, ifNoneMatch === '*', ifMatch);
           break;
         case 'config':
           throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json is read-only over the network');
@@ -295,7 +342,7 @@ async function handleList(options: RepositoryServerOptions, ctx: RequestContext,
   ctx.res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   let pending = '';
   let count = 0;
-  for await (const obj of options.store.list(prefix)) {
+  for await (const obj of listVisible(options.store, principal, prefix, scope)) {
     if (filter && !listedKeyVisible(principal, diskOfListedKey(obj.key))) continue;
     pending += `${JSON.stringify(obj.mtimeMs === undefined ? { key: obj.key, size: obj.size } : { key: obj.key, size: obj.size, mtimeMs: Math.floor(obj.mtimeMs) })}\n`;
     count++;
@@ -308,4 +355,19 @@ async function handleList(options: RepositoryServerOptions, ctx: RequestContext,
   pending += `${JSON.stringify({ end: true, count })}\n`;
   await writePiece(ctx, Buffer.from(pending));
   ctx.res.end();
+}
+
+/**
+ * The objects under `prefix`; for disks/ and a token that may not read every disk, only the
+ * folders of the disks it may read are walked (when the store can name its folders), so a
+ * narrow token's listing costs what it may see, not the whole repository.
+ */
+async function* listVisible(store: Backend, principal: Principal, prefix: string, scope: ListScope): AsyncIterable<BackendObject> {
+  if (scope.kind !== 'disks' || !store.folders || listedKeyVisible(principal, undefined)) {
+    yield* store.list(prefix);
+    return;
+  }
+  for (const folder of await store.folders(prefix)) {
+    if (listedKeyVisible(principal, diskOfListedKey(`${prefix}${folder}/`))) yield* store.list(`${prefix}${folder}/`);
+  }
 }

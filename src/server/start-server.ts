@@ -1,12 +1,13 @@
 import { rm, mkdir } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { LocalBackend } from '../backend/index.js';
 import { Repository } from '../repository/index.js';
 import { BlockrepError, wrapSystemError, isLoopback, urlFor, type ListenAddress } from '../shared/index.js';
 import { createRequestHandler } from './repository-server.js';
+import { serverLimitsFromEnv, type ServerLimits } from './server-limits.js';
 import { TokenStore } from './token-store.js';
 
 /** Hidden from listings (LocalBackend skips ".tmp-" names) and on the repository's disk. */
@@ -20,6 +21,8 @@ export interface ServeOptions {
   insecureNoAuth?: boolean;
   tls?: { cert: Buffer; key: Buffer };
   log: (line: string) => void;
+  /** Per-client limits; by default those of server-limits.ts, overridden by BLOCKREP_SERVE_* variables. */
+  limits?: ServerLimits;
 }
 
 export interface RunningServer {
@@ -41,9 +44,12 @@ export async function startRepositoryServer(options: ServeOptions): Promise<Runn
     );
   }
   if (options.tokensFile !== undefined && options.insecureNoAuth) throw new BlockrepError('USAGE', '--insecure-no-auth and --tokens exclude each other');
+  const limits = options.limits ?? serverLimitsFromEnv(process.env);
   const tokens = await TokenStore.open(options.tokensFile);
   const root = resolve(options.root);
-  const backend = new LocalBackend(root);
+  // Whatever else is in the folder, the server reads and writes only regular files and folders
+  // under it: a symbolic link planted inside must not lead it elsewhere.
+  const backend = new LocalBackend(root, { noFollow: true });
   const repo = await Repository.open(backend, { create: true });
   const spoolDir = join(root, SPOOL_DIR);
   try {
@@ -53,8 +59,14 @@ export async function startRepositoryServer(options: ServeOptions): Promise<Runn
     throw wrapSystemError(err, `preparing ${spoolDir}`);
   }
 
-  const handler = createRequestHandler({ repo, store: backend, tokens, spoolDir, log: options.log, redact: (m) => m.replaceAll(root, '<repository>') });
+  const handle = createRequestHandler({ repo, store: backend, tokens, spoolDir, log: options.log, limits, redact: (m) => m.replaceAll(root, '<repository>') });
+  const refused = new WeakSet<Socket>();
+  const handler: typeof handle = (req, res) => {
+    if (refused.has(req.socket)) req.socket.destroy();
+    else handle(req, res);
+  };
   const server: Server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, handler) : createHttpServer(handler);
+  limitConnectionsPerAddress(server, limits.connectionsPerAddress, !options.tls, refused, options.log);
   // Slow or stalled clients cannot hold a connection forever; keep-alive outlives the client's
   // idle timeout so the server is not the one closing a connection as a request arrives.
   server.headersTimeout = 30_000;
@@ -83,4 +95,44 @@ export async function startRepositoryServer(options: ServeOptions): Promise<Runn
       await backend.close();
     },
   };
+}
+
+/** The answer to a connection over its address's limit, written before any request is read. */
+const TOO_MANY_CONNECTIONS = (() => {
+  const body = JSON.stringify({ code: 'UNAVAILABLE', message: 'too many connections from this address: retry shortly' });
+  return `HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-blockrep-code: UNAVAILABLE\r\nretry-after: 1\r\nconnection: close\r\n\r\n${body}`;
+})();
+
+/**
+ * One address may hold at most `max` connections (the server's 1024 are for everybody): the
+ * next is refused at once — with a 503 over plain HTTP, closed over TLS (no handshake is spent
+ * on it) — and counted once, in the log.
+ */
+function limitConnectionsPerAddress(server: Server, max: number, plain: boolean, refused: WeakSet<Socket>, log: (line: string) => void): void {
+  const open = new Map<string, number>();
+  const noted = new Set<string>();
+  server.on('connection', (socket: Socket) => {
+    const address = socket.remoteAddress ?? '-';
+    const count = open.get(address) ?? 0;
+    if (count >= max) {
+      refused.add(socket);
+      if (!noted.has(address)) {
+        noted.add(address);
+        log(`${new Date().toISOString()} refusing connections from ${address}: it holds ${max}, its limit`);
+      }
+      if (plain) socket.end(TOO_MANY_CONNECTIONS);
+      else socket.destroy();
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
+    open.set(address, count + 1);
+    socket.once('close', () => {
+      const left = (open.get(address) ?? 1) - 1;
+      if (left > 0) open.set(address, left);
+      else {
+        open.delete(address);
+        noted.delete(address);
+      }
+    });
+  });
 }

@@ -6,7 +6,8 @@ import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { UNRESTRICTED, type Principal } from './access-policy.js';
 import { hashSecret, readTokensFile, type TokenEntry } from '../tokens/index.js';
 
-const authorizationSchema = z.string().max(1024).regex(/^Bearer +(\S+)$/);
+// The scheme is case-insensitive (RFC 7235).
+const authorizationSchema = z.string().max(1024).regex(/^Bearer +(\S+)$/i);
 
 /**
  * Turns an Authorization header into a Principal. The tokens file is stat()ed on every request
@@ -45,7 +46,7 @@ export class TokenStore {
       throw new BlockrepError('UNAUTHORIZED', 'this repository server needs an access token: set BLOCKREP_TOKEN or give --token-file');
     }
     const parsed = authorizationSchema.safeParse(header);
-    const secret = parsed.success ? /^Bearer +(\S+)$/.exec(parsed.data)![1]! : '';
+    const secret = parsed.success ? /^Bearer +(\S+)$/i.exec(parsed.data)![1]! : '';
     if (!TOKEN_PATTERN.test(secret)) throw new BlockrepError('UNAUTHORIZED', 'the Authorization header is not a blockrep bearer token');
     const presented = Buffer.from(hashSecret(secret), 'hex');
     let found: TokenEntry | undefined;

@@ -4,6 +4,7 @@
  * Imports nothing from other folders.
  */
 export { MAX_BLOCK_SIZE, checkBlockSize, isValidBlockSize } from './block-size.js';
+export { ManualClock, systemClock, type Clock, type ClockTimer } from './clock.js';
 export { BlockrepError, errorCodes, isBlockrepError, systemErrorCode, toBlockrepError, wrapSystemError, type ErrorCode } from './blockrep-error.js';
 export { assertDiskId, defaultDiskIdForImage, diskIdFromPathComponent, diskIdProblem, diskIdToPathComponent, vmNameProblem } from './disk-id.js';
 export { formatDuration, parseDuration } from './duration.js';

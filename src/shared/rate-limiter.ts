@@ -1,3 +1,5 @@
+import { systemClock, type Clock } from './clock.js';
+
 /**
  * Limits a flow of bytes to `bytesPerSecond` on average, across every caller sharing it (all
  * requests of a process share one link). A virtual clock: each take(n) is scheduled after the
@@ -10,8 +12,7 @@ export class RateLimiter {
   constructor(
     readonly bytesPerSecond: number,
     private readonly burstBytes: number = Math.max(64 * 1024, bytesPerSecond / 20),
-    private readonly now: () => number = () => performance.now(),
-    private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+    private readonly clock: Clock = systemClock,
   ) {
     if (!(bytesPerSecond > 0)) throw new RangeError('bytesPerSecond must be positive');
   }
@@ -19,13 +20,13 @@ export class RateLimiter {
   /** Resolves when `bytes` may pass. */
   async take(bytes: number): Promise<void> {
     if (bytes <= 0) return;
-    const t = this.now();
+    const t = this.clock.monotonicMs();
     const burstMs = (this.burstBytes / this.bytesPerSecond) * 1000;
     // Idle time earns no credit; callers may run at most one burst ahead of the clock.
     const start = Math.max(this.nextFree, t);
     this.nextFree = start + (bytes / this.bytesPerSecond) * 1000;
     const wait = this.nextFree - burstMs - t;
-    if (wait > 0) await this.sleep(wait);
+    if (wait > 0) await this.clock.sleep(wait);
   }
 }
 

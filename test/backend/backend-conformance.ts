@@ -4,6 +4,7 @@ import type { Backend } from '../../src/backend/backend.js';
 import { decodeChunk, encodeChunk, type EncodedChunk } from '../../src/chunk/chunk-codec.js';
 import { ManifestReader } from '../../src/manifest/manifest-reader.js';
 import { Repository } from '../../src/repository/repository.js';
+import type { ManualClock } from '../../src/shared/clock.js';
 import { diskIdToPathComponent } from '../../src/shared/disk-id.js';
 import { patternBytes } from '../support/qemu-tools.js';
 import { disposeTestManifests, testManifest } from '../support/test-manifests.js';
@@ -15,6 +16,11 @@ import { disposeTestManifests, testManifest } from '../support/test-manifests.js
  */
 export interface BackendFixture {
   backend: Backend;
+  /**
+   * The clock a backend keeps its modification times by, when it takes one (MemoryBackend):
+   * the suite then ages objects by moving it. Without one, it waits in real time.
+   */
+  clock?: ManualClock;
   close(): Promise<void>;
 }
 
@@ -26,13 +32,18 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
     let seed = 1000;
     const chunk = (bytes = 4096): EncodedChunk => encodeChunk(patternBytes(bytes, seed++));
     const lockKey = (disk: string): string => `locks/${diskIdToPathComponent(disk)}.lock`;
-    const lockBody = (purpose: string): Buffer => Buffer.from(JSON.stringify({ pid: process.pid, host: hostname(), createdAt: new Date().toISOString(), purpose }));
+    const lockBody = (purpose: string): Buffer => Buffer.from(JSON.stringify({ pid: process.pid, host: hostname(), createdAt: new Date(now()).toISOString(), purpose }));
+    const now = (): number => fixture.clock?.now() ?? Date.now();
+    const pass = async (ms: number): Promise<void> => {
+      if (fixture.clock) await fixture.clock.advance(ms);
+      else await new Promise((r) => setTimeout(r, ms));
+    };
 
     beforeAll(async () => {
       fixture = await setup();
       backend = fixture.backend;
       // First, while the location is still empty: a repository is made (or found) on it.
-      repo = await Repository.open(backend, { create: true });
+      repo = await Repository.open(backend, { create: true, ...(fixture.clock ? { clock: fixture.clock } : {}) });
     });
     afterAll(async () => {
       await fixture?.close();
@@ -119,7 +130,7 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
       for await (const o of backend.list(`chunks/${touched.id.slice(0, 2)}/`)) if (o.mtimeMs !== undefined) mtimes.set(o.key, o.mtimeMs);
       const written = mtimes.get(touchedKey)!;
       expect(written).toEqual(expect.any(Number));
-      await new Promise((r) => setTimeout(r, 60));
+      await pass(60);
       expect(await backend.sizes([touchedKey, Repository.chunkKey(chunk().id)], { touch: true })).toEqual([touched.blob.byteLength, undefined]);
       const cutoff = written + 30; // after both writes, before the touch
       expect(await backend.removeIfOlder!(touchedKey, cutoff)).toBe('young');
@@ -141,7 +152,7 @@ export function describeBackendConformance(name: string, setup: () => Promise<Ba
         { key: a, size: lockBody('aa').length, mtimeMs: expect.any(Number) },
         { key: b, size: lockBody('b').length, mtimeMs: expect.any(Number) },
       ]);
-      expect(Math.abs(locks[0]!.mtimeMs! - Date.now())).toBeLessThan(60_000);
+      expect(Math.abs(locks[0]!.mtimeMs! - now())).toBeLessThan(60_000);
       const c = chunk();
       await backend.write(Repository.chunkKey(c.id), c.blob);
       const all = [];

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BlockrepError } from '../../src/shared/blockrep-error.js';
@@ -369,18 +370,10 @@ describe('Qcow2Writer', () => {
   // A real full file system: a 1 MiB tmpfs in a private mount namespace. It needs root or user
   // namespaces; it is skipped only when BLOCKREP_SKIP_PRIVILEGED_TESTS=1 says so.
   it.skipIf(process.env.BLOCKREP_SKIP_PRIVILEGED_TESTS === '1')('turns ENOSPC into NO_SPACE and deletes the partial file', async () => {
-    const ts = await import('typescript');
+    // The child runs the built writer (dist/, built from src/ by the test run's global setup).
     const root = resolve(dirname(new URL(import.meta.url).pathname), '../..');
     const out = join(dir, 'enospc-build');
-    for (const rel of ['src/image/qcow2-writer.ts', 'src/image/qcow2-writer-format.ts', 'src/shared/blockrep-error.ts']) {
-      const source = await readFile(join(root, rel), 'utf8');
-      const js = ts.transpileModule(source, {
-        compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: false },
-      }).outputText;
-      const target = join(out, rel.replace(/\.ts$/, '.js'));
-      await mkdir(dirname(target), { recursive: true });
-      await writeFile(target, js);
-    }
+    await mkdir(out, { recursive: true });
     await writeFile(join(out, 'package.json'), '{"type":"module"}');
     const mnt = join(dir, 'enospc-mnt');
     await mkdir(mnt);
@@ -389,7 +382,7 @@ describe('Qcow2Writer', () => {
       script,
       `import { readdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { Qcow2Writer } from './src/image/qcow2-writer.js';
+import { Qcow2Writer } from '${pathToFileURL(join(root, 'dist/image/index.js')).href}';
 const mnt = process.argv[2];
 const w = await Qcow2Writer.create(mnt + '/disk.qcow2', 64 * 1024 * 1024);
 let code = 'none';

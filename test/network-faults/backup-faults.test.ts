@@ -1,6 +1,6 @@
-import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openRepository } from '../../src/repository/open-repository.js';
 import { startFaultProxy, type FaultAction } from '../support/fault-proxy.js';
 import { REMOTE_WRITE_CONCURRENCY } from '../../src/app/backup-image.js';
@@ -206,19 +206,22 @@ describe('disk lock leases over HTTP', () => {
     const at = new Date().toISOString();
     await writeFile(lockFile(), JSON.stringify({ pid: 777, host: 'backup-client-2', createdAt: at, renewedAt: at, purpose: 'backup', lockId: 'a'.repeat(24), leaseMs: 1000 }));
     // The holder lives on while the first run tries: its lock is renewed (touched) every 0.1 s.
+    let touching: Promise<unknown> = Promise.resolve();
     const renewing = setInterval(() => {
       const now = new Date();
-      void utimes(lockFile(), now, now).catch(() => undefined);
+      touching = utimes(lockFile(), now, now).catch(() => undefined);
     }, 100);
     await rig.rewriteBlocks(4);
     const refused = await rig.backup().finally(() => clearInterval(renewing));
-    const died = Date.now();
+    await touching; // its last renewal has landed: it dies now
     expect(refused.code).toBe(5);
     expect(refused.json).toMatchObject({ ok: false, code: 'REPO_LOCKED' });
     for (const part of [`disk ${DISK} is locked: backup by process 777 on backup-client-2 since ${at}`, 'last renewed', 'lease 1.0 s', 'next run takes it over', `remove locks/${DISK}.lock in ${rig.url}`]) {
       expect(refused.json.message).toContain(part);
     }
-    await sleep(died + 1100 - Date.now());
+    // 1.1 s later by the repository's clock (the lock file's time), its 1 s lease has expired.
+    const diedAt = new Date(Date.now() - 1100);
+    await utimes(lockFile(), diedAt, diedAt);
     rig.expectPublished(await rig.backup());
     expect(await readLock()).toBeUndefined();
     await rig.expectWhole();
@@ -235,7 +238,7 @@ describe('disk lock leases over HTTP', () => {
     const first = await readLock();
     expect(first?.pid).toBe(a.child.pid);
     // A renews it, and a contender is refused.
-    await sleep(400);
+    await vi.waitFor(async () => expect((await readLock())?.renewedAt).not.toBe(first?.renewedAt), { timeout: 15_000, interval: 20 });
     const renewed = await readLock();
     expect(renewed?.pid).toBe(a.child.pid);
     expect(renewed?.renewedAt).not.toBe(first?.renewedAt);
@@ -245,7 +248,8 @@ describe('disk lock leases over HTTP', () => {
 
     // A stops renewing; after its lease, B takes the lock over.
     a.child.kill('SIGSTOP');
-    await sleep(1600);
+    // Its lease runs out by the repository's clock: its lock file's time stops moving.
+    await vi.waitFor(async () => expect(Date.now() - (await stat(lockFile())).mtimeMs).toBeGreaterThan(1500), { timeout: 15_000, interval: 20 });
     const b = rig.spawnBackup();
     for (let i = 0; (await readLock())?.pid !== b.child.pid; i++) {
       if (i > 2000) throw new Error(`B never took the lock over: ${b.stderr()}`);

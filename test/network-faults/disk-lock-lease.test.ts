@@ -1,7 +1,7 @@
 import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { contentTag, type Backend } from '../../src/backend/backend.js';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
 import { LocalBackend } from '../../src/backend/local/local-backend.js';
@@ -9,6 +9,7 @@ import { backupImage } from '../../src/app/backup-image.js';
 import { DiskLock, LEASE_ENV } from '../../src/repository/disk-lock.js';
 import { Repository } from '../../src/repository/repository.js';
 import { BlockrepError } from '../../src/shared/blockrep-error.js';
+import { ManualClock } from '../../src/shared/clock.js';
 import { createToken } from '../../src/tokens/tokens-file.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { startFaultProxy, type FaultAction } from '../support/fault-proxy.js';
@@ -18,13 +19,32 @@ import { tempDir } from '../support/temp-dir.js';
  * Disk locks as leases, in process, against a local directory and the same directory behind a
  * real `blockrep serve`: a lock its holder stopped renewing expires (by the repository's clock,
  * whatever the holder wrote), a renewing holder keeps it, a holder that was taken over notices
- * and leaves its successor's lock alone, and failed renewals damage nothing.
+ * and leaves its successor's lock alone, and failed renewals damage nothing. Nothing sleeps: a
+ * lock is aged by setting its file's time (what the repository judges), and a holder's renewals
+ * are fired by moving its ManualClock. The timing rules themselves, on a manual clock alone:
+ * test/repository/disk-lock.test.ts.
  */
 let dir: string;
 let server: RunningTestServer;
 let secret: string;
 const fast = { attempts: 3, baseDelayMs: 5, maxDelayMs: 20 };
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Generous: a loaded machine may not run this process for a while. */
+const soon = { timeout: 15_000, interval: 5 };
+
+/** Makes a lock look last written `ms` ago by the repository's clock (its file's time). */
+async function backdate(path: string, ms: number): Promise<void> {
+  const at = new Date(Date.now() - ms);
+  await utimes(path, at, at);
+}
+
+/** Fires the holder's next renewal and waits until it has finished and the one after is due. */
+async function renewOnce(clock: ManualClock, intervalMs: number, done: () => Promise<void> | void): Promise<void> {
+  await clock.advance(intervalMs);
+  await vi.waitFor(async () => {
+    await done();
+    expect(clock.pendingTimers).toBe(1);
+  }, soon);
+}
 
 beforeAll(async () => {
   dir = await tempDir('blockrep-lease-');
@@ -63,7 +83,8 @@ describe.each(kinds)('disk lock lease (%s)', (kind, make) => {
       expect(message).toContain(part);
     }
     expect(message).not.toContain('f'.repeat(24)); // the lock id would let others renew it
-    await sleep(900);
+    // Its holder has not renewed for 0.9 s, by the repository's clock: past its 0.8 s lease.
+    await backdate(lockPath('a'), 900);
     const lock = await DiskLock.acquire(backend, disk('a'), 'backup');
     const now = JSON.parse(await readFile(lockPath('a'), 'utf8'));
     expect(now).toMatchObject({ pid: process.pid, host: hostname(), leaseMs: 300_000 });
@@ -94,10 +115,13 @@ describe.each(kinds)('disk lock lease (%s)', (kind, make) => {
   it('keeps a renewing holder\'s lock past its lease, twice over, and removes it on release', async () => {
     const backend = make();
     const contender = make();
-    // 0.8 s: a loaded machine may not run this process for a few hundred ms at a time.
-    const lock = await DiskLock.acquire(backend, disk('c'), 'backup', { leaseMs: 800 });
+    const clock = new ManualClock(Date.now());
+    const lock = await DiskLock.acquire(backend, disk('c'), 'backup', { leaseMs: 800, clock });
     for (let i = 0; i < 3; i++) {
-      await sleep(500);
+      // Its last renewal 10 s ago by the repository's clock: only the renewal made now keeps it.
+      await backdate(lockPath('c'), 10_000);
+      const before = await readFile(lockPath('c'), 'utf8');
+      await renewOnce(clock, 80, async () => expect(await readFile(lockPath('c'), 'utf8')).not.toBe(before));
       await expect(DiskLock.acquire(contender, disk('c'), 'backup')).rejects.toMatchObject({ code: 'REPO_LOCKED' });
     }
     await lock.assertHeld();
@@ -193,10 +217,12 @@ describe('disk lock renewals through a failing network', () => {
       return failures % 2 === 0 ? 'reset' : { status: 503 };
     });
     const backend = new HttpBackend({ url: proxy.url, token: secret, retry: { attempts: 1, baseDelayMs: 5, maxDelayMs: 5 } });
-    const lock = await DiskLock.acquire(backend, 'lease-net/e', 'backup', { leaseMs: 2000 });
+    const clock = new ManualClock(Date.now());
+    const lock = await DiskLock.acquire(backend, 'lease-net/e', 'backup', { leaseMs: 2000, clock });
     const path = join(dir, 'repo', 'locks', 'lease-net%2Fe.lock');
     failing = true;
-    await sleep(700);
+    // Three renewals (every 0.2 s of a 2 s lease), each failing on the way.
+    for (let n = 1; n <= 3; n++) await renewOnce(clock, 200, () => expect(failures).toBeGreaterThanOrEqual(n));
     expect(failures).toBeGreaterThanOrEqual(3);
     // Still the holder's lock, whole.
     expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ pid: process.pid, leaseMs: 2000 });

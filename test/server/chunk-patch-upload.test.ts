@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHUNK_PATCH_TYPE } from '../../src/protocol/http-protocol.js';
 import { CODEC_ZSTD, decodeChunk, encodeChunk } from '../../src/chunk/chunk-codec.js';
@@ -61,6 +62,32 @@ describe('chunk patches', () => {
     // What the server stored decodes (and re-hashes) to the exact new block.
     expect(decodeChunk(stored.body, id).equals(raw)).toBe(true);
   });
+
+  it('bounds the work of a plan: a small plan naming large compressible bases over and over decodes each once, within a bound', async () => {
+    // 8 bases of 16 MiB that compress to almost nothing; 1,024 items cycling over them: ~100 KB
+    // of plan that asked for 16 GiB of decompression and hashing before.
+    const bases = Array.from({ length: 8 }, (_, i) => encodeChunk(Buffer.alloc(16 * 1024 * 1024, i + 1)));
+    for (const b of bases) expect((await rawRequest(server.url, 'PUT', path(b.id), { body: b.blob })).status).toBe(201);
+    const big = 16 * 1024 * 1024;
+    const hashes = Array.from({ length: 8 }, (_, b) => sliceHashes(Buffer.alloc(big, b === 0 ? 9 : b + 1), big).toString('base64'));
+    const items = Array.from({ length: 1024 }, (_, i) => ({ base: bases[i % 8]!.id, hashes: hashes[i % 8]! }));
+    const body = JSON.stringify({ sliceBytes: big, items });
+    expect(body.length).toBeLessThan(120_000);
+    const started = performance.now();
+    const plan = rawRequest(server.url, 'POST', '/v1/patch-plans', { headers: { 'content-type': 'application/json' }, body });
+    // The event loop keeps answering meanwhile.
+    await new Promise((r) => setTimeout(r, 200));
+    const t = performance.now();
+    expect((await rawRequest(server.url, 'GET', '/v1/config')).status).toBe(200);
+    expect(performance.now() - t).toBeLessThan(2000);
+    const res = await plan;
+    expect(res.status).toBe(200);
+    expect(performance.now() - started).toBeLessThan(10_000); // ~25 s of CPU before, on a quiet machine
+    // 64 MiB of bases per plan: the first four are planned (slice 0 differs for base 0, not for
+    // the others), the items of the rest get no plan and are sent whole.
+    expect(res.json.items.slice(0, 8)).toEqual(['AQ==', 'AA==', 'AA==', 'AA==', null, null, null, null]);
+    expect(res.json.items.filter((x: string | null) => x !== null)).toHaveLength(512);
+  }, 120_000);
 
   it('refuses a patch whose result does not hash to its id, or whose base is missing, storing nothing', async () => {
     const before = await chunkFiles();

@@ -1,8 +1,15 @@
+import { createHash } from 'node:crypto';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpBackend } from '../../src/backend/http/http-backend.js';
-import { TOKEN_PATTERN } from '../../src/protocol/http-protocol.js';
+import { LocalBackend } from '../../src/backend/local/local-backend.js';
+import { createRequestHandler } from '../../src/server/repository-server.js';
+import { TokenStore } from '../../src/server/token-store.js';
+import { CHUNK_PATCH_TYPE, TOKEN_PATTERN } from '../../src/protocol/http-protocol.js';
+import { encodePatch, sliceHashes } from '../../src/chunk/chunk-patch.js';
 import { encodeChunk } from '../../src/chunk/chunk-codec.js';
 import { Repository } from '../../src/repository/repository.js';
 import { createToken } from '../../src/tokens/tokens-file.js';
@@ -48,6 +55,7 @@ beforeAll(async () => {
     ['web-reader', ['web'], ['read']],
     ['web-writer', ['web'], ['read', 'write']],
     ['vm1-reader', ['vm1'], ['read']],
+    ['pusher', ['*'], ['write']],
   ] as const) {
     secrets[name] = (await createToken(tokensFile, { name, disks: [...disks], rights: [...rights] })).secret;
   }
@@ -73,6 +81,7 @@ describe('tokens', () => {
       ['web-reader', true],
       ['web-writer', true],
       ['vm1-reader', true],
+      ['pusher', true],
     ]);
     expect((await stat(tokensFile)).mode & 0o777).toBe(0o600);
   });
@@ -130,6 +139,54 @@ describe('tokens', () => {
     expect(sizes.status).toBe(403);
   });
 
+  it('refuses a lock written or removed without a condition by a writer: a live lease is broken only by its holder, or an admin', async () => {
+    const path = enc('locks/web.lock');
+    const t = secrets['web-writer'];
+    const good = JSON.stringify({ pid: 1, host: 'h', createdAt: 'now', purpose: 'backup' });
+    const tag = `"${createHash('sha256').update(good).digest('hex')}"`;
+    expect((await as(t, 'PUT', path, { body: good, headers: { 'if-none-match': '*' } })).status).toBe(201);
+    const takeover = JSON.stringify({ pid: 2, host: 'x', createdAt: 'now', purpose: 'takeover' });
+    for (const res of [
+      await as(t, 'PUT', path, { body: takeover }),
+      await as(t, 'DELETE', path),
+      await as(t, 'PUT', path, { body: good, headers: { 'if-none-match': '*', 'if-match': tag } }),
+    ]) {
+      expect([res.status, res.json.code]).toEqual([400, 'BAD_REQUEST']);
+    }
+    expect((await as(t, 'GET', path)).body.toString()).toBe(good);
+    // The holder renews and releases by naming its lock; an admin of the disk may force.
+    expect((await as(t, 'PUT', path, { body: takeover, headers: { 'if-match': tag } })).status).toBe(201);
+    expect((await as(secrets.admin, 'DELETE', path)).status).toBe(204);
+    expect((await as(t, 'GET', path)).status).toBe(404);
+  });
+
+  it('takes the scheme "bearer" in any case (RFC 7235)', async () => {
+    for (const scheme of ['bearer', 'BEARER', 'bEaReR']) {
+      const res = await rawRequest(server.url, 'GET', '/v1/config', { headers: { authorization: `${scheme} ${secrets.admin}` } });
+      expect(res.status, scheme).toBe(200);
+    }
+  });
+
+  it('a write-only token may not plan or send patches (they tell what is stored); the client sends such blocks whole', async () => {
+    const t = secrets.pusher;
+    const raw = patternBytes(4096, 77);
+    raw[5]! ^= 1; // one slice differs from the stored chunk
+    const plan = { sliceBytes: 512, items: [{ base: chunk.id, hashes: sliceHashes(raw, 512).toString('base64') }] };
+    const res = await as(t, 'POST', '/v1/patch-plans', { body: JSON.stringify(plan), headers: { 'content-type': 'application/json' } });
+    expect([res.status, res.json.code]).toEqual([403, 'FORBIDDEN']);
+    const next = encodeChunk(raw);
+    const patch = encodePatch(raw, 512, chunk.id, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]));
+    expect((await as(t, 'PUT', enc(Repository.chunkKey(next.id)), { body: patch, headers: { 'content-type': CHUNK_PATCH_TYPE } })).status).toBe(403);
+    // With read as well, the plan answers.
+    expect((await as(secrets['web-writer'], 'POST', '/v1/patch-plans', { body: JSON.stringify(plan), headers: { 'content-type': 'application/json' } })).json.items[0]).not.toBeNull();
+    // The client: no plan (every block whole), no failure; the whole chunk is stored.
+    const backend = new HttpBackend({ url: server.url, token: t! });
+    expect(await backend.planChunkPatches(512, [{ baseId: chunk.id, hashes: sliceHashes(raw, 512) }])).toEqual([undefined]);
+    await backend.write(Repository.chunkKey(next.id), next.blob);
+    await backend.close();
+    expect((await as(secrets.admin, 'HEAD', enc(Repository.chunkKey(next.id)))).status).toBe(200);
+  });
+
   it('lists only the disks a token may read ("vm1" covers vm1/vda, not vm10)', async () => {
     const list = async (token: string): Promise<string[]> => {
       const res = await as(token, 'GET', '/v1/list?prefix=disks%2F');
@@ -144,6 +201,39 @@ describe('tokens', () => {
     expect(await list(secrets['web-reader']!)).toEqual(['web']);
     expect(await list(secrets['vm1-reader']!)).toEqual(['vm1%2Fvda']);
     expect(await list(secrets.admin!)).toEqual(['db', 'vm1%2Fvda', 'vm10', 'web']);
+  });
+});
+
+describe('listing for a narrow token', () => {
+  it('walks only the folders of the disks the token may read', async () => {
+    // The same handler as `blockrep serve`, on loopback, over the same folder; its store notes
+    // which folders are walked.
+    const walked: string[] = [];
+    const local = new LocalBackend(root, { noFollow: true });
+    const store = new Proxy(local, {
+      get(target, prop, receiver) {
+        if (prop === 'list') return (prefix: string) => (walked.push(prefix), target.list(prefix));
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const repo = await Repository.open(store);
+    const handler = createRequestHandler({ repo, store, tokens: await TokenStore.open(tokensFile), spoolDir: join(dir, 'spool'), log: () => undefined });
+    const http = createServer(handler);
+    await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+      const res = await rawRequest(url, 'GET', '/v1/list?prefix=disks%2F', { headers: { authorization: `Bearer ${secrets['web-reader']}` } });
+      expect(res.body.toString().trim().split('\n').map((l) => JSON.parse(l).key ?? 'end')).toEqual([`disks/web/${V1}.manifest`, 'end']);
+      expect(walked).toEqual(['disks/web/']);
+      walked.length = 0;
+      const all = await rawRequest(url, 'GET', '/v1/list?prefix=disks%2F', { headers: { authorization: `Bearer ${secrets.admin}` } });
+      expect(all.body.toString().trim().split('\n')).toHaveLength(5);
+      expect(walked).toEqual(['disks/']);
+    } finally {
+      http.closeAllConnections();
+      await new Promise((r) => http.close(r));
+    }
   });
 });
 
@@ -196,7 +286,7 @@ describe('the CLI against a server with tokens', () => {
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(/^admin\s+read,write,admin\s+\*/m);
     const json = await runCli(['token', 'list', '--tokens', tokensFile, '--json']);
-    expect(json.json.tokens.map((t: { name: string }) => t.name)).toEqual(['admin', 'web-reader', 'web-writer', 'late']);
+    expect(json.json.tokens.map((t: { name: string }) => t.name)).toEqual(['admin', 'web-reader', 'web-writer', 'pusher', 'late']);
     expect(json.stdout).not.toMatch(/hash|brt_/);
     expect((await runCli(['token', 'revoke', '--tokens', tokensFile, 'nobody'])).code).toBe(3);
     expect((await runCli(['token', 'create', '--tokens', tokensFile, '--name', 'admin', '--disks', '*', '--rights', 'read'])).code).toBe(2);

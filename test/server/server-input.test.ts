@@ -1,4 +1,6 @@
-import { readdir } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join, relative } from 'node:path';
 import { compress } from 'zstd-napi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,6 +10,7 @@ import { Repository } from '../../src/repository/repository.js';
 import { startServer, type RunningTestServer } from '../support/blockrep-server.js';
 import { patternBytes } from '../support/qemu-tools.js';
 import { rawRequest, type RawResponse } from '../support/raw-http.js';
+import { slowRequest } from '../support/slow-http.js';
 import { tempDir } from '../support/temp-dir.js';
 import { disposeTestManifests, testManifestBytes } from '../support/test-manifests.js';
 
@@ -102,6 +105,80 @@ describe('chunks', () => {
     expect((await req('GET', objectPath(Repository.chunkKey(c.id)), { headers: { range: 'bytes=999999-' } })).status).toBe(416);
     expectRefused(await req('GET', objectPath(Repository.chunkKey(c.id)), { headers: { range: 'bytes=0-1,4-5' } }), 400, 'BAD_REQUEST');
     expectRefused(await req('GET', objectPath(Repository.chunkKey(c.id)), { headers: { range: 'bytes=5-2' } }), 400, 'BAD_REQUEST');
+  });
+});
+
+describe('chunks already stored', () => {
+  const fileOf = (id: string): string => join(root, 'chunks', id.slice(0, 2), id);
+
+  it('does not rewrite a chunk it holds whole: same file, touched as a dedup hit; a damaged copy is replaced', async () => {
+    const c = encodeChunk(patternBytes(20_000, seed++));
+    expect((await req('PUT', objectPath(Repository.chunkKey(c.id)), { body: c.blob })).status).toBe(201);
+    const old = new Date(Date.now() - 3 * 86_400_000);
+    await utimes(fileOf(c.id), old, old);
+    const before = await stat(fileOf(c.id));
+    const again = await req('PUT', objectPath(Repository.chunkKey(c.id)), { body: c.blob });
+    expect(again.status).toBe(201);
+    const after = await stat(fileOf(c.id));
+    expect(after.ino).toBe(before.ino); // not rewritten
+    expect(after.mtimeMs).toBeGreaterThan(Date.now() - 60_000); // touched, as POST /v1/sizes with touch does
+
+    const damaged = Buffer.from(c.blob);
+    damaged[damaged.length - 1]! ^= 1;
+    await writeFile(fileOf(c.id), damaged);
+    expect((await req('PUT', objectPath(Repository.chunkKey(c.id)), { body: c.blob })).status).toBe(201);
+    expect((await readFile(fileOf(c.id))).equals(Buffer.from(c.blob))).toBe(true); // healed
+  });
+
+  it('refuses If-Match where it means nothing (chunks, manifests): 400, not ignored', async () => {
+    const c = encodeChunk(patternBytes(4096, seed++));
+    const ifMatch = { 'if-match': `"${'0'.repeat(64)}"` };
+    await storesNothing(async () => {
+      expectRefused(await req('PUT', objectPath(Repository.chunkKey(c.id)), { body: c.blob, headers: ifMatch }), 400, 'BAD_REQUEST');
+      expectRefused(await req('PUT', objectPath(Repository.manifestKey('web', V1)), { body: await testManifestBytes('web', V1, [undefined]), headers: ifMatch }), 400, 'BAD_REQUEST');
+      expectRefused(await req('DELETE', objectPath(Repository.chunkKey(c.id)), { headers: ifMatch }), 400, 'BAD_REQUEST');
+    });
+  });
+});
+
+describe('symbolic links under the root', () => {
+  let outside: string;
+  beforeAll(async () => {
+    outside = join(dir, 'outside');
+    await mkdir(outside, { recursive: true });
+  });
+
+  it('neither reads nor writes through a link: folders and files that are links are refused (422)', async () => {
+    // A readable secret outside, and links to it where a chunk, a lock folder and a disk folder would be.
+    await writeFile(join(outside, 'secret'), 'not for clients');
+    const c = encodeChunk(patternBytes(4096, seed++));
+    await mkdir(join(root, 'chunks', c.id.slice(0, 2)), { recursive: true });
+    await symlink(join(outside, 'secret'), join(root, 'chunks', c.id.slice(0, 2), c.id));
+    await symlink(outside, join(root, 'locks'));
+    const d = encodeChunk(patternBytes(4096, seed++));
+    await mkdir(join(outside, 'chunkdir'));
+    await rm(join(root, 'chunks', d.id.slice(0, 2)), { recursive: true, force: true });
+    await symlink(join(outside, 'chunkdir'), join(root, 'chunks', d.id.slice(0, 2)));
+    await mkdir(join(root, 'disks'), { recursive: true });
+    await symlink(outside, join(root, 'disks', 'evil'));
+    await writeFile(join(outside, `${V1}.manifest`), 'x');
+
+    expectRefused(await req('GET', objectPath(Repository.chunkKey(c.id))), 422, 'REPO_CORRUPT');
+    expect((await req('HEAD', objectPath(Repository.chunkKey(c.id)))).status).toBe(422);
+    expectRefused(await req('POST', '/v1/sizes', { body: JSON.stringify({ keys: [Repository.chunkKey(c.id)], touch: true }), headers: { 'content-type': 'application/json' } }), 422, 'REPO_CORRUPT');
+    expectRefused(await req('PUT', objectPath('locks/web.lock'), { body: JSON.stringify({ pid: 1, host: 'h', createdAt: 'now', purpose: 'backup' }), headers: { 'if-none-match': '*' } }), 422, 'REPO_CORRUPT');
+    expectRefused(await req('GET', objectPath(`locks/x.lock`)), 422, 'REPO_CORRUPT');
+    expectRefused(await req('PUT', objectPath(Repository.chunkKey(d.id)), { body: d.blob }), 422, 'REPO_CORRUPT');
+    expectRefused(await req('GET', objectPath(Repository.manifestKey('evil', V1))), 422, 'REPO_CORRUPT');
+    expect(await readdir(outside)).toEqual([`${V1}.manifest`, 'chunkdir', 'secret']); // nothing written there
+    expect(await readdir(join(outside, 'chunkdir'))).toEqual([]);
+    // Listings skip what is not a regular file or folder.
+    const listed = (await req('GET', '/v1/list?prefix=disks%2F')).body.toString();
+    expect(listed).not.toContain('evil');
+    await rm(join(root, 'locks'));
+    await rm(join(root, 'disks', 'evil'));
+    await rm(join(root, 'chunks', c.id.slice(0, 2), c.id));
+    await rm(join(root, 'chunks', d.id.slice(0, 2)));
   });
 });
 
@@ -241,21 +318,36 @@ describe('manifests', () => {
 describe('locks', () => {
   it('stores lock JSON of the expected form only', async () => {
     const path = objectPath('locks/web.lock');
+    const create = { 'if-none-match': '*' };
     await storesNothing(async () => {
-      expectRefused(await req('PUT', path, { body: 'not json' }), 400, 'BAD_REQUEST');
-      expectRefused(await req('PUT', path, { body: JSON.stringify({ pid: 1, host: 'h', createdAt: 'now', purpose: 'backup', extra: true }) }), 400, 'BAD_REQUEST');
-      expectRefused(await req('PUT', path, { body: JSON.stringify({ pid: -1, host: 'h', createdAt: 'now', purpose: 'backup' }) }), 400, 'BAD_REQUEST');
-      expectRefused(await req('PUT', path, { body: 'x'.repeat(5000) }), 413, 'TOO_LARGE');
+      expectRefused(await req('PUT', path, { body: 'not json', headers: create }), 400, 'BAD_REQUEST');
+      expectRefused(await req('PUT', path, { body: JSON.stringify({ pid: 1, host: 'h', createdAt: 'now', purpose: 'backup', extra: true }), headers: create }), 400, 'BAD_REQUEST');
+      expectRefused(await req('PUT', path, { body: JSON.stringify({ pid: -1, host: 'h', createdAt: 'now', purpose: 'backup' }), headers: create }), 400, 'BAD_REQUEST');
+      expectRefused(await req('PUT', path, { body: 'x'.repeat(5000), headers: create }), 413, 'TOO_LARGE');
     });
     const good = JSON.stringify({ pid: 1, host: 'h', createdAt: 'now', purpose: 'backup' });
-    expect((await req('PUT', path, { body: good, headers: { 'if-none-match': '*' } })).status).toBe(201);
-    expectRefused(await req('PUT', path, { body: good, headers: { 'if-none-match': '*' } }), 412, 'EXISTS');
-    expect((await req('DELETE', path)).status).toBe(204);
-    expect((await req('DELETE', path)).status).toBe(204);
+    expect((await req('PUT', path, { body: good, headers: create })).status).toBe(201);
+    expectRefused(await req('PUT', path, { body: good, headers: create }), 412, 'EXISTS');
+    const tag = `"${createHash('sha256').update(good).digest('hex')}"`;
+    expectRefused(await req('DELETE', path, { headers: { 'if-match': `"${'0'.repeat(64)}"` } }), 412, 'CHANGED');
+    expect((await req('DELETE', path, { headers: { 'if-match': tag } })).status).toBe(204);
+    expectRefused(await req('DELETE', path, { headers: { 'if-match': tag } }), 412, 'CHANGED'); // gone
   });
 });
 
 describe('the request log', () => {
+  it('logs a client that hangs up mid-upload as aborted by the client, not as a server failure', async () => {
+    const c = encodeChunk(patternBytes(1024 * 1024, seed++));
+    const r = slowRequest(server.url, 'PUT', objectPath(Repository.chunkKey(c.id)), { headers: { 'content-length': c.blob.length }, body: Buffer.from(c.blob).subarray(0, 100 * 1024) });
+    await sleep(300);
+    r.close();
+    await r.answer;
+    await sleep(300);
+    const lines = server.stderr().trim().split('\n');
+    expect(lines.filter((l) => / PUT chunk /.test(l) && /aborted by the client/.test(l))).toHaveLength(1);
+    expect(lines.filter((l) => /INTERNAL/.test(l))).toEqual([]);
+  });
+
   it('has one line per request: method, kind, status, bytes, time', () => {
     const lines = server.stderr().trim().split('\n');
     expect(lines.some((l) => /PUT chunk 422 .*in=\d+ out=\d+ \d+ms token=- code=CHUNK_CORRUPT$/.test(l))).toBe(true);

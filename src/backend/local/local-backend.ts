@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants, type Dirent } from 'node:fs';
-import { chmod, link, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { chmod, link, lstat, lutimes, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
 import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
 import { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
@@ -20,6 +20,15 @@ const DIR_MODE = 0o700;
 /** stat() calls in flight for one sizes() call: enough to keep a disk queue busy, not a storm. */
 const SIZES_CONCURRENCY = 32;
 
+export interface LocalBackendOptions {
+  /**
+   * Refuse (REPO_CORRUPT) any object that is not a regular file, and any folder on its way that
+   * is not a real folder: a symbolic link (or a FIFO, a device) placed under the root is never
+   * followed, read or written through. `blockrep serve` sets it; the root itself may be a link.
+   */
+  noFollow?: boolean;
+}
+
 /**
  * A repository in a local directory. Durable write (restic's recipe): temp file in the target
  * folder → write → fsync → rename (or link, for exclusive writes) → fsync the folder.
@@ -34,9 +43,39 @@ export class LocalBackend implements Backend {
   /** Flushes run one after another: see flush(). */
   private flushChain: Promise<void> = Promise.resolve();
 
-  constructor(root: string) {
+  private readonly noFollow: boolean;
+
+  constructor(root: string, options: LocalBackendOptions = {}) {
     this.root = root;
     this.location = root;
+    this.noFollow = options.noFollow ?? false;
+  }
+
+  /** With noFollow: every folder between the root and `key` that exists is a real folder. */
+  private async checkFolders(key: string): Promise<void> {
+    if (!this.noFollow) return;
+    const parts = key.split('/').slice(0, -1);
+    let dir = this.root;
+    for (const part of parts) {
+      dir = join(dir, part);
+      let st;
+      try {
+        st = await lstat(dir);
+      } catch (err) {
+        if (systemErrorCode(err) === 'ENOENT') return;
+        throw wrapSystemError(err, `reading ${key} in ${this.location}`);
+      }
+      if (!st.isDirectory()) throw notRegular(key, this.location);
+    }
+  }
+
+  /** stat(), or with noFollow lstat() of a regular file only (a link is refused, not followed). */
+  private async statObject(key: string, path: string): Promise<import('node:fs').Stats> {
+    if (!this.noFollow) return stat(path);
+    await this.checkFolders(key);
+    const st = await lstat(path);
+    if (!st.isFile()) throw notRegular(key, this.location);
+    return st;
   }
 
   private path(key: string): string {
@@ -49,7 +88,7 @@ export class LocalBackend implements Backend {
 
   async size(key: string): Promise<number | undefined> {
     try {
-      return (await stat(this.path(key))).size;
+      return (await this.statObject(key, this.path(key))).size;
     } catch (err) {
       if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
       throw wrapSystemError(err, `reading ${key} in ${this.location}`);
@@ -82,7 +121,7 @@ export class LocalBackend implements Backend {
   async objectAgeMs(key: string): Promise<number | undefined> {
     try {
       // Never negative: a file written "in the future" (a clock stepped back) is as fresh as can be.
-      return Math.max(0, Date.now() - (await stat(this.path(key))).mtimeMs);
+      return Math.max(0, Date.now() - (await this.statObject(key, this.path(key))).mtimeMs);
     } catch (err) {
       if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return undefined;
       throw wrapSystemError(err, `reading ${key} in ${this.location}`);
@@ -111,8 +150,9 @@ export class LocalBackend implements Backend {
     const path = this.path(key);
     try {
       const now = new Date();
-      await utimes(path, now, now);
-      return (await stat(path)).size;
+      await this.checkFolders(key);
+      await (this.noFollow ? lutimes : utimes)(path, now, now);
+      return (await this.statObject(key, path)).size;
     } catch (err) {
       const code = systemErrorCode(err);
       if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
@@ -126,12 +166,16 @@ export class LocalBackend implements Backend {
   async read(key: string, offset = 0, length?: number): Promise<Buffer> {
     let fh;
     try {
-      fh = await open(this.path(key), 'r');
+      await this.checkFolders(key);
+      // O_NONBLOCK: a FIFO planted here must not hang the read (it is refused below).
+      fh = await open(this.path(key), this.noFollow ? constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK : 'r');
     } catch (err) {
       if (systemErrorCode(err) === 'ENOENT') throw new BlockrepError('NOT_FOUND', `${key} does not exist in ${this.location}`, { cause: err });
+      if (systemErrorCode(err) === 'ELOOP') throw notRegular(key, this.location);
       throw wrapSystemError(err, `reading ${key} in ${this.location}`);
     }
     try {
+      if (this.noFollow && !(await fh.stat()).isFile()) throw notRegular(key, this.location);
       const total = length ?? (await fh.stat()).size - offset;
       const buf = Buffer.allocUnsafe(Math.max(0, total));
       let done = 0;
@@ -154,6 +198,7 @@ export class LocalBackend implements Backend {
     const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
     let written = 0;
     try {
+      await this.checkFolders(key);
       await this.ensureDir(dir);
       const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE);
       try {
@@ -212,7 +257,26 @@ export class LocalBackend implements Backend {
   async *list(prefix: string): AsyncIterable<BackendObject> {
     const base = prefix.replace(/\/+$/, '');
     const start = base === '' ? this.root : this.path(base);
+    if (base !== '') await this.checkFolders(`${base}/-`);
+    if (this.noFollow && base !== '') {
+      const st = await lstat(start).catch(() => undefined);
+      if (st === undefined) return;
+      if (!st.isDirectory()) throw notRegular(base, this.location);
+    }
     yield* this.walk(start, base);
+  }
+
+  async folders(prefix: string): Promise<string[]> {
+    const base = prefix.replace(/\/+$/, '');
+    await this.checkFolders(`${base}/-`);
+    let entries: Dirent[];
+    try {
+      entries = await readdir(base === '' ? this.root : this.path(base), { withFileTypes: true });
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return [];
+      throw wrapSystemError(err, `listing ${prefix} in ${this.location}`);
+    }
+    return entries.filter((e) => e.isDirectory() && !e.name.startsWith(TEMP_PREFIX)).map((e) => e.name).sort();
   }
 
   private async *walk(dir: string, keyPrefix: string): AsyncIterable<BackendObject> {
@@ -231,7 +295,7 @@ export class LocalBackend implements Backend {
       if (entry.isDirectory()) {
         yield* this.walk(full, key);
       } else if (entry.isFile()) {
-        const st = await stat(full).catch(() => undefined);
+        const st = await (this.noFollow ? lstat : stat)(full).catch(() => undefined);
         if (st !== undefined) yield { key, size: st.size, mtimeMs: st.mtimeMs };
       }
     }
@@ -239,6 +303,7 @@ export class LocalBackend implements Backend {
 
   async remove(key: string): Promise<void> {
     try {
+      await this.checkFolders(key);
       await unlink(this.path(key));
     } catch (err) {
       if (systemErrorCode(err) === 'ENOENT') return;
@@ -256,7 +321,7 @@ export class LocalBackend implements Backend {
     const target = this.path(key);
     const aside = join(dirname(target), `${GC_ASIDE_PREFIX}${basename(target)}-${randomBytes(8).toString('hex')}`);
     try {
-      if ((await stat(target)).mtimeMs >= cutoffMs) return 'young';
+      if ((await this.statObject(key, target)).mtimeMs >= cutoffMs) return 'young';
       await rename(target, aside);
     } catch (err) {
       if (systemErrorCode(err) === 'ENOENT' || systemErrorCode(err) === 'ENOTDIR') return 'missing';
@@ -337,6 +402,10 @@ export class LocalBackend implements Backend {
     }
     this.knownDirs.add(dir);
   }
+}
+
+function notRegular(key: string, location: string): BlockrepError {
+  return new BlockrepError('REPO_CORRUPT', `${key} in ${location} is not a regular file or folder (a symbolic link?): refused`);
 }
 
 async function writeAll(fh: import('node:fs/promises').FileHandle, data: Uint8Array, position: number): Promise<number> {
