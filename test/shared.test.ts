@@ -5,7 +5,9 @@ import { isVersionId, newVersionId, versionIdTime } from '../src/shared/version-
 
 describe('disk ids', () => {
   it('accepts the grammar of design.md and nothing else', () => {
-    for (const ok of ['vda', 'vm1/vda', 'a.b_c-d/e', 'x'.repeat(200)]) expect(diskIdProblem(ok)).toBeUndefined();
+    for (const ok of ['vda', 'vm1/vda', 'a.b_c-d/e', 'x'.repeat(200), `${'x/'.repeat(12)}${'y'.repeat(176)}`]) expect(diskIdProblem(ok)).toBeUndefined();
+    // Stored as one file name, "/" as %2F: at most 224 bytes, so a lock's name and gc's aside name fit in 255.
+    for (const long of [`${'x/'.repeat(13)}${'y'.repeat(174)}`, `${'a/'.repeat(99)}a`]) expect(diskIdProblem(long)).toMatch(/more than 224/);
     for (const bad of ['', '/vda', 'vda/', 'a//b', '../etc', 'a/../b', 'a/./b', '.', 'a b', 'a%2Fb', 'ä', 'x'.repeat(201), 'a\\b']) {
       expect(diskIdProblem(bad), bad).toBeDefined();
       expect(() => assertDiskId(bad)).toThrow(expect.objectContaining({ code: 'INVALID_DISK_ID' }));

@@ -43,6 +43,8 @@ export interface BackupImageOptions {
   onProgress?: ProgressListener | undefined;
   /** Chunk writes in flight at once. */
   writeConcurrency?: number;
+  /** Something the user should know that does not stop the backup (the caller prints it). */
+  onWarning?: ((message: string) => void) | undefined;
 }
 
 /**
@@ -60,6 +62,11 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
   const imageBytes = probe.virtualSize;
   const format = probe.format;
   await probe.close();
+  // A name that says qcow2 over content that is not: a damaged header, or a misnamed raw image.
+  // Backed up as what it is (raw), but said, so that nobody restores a surprise.
+  if (req.format === undefined && format === 'raw' && /\.qcow2$/i.test(req.path)) {
+    options.onWarning?.(`${req.path} is named .qcow2 but has no qcow2 header: backed up as a raw image (give --format raw, or format: raw in a job, if that is what it is)`);
+  }
 
   const lock = await repo.lockDisk(diskId, 'backup');
   let parent: ManifestReader | undefined;

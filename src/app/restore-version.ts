@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, open, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { decodeChunk } from '../chunk/index.js';
 import { Qcow2Writer } from '../image/index.js';
@@ -16,7 +16,12 @@ export interface RestoreRequest {
   format: 'raw' | 'qcow2';
   /** Replace an existing file, or write onto an existing block device. */
   force?: boolean;
+  /** Mode of a new image file, whatever the umask; default 0600 (a disk image is private data). */
+  mode?: number;
 }
+
+/** A restored image holds a whole disk: readable by its owner only unless asked otherwise. */
+export const DEFAULT_RESTORE_MODE = 0o600;
 
 export interface RestoreReport {
   disk: string;
@@ -81,7 +86,7 @@ export async function restoreVersion(repo: Repository, req: RestoreRequest, opti
       const fetch = async (id: string): Promise<Buffer> => {
         const blob = await repo.readChunkBlob(id);
         bytesFetched += blob.length;
-        return decodeChunk(blob, id);
+        return decodeChunk(blob, id, blockSize); // never decodes past one block
       };
       fill();
       for (let i = 0; i < n; i++) {
@@ -141,21 +146,19 @@ function annotate(err: unknown, diskId: string, versionId: string, block: number
 }
 
 async function openSink(req: RestoreRequest, imageBytes: number): Promise<BlockSink> {
-  let existing: import('node:fs').Stats | undefined;
-  try {
-    existing = await stat(req.to);
-  } catch (err) {
-    if (systemErrorCode(err) !== 'ENOENT') throw wrapSystemError(err, `checking ${req.to}`);
-  }
-  if (existing?.isDirectory()) throw new BlockrepError('RESTORE_TARGET', `${req.to} is a directory; give the path of the image file to write`);
-  if (existing && !req.force) throw new BlockrepError('RESTORE_TARGET', `${req.to} already exists; choose a new path or pass --force to replace it`);
-  if (existing?.isBlockDevice()) {
+  if (req.to === '') throw new BlockrepError('USAGE', '--to needs a path: the image file or block device to write');
+  const mode = req.mode ?? DEFAULT_RESTORE_MODE;
+  const target = await restoreTarget(req);
+  if (target.kind === 'block-device') {
+    const existing = target.stats;
     if (req.format !== 'raw') throw new BlockrepError('RESTORE_TARGET', `${req.to} is a block device: only --format raw can be written to it`);
     if (existing.size !== 0 && existing.size < imageBytes) throw new BlockrepError('RESTORE_TARGET', `${req.to} is smaller than the disk (${imageBytes} bytes)`);
-    return rawSink(await openForWrite(req.to, constants.O_WRONLY), req.to, { writeZeros: true });
+    return rawSink(await openForWrite(target.path, constants.O_WRONLY, mode), req.to, { writeZeros: true });
   }
+  // A new or replaced file: written aside and renamed onto `target.path` (the file a symlink
+  // points to, so the link stays), with its own mode: the old file's mode is not kept.
   if (req.format === 'qcow2') {
-    const writer = await Qcow2Writer.create(req.to, imageBytes);
+    const writer = await Qcow2Writer.create(target.path, imageBytes, { mode });
     return {
       write: async (offset, data) => {
         if (data) await writer.write(offset, data);
@@ -164,21 +167,62 @@ async function openSink(req: RestoreRequest, imageBytes: number): Promise<BlockS
       abort: () => writer.abort(),
     };
   }
-  const temp = join(dirname(req.to), `.${basename(req.to)}.blockrep-${randomBytes(4).toString('hex')}`);
-  const fh = await openForWrite(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL);
+  const temp = join(dirname(target.path), `.${basename(target.path)}.blockrep-${randomBytes(4).toString('hex')}`);
+  const fh = await openForWrite(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
   try {
+    await fh.chmod(mode); // open's mode is masked by the umask
     await fh.truncate(imageBytes);
   } catch (err) {
     await fh.close();
     await unlink(temp).catch(() => undefined);
     throw wrapSystemError(err, `creating ${req.to}`);
   }
-  return rawSink(fh, req.to, { writeZeros: false, temp });
+  return rawSink(fh, target.path, { writeZeros: false, temp });
 }
 
-async function openForWrite(path: string, flags: number): Promise<FileHandle> {
+type RestoreTarget = { kind: 'new-file' | 'file'; path: string } | { kind: 'block-device'; path: string; stats: import('node:fs').Stats };
+
+/**
+ * What `--to` names, decided before anything is written. A restore writes a regular file
+ * (new, or replaced with --force) or a block device (with --force); anything else — a folder,
+ * a character device such as /dev/null, a FIFO, a socket, a dangling symlink — is refused and
+ * left as it is: replacing it would destroy something that is not a disk image.
+ */
+async function restoreTarget(req: RestoreRequest): Promise<RestoreTarget> {
+  let link: import('node:fs').Stats;
   try {
-    return await open(path, flags, 0o644);
+    link = await lstat(req.to);
+  } catch (err) {
+    if (systemErrorCode(err) === 'ENOENT') return { kind: 'new-file', path: req.to };
+    throw wrapSystemError(err, `checking ${req.to}`);
+  }
+  let path = req.to;
+  let existing = link;
+  if (link.isSymbolicLink()) {
+    try {
+      path = await realpath(req.to);
+      existing = await stat(path);
+    } catch (err) {
+      const sys = systemErrorCode(err);
+      if (sys === 'ENOENT' || sys === 'ELOOP') {
+        throw new BlockrepError('RESTORE_TARGET', `${req.to} is a symlink to nothing (${sys === 'ELOOP' ? 'a loop' : 'its target does not exist'}); remove it or choose another path`);
+      }
+      throw wrapSystemError(err, `checking ${req.to}`);
+    }
+  }
+  const via = path === req.to ? '' : ` (a symlink to ${path})`;
+  if (existing.isDirectory()) throw new BlockrepError('RESTORE_TARGET', `${req.to}${via} is a directory; give the path of the image file to write`);
+  if (!existing.isFile() && !existing.isBlockDevice()) {
+    const what = existing.isCharacterDevice() ? 'a character device' : existing.isFIFO() ? 'a FIFO' : existing.isSocket() ? 'a socket' : 'not a regular file';
+    throw new BlockrepError('RESTORE_TARGET', `${req.to}${via} is ${what}: a restore writes only a regular file or a block device, and leaves this one alone; choose another path`);
+  }
+  if (!req.force) throw new BlockrepError('RESTORE_TARGET', `${req.to}${via} already exists; choose a new path or pass --force to replace it`);
+  return existing.isBlockDevice() ? { kind: 'block-device', path, stats: existing } : { kind: 'file', path };
+}
+
+async function openForWrite(path: string, flags: number, mode: number): Promise<FileHandle> {
+  try {
+    return await open(path, flags, mode);
   } catch (err) {
     throw wrapSystemError(err, `opening ${path} for writing`);
   }

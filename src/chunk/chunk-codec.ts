@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
 import zstd from 'zstd-napi/binding.js';
-import { BlockrepError } from '../shared/index.js';
+import { BlockrepError, MAX_BLOCK_SIZE } from '../shared/index.js';
 
 /**
  * A chunk is the content of one block, named by the SHA-256 of its uncompressed bytes and
@@ -25,11 +25,13 @@ export const CODEC_STORED = 0;
 export const CODEC_ZSTD = 1;
 /** zstd level 1: ~1 GB/s per core here, and most of the ratio of higher levels on disk data. */
 const ZSTD_LEVEL = 1;
-const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
 /**
- * One decompression context, reused (decoding is synchronous, so calls never overlap), used
- * one-shot only: zstd-napi's shared one streams unsized frames, and one cut short left it
- * refusing every later chunk of the process.
+ * Decoding is bounded: the content is decompressed into a buffer of the length the header
+ * states, itself at most the block size the caller gives (a chunk is never larger than its
+ * block), so a small blob that expands to gigabytes fails as CHUNK_CORRUPT having used no more
+ * memory than one block. One decompression context, reused (decoding is synchronous, so calls
+ * never overlap), used one-shot only: zstd-napi's shared one streams unsized frames, and one
+ * cut short left it refusing every later chunk of the process.
  */
 let dctx: zstd.DCtx | undefined;
 
@@ -74,8 +76,8 @@ export function blobCodec(blob: Uint8Array): number {
  * Decodes a stored blob and checks that its content still hashes to `expectedId`.
  * Any mismatch is CHUNK_CORRUPT: damaged data is never handed on.
  */
-export function decodeChunk(blob: Uint8Array, expectedId: string): Buffer {
-  const raw = unpackChunk(blob, expectedId);
+export function decodeChunk(blob: Uint8Array, expectedId: string, maxRawBytes = MAX_BLOCK_SIZE): Buffer {
+  const raw = unpackChunk(blob, expectedId, maxRawBytes);
   const actual = chunkId(raw);
   if (actual !== expectedId) {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: content hashes to ${actual}`);
@@ -87,7 +89,7 @@ export function decodeChunk(blob: Uint8Array, expectedId: string): Buffer {
  * The content of a blob this process just encoded (its id already computed from the same
  * bytes): checks the form, not the SHA-256. Anything read from storage goes through decodeChunk.
  */
-export function unpackChunk(blob: Uint8Array, expectedId: string): Buffer {
+export function unpackChunk(blob: Uint8Array, expectedId: string, maxRawBytes = MAX_BLOCK_SIZE): Buffer {
   const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
   if (buf.byteLength < CHUNK_HEADER_BYTES || buf.readUInt32BE(0) !== CHUNK_MAGIC) {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: not a chunk blob (bad magic)`);
@@ -98,23 +100,25 @@ export function unpackChunk(blob: Uint8Array, expectedId: string): Buffer {
   }
   const codec = buf.readUInt8(5);
   const rawLength = buf.readUInt32BE(8);
-  if (rawLength > MAX_CHUNK_BYTES) {
-    throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: implausible length ${rawLength}`);
+  if (rawLength > Math.min(maxRawBytes, MAX_BLOCK_SIZE)) {
+    throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: its header says ${rawLength} bytes, more than a block (${Math.min(maxRawBytes, MAX_BLOCK_SIZE)} bytes)`);
   }
   const payload = buf.subarray(CHUNK_HEADER_BYTES);
   let raw: Buffer;
   if (codec === CODEC_STORED) {
     raw = payload;
   } else if (codec === CODEC_ZSTD) {
+    raw = Buffer.allocUnsafe(rawLength);
+    let produced: number;
     try {
-      // Into exactly the length the header states (at most MAX_CHUNK_BYTES), never what the
-      // frames claim: a small frame can claim, or expand to, gigabytes. More is an error.
-      raw = Buffer.allocUnsafe(rawLength);
+      // Into exactly the length the header states, never what the frames claim: a small frame
+      // can claim, or expand to, gigabytes. More is an error ("destination buffer is too small").
       dctx ??= new zstd.DCtx();
-      raw = raw.subarray(0, dctx.decompress(raw, payload));
+      produced = dctx.decompress(raw, payload);
     } catch (err) {
-      throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: compressed data is damaged`, { cause: err });
+      throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: compressed data is damaged or larger than its header says (${rawLength} bytes)`, { cause: err });
     }
+    raw = raw.subarray(0, produced);
   } else {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: unknown codec ${codec}`);
   }

@@ -40,6 +40,7 @@ const table = {
   REPO_LOCKED: EXIT_LOCKED,
   LOCK_LOST: EXIT_LOCKED,
   VM_LOCKED: EXIT_LOCKED,
+  TOKENS_LOCKED: EXIT_LOCKED,
   IMAGE_UNSUPPORTED: EXIT_IMAGE_REFUSED,
   IMAGE_CORRUPT: EXIT_IMAGE_REFUSED,
   IMAGE_UNREADABLE: EXIT_IMAGE_REFUSED,
@@ -94,8 +95,9 @@ Exit codes:
   3    not found: repository, disk, version, image or libvirt domain
   4    damage: verify found damaged or missing data, or stored data failed its checks
   5    locked: another blockrep process is writing the same disk or working on the same VM,
-       or took over this run's disk lock after it expired (nothing was published), or a
-       disk of the libvirt domain is in another tool's block job
+       or took over this run's disk lock after it expired (nothing was published), a
+       disk of the libvirt domain is in another tool's block job, or another blockrep
+       token command kept the tokens file locked
   6    image refused: corrupt, truncated, encrypted, unsupported feature, backing loop
   7    no space left on the device
   8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another

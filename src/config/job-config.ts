@@ -1,10 +1,9 @@
-import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import type { ImageFormat } from '../image/index.js';
-import { BlockrepError, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize } from '../shared/index.js';
-import { TOKEN_PATTERN } from '../protocol/index.js';
+import { BlockrepError, readSmallFile, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize } from '../shared/index.js';
+import { readTokenFile } from '../protocol/index.js';
 import { describeValue, didYouMean, formatConfigPath, formatIssue, locate, type ConfigIssue, type ConfigPath } from './config-issues.js';
 import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/index.js';
 
@@ -89,6 +88,14 @@ export interface JobConfig {
  */
 export const DEFAULT_PARALLEL = 2;
 export const MAX_PARALLEL = 16;
+/**
+ * A job config is a few KiB; parsing costs ~100 bytes of memory per byte, so a cap on the file
+ * and on the VMs keeps a wrong or hostile file from exhausting memory before any check.
+ */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+export const MAX_VMS = 1000;
+/** Alias expansions a config may use: `defaults` makes most of them unnecessary. */
+const MAX_ALIAS_COUNT = 100;
 
 /** What each key expects, for "expected …, got … — write e.g. …" messages. */
 const HINTS: Record<string, { expected: string; example: string }> = {
@@ -200,7 +207,7 @@ const jobConfigSchema = z.strictObject({
     })
     .optional(),
   parallel: z.number().int().min(1).max(MAX_PARALLEL).optional(),
-  vms: z.array(vmSchema).min(1),
+  vms: z.array(vmSchema).min(1).max(MAX_VMS),
 });
 
 type RawJobConfig = z.infer<typeof jobConfigSchema>;
@@ -251,6 +258,9 @@ function explain(issue: z.core.$ZodIssue, data: unknown): Array<{ path: ConfigPa
   if (issue.code === 'custom' && issue.params?.expectedGot !== true) return [{ path, key: false, message: issue.message }];
   const why = issue.code === 'custom' && typeof issue.params?.why === 'string' ? ` (${issue.params.why})` : '';
   const expected = hint?.expected ?? (issue.code === 'invalid_type' ? issue.expected : 'another value');
+  if (issue.code === 'too_big' && Array.isArray(value) && path.length === 1 && path[0] === 'vms') {
+    return [{ path, key: false, message: `${value.length} VMs: a job configuration holds at most ${MAX_VMS}; split them over several configurations (one run each)` }];
+  }
   if (issue.code === 'too_small' && Array.isArray(value)) return [{ path, key: false, message: `the list is empty: expected ${expected}${eg}` }];
   if (issue.code === 'too_small' && typeof value === 'string') return [{ path, key: false, message: `empty: expected ${expected}${eg}` }];
   return [{ path, key: false, message: `expected ${expected}, got ${describeValue(value)}${why}${eg}` }];
@@ -266,10 +276,15 @@ function configError(file: string, issues: ConfigIssue[]): BlockrepError {
 export async function loadJobConfig(file: string): Promise<JobConfig> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await readSmallFile(file, MAX_CONFIG_BYTES)).toString('utf8');
   } catch (err) {
     const sys = systemErrorCode(err);
-    const why = sys === 'ENOENT' ? 'it does not exist' : sys === 'EACCES' || sys === 'EPERM' ? 'permission denied' : sys === 'EISDIR' ? 'it is a folder' : String(err);
+    const why =
+      sys === 'ENOENT' ? 'it does not exist'
+      : sys === 'EACCES' || sys === 'EPERM' ? 'permission denied'
+      : sys === 'EISDIR' ? 'it is a folder'
+      : sys === 'EFBIG' ? `it is larger than ${MAX_CONFIG_BYTES} bytes (1 MiB), the most a job configuration may be`
+      : String(err);
     throw new BlockrepError(sys === 'ENOENT' ? 'USAGE' : 'CONFIG_INVALID', `cannot read the job configuration ${file}: ${why}`, { cause: err });
   }
   const lines = new LineCounter();
@@ -280,7 +295,15 @@ export async function loadJobConfig(file: string): Promise<JobConfig> {
     issues.push({ line: pos.line, column: pos.col, path: '(syntax)', message: `not valid YAML: ${e.message.split('\n')[0]}` });
   }
   if (issues.length > 0) throw configError(file, issues);
-  const data: unknown = doc.toJS();
+  let data: unknown;
+  try {
+    // Aliases expand when the document becomes data: a few lines of nested aliases (a "billion
+    // laughs") would become billions of nodes. The yaml package stops past maxAliasCount.
+    data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+  } catch (err) {
+    if (!(err instanceof ReferenceError)) throw err;
+    throw configError(file, [{ line: 1, column: 1, path: '(top level)', message: `its aliases (*name) expand too far (${err.message.split('\n')[0]}); write the values out, or use fewer aliases` }]);
+  }
   if (data === null || data === undefined) {
     throw configError(file, [{ line: 1, column: 1, path: '(top level)', message: 'the file is empty: expected a mapping with repository and vms — see docs/guide/nightly-jobs.md' }]);
   }
@@ -401,32 +424,23 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
  * VM each and are checked when that VM runs (a VM that is shut down must not stop the others).
  */
 async function checkFiles(config: JobConfig, raw: RawJobConfig, problem: (path: ConfigPath, message: string) => void): Promise<void> {
-  const checks: Array<[keyof RawJobConfig['repository'], string | undefined]> = [
-    ['tokenFile', config.repository.tokenFile],
-    ['cacert', config.repository.cacert],
-  ];
-  for (const [key, path] of checks) {
-    if (path === undefined || raw.repository[key] === undefined || !/^https?:\/\//i.test(config.repository.location)) continue;
+  if (!/^https?:\/\//i.test(config.repository.location)) return;
+  const tokenFile = config.repository.tokenFile;
+  if (tokenFile !== undefined && raw.repository.tokenFile !== undefined) {
+    const read = await readTokenFile(tokenFile);
+    if ('problem' in read) problem(['repository', 'tokenFile'], read.problem);
+  }
+  const cacert = config.repository.cacert;
+  if (cacert !== undefined && raw.repository.cacert !== undefined) {
     let text: string;
     try {
-      text = await readSmallFile(path);
+      text = (await readSmallFile(cacert, MAX_CONFIG_BYTES)).toString('latin1');
     } catch (err) {
-      problem(['repository', key], `cannot read ${path}: ${whyUnreadable(err)}${key === 'tokenFile' ? ' — make the token file readable by the user blockrep runs as (mode 0600, owned by it)' : ''}`);
-      continue;
+      problem(['repository', 'cacert'], `cannot read ${cacert}: ${whyUnreadable(err)}`);
+      return;
     }
-    if (key === 'tokenFile' && !TOKEN_PATTERN.test(text.trim())) {
-      problem(['repository', key], `${path} does not hold a blockrep access token (brt_… as printed by \`blockrep token create\`)`);
-    }
-    if (key === 'cacert' && !text.includes('-----BEGIN CERTIFICATE-----')) problem(['repository', key], `${path} is not a PEM certificate`);
+    if (!text.includes('-----BEGIN CERTIFICATE-----')) problem(['repository', 'cacert'], `${cacert} is not a PEM certificate`);
   }
-}
-
-async function readSmallFile(path: string): Promise<string> {
-  const s = await stat(path);
-  if (s.isDirectory()) throw Object.assign(new Error('it is a folder'), { code: 'EISDIR' });
-  if (!s.isFile()) throw Object.assign(new Error('it is not a regular file'), { code: 'ENOTFILE' });
-  if (s.size > 1 << 20) throw Object.assign(new Error('it is larger than 1 MiB'), { code: 'EFBIG' });
-  return readFile(path, 'utf8');
 }
 
 export function whyUnreadable(err: unknown): string {

@@ -17,6 +17,8 @@ import { QCOW2_MAX_CLUSTER_SIZE, QCOW2_MAX_HOST_OFFSET, QCOW2_MAX_L1_BYTES, QCOW
 export interface Qcow2WriterOptions {
   /** Power of two from 512 B to 2 MiB; default 64 KiB (QEMU's default). */
   clusterSize?: number;
+  /** File mode of the image, whatever the umask; default 0600 (a disk image is private data). */
+  mode?: number;
 }
 
 const DEFAULT_CLUSTER_SIZE = 65536;
@@ -124,8 +126,15 @@ export class Qcow2Writer {
     const tmpPath = `${path}.tmp-${randomBytes(6).toString('hex')}`;
     let fh: FileHandle;
     try {
-      fh = await open(tmpPath, 'wx');
+      fh = await open(tmpPath, 'wx', options.mode ?? 0o600);
     } catch (err) {
+      throw wrapSystemError(err, `creating qcow2 image ${tmpPath}`);
+    }
+    try {
+      await fh.chmod(options.mode ?? 0o600); // open's mode is masked by the umask
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await unlink(tmpPath).catch(() => undefined);
       throw wrapSystemError(err, `creating qcow2 image ${tmpPath}`);
     }
     return new Qcow2Writer(path, tmpPath, fh, virtualSize, clusterSize);

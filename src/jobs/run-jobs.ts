@@ -185,7 +185,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
       if (!repo) throw new BlockrepError('INTERNAL', 'no repository');
       if (vm.kind === 'live') await backupLiveVm(repo, vm, options, report, warn);
       else if (vm.kind === 'libvirt') await backupLibvirtVm(repo, vm, options, report, warn);
-      else await backupImageVm(repo, vm, options, report);
+      else await backupImageVm(repo, vm, options, report, warn);
       for (const d of report.disks) {
         if (d.status === 'ok') {
           emit({
@@ -310,7 +310,7 @@ async function backupLibvirtVm(repo: Repository, vm: LibvirtVmJob, options: RunJ
   ];
 }
 
-async function backupImageVm(repo: Repository, vm: ImageVmJob, options: RunJobsOptions, report: VmRunReport): Promise<void> {
+async function backupImageVm(repo: Repository, vm: ImageVmJob, options: RunJobsOptions, report: VmRunReport, warn: (message: string) => void): Promise<void> {
   for (const img of vm.images) {
     if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', `interrupted before ${img.diskId}; nothing half-done was published`);
     try {
@@ -323,7 +323,7 @@ async function backupImageVm(repo: Repository, vm: ImageVmJob, options: RunJobsO
           ...(img.format ? { format: img.format } : {}),
           ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
         },
-        { compress: vm.compress, ...(options.signal ? { signal: options.signal } : {}), ...(options.workers !== undefined ? { workers: options.workers } : {}) },
+        { compress: vm.compress, onWarning: warn, ...(options.signal ? { signal: options.signal } : {}), ...(options.workers !== undefined ? { workers: options.workers } : {}) },
       );
       report.disks.push({ status: 'ok', ...d });
     } catch (err) {

@@ -21,6 +21,8 @@ function limited(backend: Backend, bwlimit: number | undefined): Backend {
 
 /** REPO is a directory (the embedded default) or an http(s):// URL of a `blockrep serve`. */
 export async function openRepository(location: string, options: OpenRepositoryOptions = {}): Promise<Repository> {
+  // An empty path would resolve to the working directory and make a repository there.
+  if (location.trim() === '') throw new BlockrepError('USAGE', '--repo needs a repository: a directory or an http(s):// URL, not an empty string');
   if (/^https?:\/\//i.test(location)) {
     // Loaded only for a server: undici and the HTTP client cost every local run ~0.2 s of start-up.
     const [{ HttpBackend }, { loadAccessToken, readCaFile }] = await Promise.all([

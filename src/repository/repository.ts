@@ -137,9 +137,9 @@ export class Repository {
     }
   }
 
-  /** The chunk's content, checked against its SHA-256. */
-  async getChunk(id: string): Promise<Buffer> {
-    return decodeChunk(await this.readChunkBlob(id), id);
+  /** The chunk's content, checked against its SHA-256; a chunk over `maxRawBytes` (its block size) is CHUNK_CORRUPT. */
+  async getChunk(id: string, maxRawBytes?: number): Promise<Buffer> {
+    return decodeChunk(await this.readChunkBlob(id), id, maxRawBytes);
   }
 
   /** Every stored chunk, with its modification time when the backend lists it. */

@@ -63,6 +63,7 @@ const table = {
   DOMAIN_NOT_FOUND: 500,
   DOMAIN_NOT_RUNNING: 500,
   BLOCK_JOB_ACTIVE: 500,
+  TOKENS_LOCKED: 500,
   INTERNAL: 500,
 } as const satisfies Record<ErrorCode, number>;
 

@@ -43,6 +43,7 @@ export const errorCodes = [
   'TOO_LARGE', // a request body over its limit
   'UNAVAILABLE', // the repository server cannot be reached or is overloaded (after retries)
   'TOKEN_NOT_FOUND', // no token of that name in the tokens file
+  'TOKENS_LOCKED', // another `blockrep token` command is changing the tokens file
   'BAD_REQUEST', // a request (from a client, to the server) that is malformed
   // live VMs (QMP, guest agent, snapshot and commit)
   'QMP_UNAVAILABLE', // no QEMU monitor at the socket (missing, refused, not a socket)

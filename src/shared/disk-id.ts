@@ -5,6 +5,12 @@ import { BlockrepError } from './blockrep-error.js';
  * `.` or `..` segment; at most 200 characters.
  */
 export const MAX_DISK_ID_LENGTH = 200;
+/**
+ * A disk id is one path component in a repository, "/" escaped as "%2F" (3 bytes): the folder
+ * `disks/<id>`, the lock `locks/<id>.lock`, and gc's aside name for it `.tmp-gc-<id>.lock-<16 hex>`
+ * (30 bytes more). 224 keeps the longest under the 255 bytes a file name may have.
+ */
+export const MAX_DISK_ID_COMPONENT_BYTES = 224;
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
 const TEMP_LIKE = '.tmp-';
 
@@ -15,6 +21,10 @@ export function diskIdProblem(id: string): string | undefined {
     if (segment === '') return 'it has an empty segment (leading, trailing or double "/")';
     if (segment === '.' || segment === '..') return `it has a "${segment}" segment`;
     if (!SEGMENT.test(segment)) return 'it may contain only letters, digits, ".", "_", "-" and "/" between segments';
+  }
+  const componentBytes = escapeComponent(id).length;
+  if (componentBytes > MAX_DISK_ID_COMPONENT_BYTES) {
+    return `stored as a file name it takes ${componentBytes} bytes (each "/" takes 3), more than ${MAX_DISK_ID_COMPONENT_BYTES}: use fewer or shorter segments`;
   }
   return undefined;
 }
@@ -38,7 +48,11 @@ export function assertDiskId(id: string): string {
  * would make the folder or lock look like a storage temporary file (never listed, swept by gc).
  */
 export function diskIdToPathComponent(id: string): string {
-  const component = assertDiskId(id).replaceAll('/', '%2F');
+  return escapeComponent(assertDiskId(id));
+}
+
+function escapeComponent(id: string): string {
+  const component = id.replaceAll('/', '%2F');
   return component.startsWith(TEMP_LIKE) ? `%2E${component.slice(1)}` : component;
 }
 

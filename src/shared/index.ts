@@ -11,6 +11,7 @@ export { formatDuration, parseDuration } from './duration.js';
 export { DEFAULT_LISTEN, isLoopback, parseListenAddress, urlFor, type ListenAddress } from './listen-address.js';
 export { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from './lock-holder.js';
 export { RateLimiter, throttle } from './rate-limiter.js';
+export { readSmallFile } from './read-small-file.js';
 export { formatBytes, parseSize } from './size.js';
 export { TaskPool } from './task-pool.js';
 export { assertVersionId, isVersionId, newVersionId, versionIdTime } from './version-id.js';

@@ -3,6 +3,7 @@ import { open } from 'node:fs/promises';
 import { z } from 'zod';
 import { TOKEN_PATTERN } from '../protocol/index.js';
 import { BlockrepError, systemErrorCode, wrapSystemError, diskIdProblem, writeFileDurably } from '../shared/index.js';
+import { withTokensFileLock } from './tokens-file-lock.js';
 
 /**
  * The server's access tokens, one JSON file that `blockrep token` edits and `blockrep serve`
@@ -104,7 +105,12 @@ export interface CreatedToken {
   secret: string;
 }
 
-export async function createToken(path: string, req: { name: string; disks: string[]; rights: Right[] }, now = new Date()): Promise<CreatedToken> {
+/** Adds a token; the read-modify-write holds the tokens file's lock, so no concurrent change is lost. */
+export function createToken(path: string, req: { name: string; disks: string[]; rights: Right[] }, now = new Date()): Promise<CreatedToken> {
+  return withTokensFileLock(path, () => createTokenLocked(path, req, now));
+}
+
+async function createTokenLocked(path: string, req: { name: string; disks: string[]; rights: Right[] }, now: Date): Promise<CreatedToken> {
   const file = await readTokensFile(path, { allowMissing: true });
   if (file.tokens.some((t) => t.name === req.name)) {
     throw new BlockrepError('USAGE', `a token named ${req.name} already exists in ${path}; revoke it first or choose another name`);
@@ -122,10 +128,12 @@ export async function createToken(path: string, req: { name: string; disks: stri
   return { token, secret };
 }
 
-export async function revokeToken(path: string, name: string): Promise<void> {
-  const file = await readTokensFile(path);
-  if (!file.tokens.some((t) => t.name === name)) throw new BlockrepError('TOKEN_NOT_FOUND', `no token named ${name} in ${path}`);
-  await writeTokensFile(path, { ...file, tokens: file.tokens.filter((t) => t.name !== name) });
+export function revokeToken(path: string, name: string): Promise<void> {
+  return withTokensFileLock(path, async () => {
+    const file = await readTokensFile(path);
+    if (!file.tokens.some((t) => t.name === name)) throw new BlockrepError('TOKEN_NOT_FOUND', `no token named ${name} in ${path}`);
+    await writeTokensFile(path, { ...file, tokens: file.tokens.filter((t) => t.name !== name) });
+  });
 }
 
 export async function listTokens(path: string): Promise<Array<Omit<TokenEntry, 'hash'>>> {

@@ -1,9 +1,12 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { CompressStream } from 'zstd-napi';
+import { startServer } from '../support/blockrep-server.js';
 import { openTestRepo, repoKinds, type TestRepo } from '../support/repo-kinds.js';
 import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
@@ -90,6 +93,18 @@ describe.each(repoKinds)('with a $name repository', (kind) => {
       const r = await cli(repo, ['backup', img, '--disk', 'a//b', '--json']);
       expect(r.json).toMatchObject({ ok: false, code: 'INVALID_DISK_ID' });
       expect((await cli(repo, ['restore', '--disk', 'x'])).code).toBe(2); // --to missing
+      // A disk id is one file name in the repository, each "/" escaped to 3 bytes: the longest
+      // (224 bytes stored, plus the lock's and gc's suffixes) works, one more byte is refused early.
+      const longest = `${Array.from({ length: 12 }, (_, i) => String.fromCharCode(97 + i).repeat(15)).join('/')}/${'m'.repeat(8)}`;
+      expect(longest.length + 2 * 12).toBe(224);
+      const atLimit = await cli(repo, ['backup', img, '--disk', longest, '--json']);
+      expect(atLimit.code, atLimit.stderr).toBe(0);
+      expect((await cli(repo, ['list', '--json'])).json.disks.map((d: { disk: string }) => d.disk)).toContain(longest);
+      for (const tooLong of [longest.replace(/m{4}$/, 'm/mm'), `${'a/'.repeat(99)}a`]) {
+        const refused = await cli(repo, ['backup', img, '--disk', tooLong, '--json']);
+        expect(refused.code, refused.stderr).toBe(2);
+        expect(refused.json).toMatchObject({ ok: false, code: 'INVALID_DISK_ID', message: expect.stringContaining('more than 224') });
+      }
       expect((await runCli(['frobnicate'])).code).toBe(2);
     });
   });
@@ -202,6 +217,162 @@ describe.each(repoKinds)('with a $name repository', (kind) => {
       expect(r.json.bytesFetched / (r.json.durationMs / 1000)).toBeLessThanOrEqual(3 * 1024 * 1024 * 1.05);
       expect((await cli(repo, ['list', '--bwlimit', 'fast'])).code).toBe(2);
     });
+  });
+});
+
+describe('arguments that would do something else than asked', () => {
+  it('--repo "" is refused (it would make a repository in the working directory)', async () => {
+    const cwd = join(base, 'cwd');
+    await mkdir(cwd, { recursive: true });
+    const img = join(cwd, 'small.img');
+    await writeFile(img, randomBytes(64 * 1024));
+    for (const args of [['backup', img], ['list']]) {
+      const r = await runCli([...args, '--repo', '', '--json'], { cwd });
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.json).toMatchObject({ ok: false, code: 'USAGE', message: expect.stringContaining('--repo') });
+    }
+    expect(await readdir(cwd)).toEqual(['small.img']);
+  });
+
+  it('an image named .qcow2 without a qcow2 header is backed up as raw, with a warning naming it', async () => {
+    const dir = join(base, 'misnamed');
+    await mkdir(dir, { recursive: true });
+    const img = join(dir, 'data.qcow2');
+    await writeFile(img, randomBytes(128 * 1024));
+    const r = await runCli(['backup', img, '--repo', join(dir, 'repo'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json.warnings).toEqual([expect.stringContaining(`${img} is named .qcow2 but has no qcow2 header: backed up as a raw image`)]);
+    expect(r.stderr).toContain(`blockrep: warning: ${img} is named .qcow2`);
+    const text = await runCli(['backup', img, '--repo', join(dir, 'repo')]);
+    expect(text.stderr).toContain('backed up as a raw image');
+    const said = await runCli(['backup', img, '--repo', join(dir, 'repo'), '--format', 'raw', '--json']);
+    expect(said.code, said.stderr).toBe(0);
+    expect(said.json.warnings).toBeUndefined();
+    expect(said.stderr).toBe('');
+  });
+
+  it('an https:// URL to a plain-HTTP blockrep serve: unavailable (exit 12), saying to use http://', async () => {
+    const dir = join(base, 'plain-http');
+    await mkdir(dir, { recursive: true });
+    const server = await startServer({ root: join(dir, 'repo') });
+    try {
+      const tls = server.url.replace(/^http:/, 'https:');
+      const r = await runCli(['list', '--repo', tls, '--json']);
+      expect(r.code, r.stderr).toBe(12);
+      expect(r.json).toMatchObject({ ok: false, code: 'UNAVAILABLE', message: expect.stringContaining(`does not speak TLS`) });
+      expect(r.json.message).toContain(`use ${server.url}`);
+      expect(r.json.message).not.toMatch(/certificate/);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('--token-file /dev/zero is a usage error that says why, read no further than a token file can be', async () => {
+    const r = await runCli(['list', '--repo', 'http://127.0.0.1:9', '--token-file', '/dev/zero', '--json']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.json).toMatchObject({ ok: false, code: 'USAGE', message: 'cannot read --token-file /dev/zero: it is larger than 4096 bytes, so it is not a token file' });
+  });
+});
+
+describe('file modes', () => {
+  /** Every file and folder under `root` with its permission bits, relative names sorted. */
+  async function modes(root: string): Promise<Array<[string, number]>> {
+    const out: Array<[string, number]> = [['.', (await stat(root)).mode & 0o7777]];
+    for (const entry of await readdir(root, { recursive: true })) out.push([entry, (await stat(join(root, entry))).mode & 0o7777]);
+    return out.sort();
+  }
+  const umask0 = (args: string[]) => {
+    const bin = fileURLToPath(new URL('../../bin/blockrep.js', import.meta.url));
+    execFileSync('sh', ['-c', 'umask 000 && exec "$@"', 'sh', process.execPath, bin, ...args], { stdio: 'ignore' });
+  };
+
+  it('a repository is readable by its owner only, whatever the umask; an older one with open modes keeps working', async () => {
+    const dir = join(base, 'modes');
+    await mkdir(dir, { recursive: true });
+    const img = join(dir, 'disk.img');
+    await writeFile(img, randomBytes(256 * 1024), { mode: 0o600 });
+    const repo = join(dir, 'repo');
+    const cache = join(dir, 'cache');
+    umask0(['backup', img, '--repo', repo, '--block-size', '64K']);
+    const all = await modes(repo);
+    expect(all.length).toBeGreaterThan(5);
+    for (const [name, mode] of all) {
+      const isDir = (await stat(join(repo, name))).isDirectory();
+      expect([name, mode]).toEqual([name, isDir ? 0o700 : 0o600]);
+    }
+    // The restored image of a 0600 source is 0600 too, with umask 000.
+    umask0(['restore', '--repo', repo, '--disk', 'disk', '--to', join(dir, 'out.img')]);
+    expect((await stat(join(dir, 'out.img'))).mode & 0o7777).toBe(0o600);
+
+    // A repository written before (folders 0755, files 0644) is read and written as before.
+    for (const [name] of all) await chmod(join(repo, name), (await stat(join(repo, name))).isDirectory() ? 0o755 : 0o644);
+    await writeFile(img, randomBytes(256 * 1024));
+    const again = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json'], { env: { BLOCKREP_CACHE_DIR: cache } });
+    expect(again.code, again.stderr).toBe(0);
+    expect((await runCli(['verify', '--repo', repo, '--json'])).json).toMatchObject({ ok: true, versions: 2 });
+  });
+});
+
+describe('a hostile repository', () => {
+  /** A zstd frame of `bytes` zeros, made in pieces (never the whole in memory), without a content size. */
+  async function zstdOfZeros(bytes: number): Promise<Buffer> {
+    const out: Buffer[] = [];
+    const stream = new CompressStream();
+    stream.on('data', (d: Buffer) => out.push(d));
+    const piece = Buffer.alloc(1 << 20);
+    for (let done = 0; done < bytes; done += piece.length) {
+      if (!stream.write(piece)) await new Promise((resolve) => stream.once('drain', resolve));
+    }
+    await new Promise((resolve) => stream.end(resolve));
+    return Buffer.concat(out);
+  }
+
+  /** The CLI under /usr/bin/time: its result and its peak resident memory in bytes. */
+  function cliWithPeakRss(args: string[]): Promise<{ code: number; json: any; stderr: string; maxRssBytes: number }> {
+    const bin = fileURLToPath(new URL('../../bin/blockrep.js', import.meta.url));
+    return new Promise((resolve) => {
+      execFile('/usr/bin/time', ['-f', 'MAXRSS %M', process.execPath, bin, ...args], { maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+        const rss = /MAXRSS (\d+)/.exec(stderr);
+        let json: any;
+        try {
+          json = JSON.parse(stdout);
+        } catch {
+          json = undefined;
+        }
+        resolve({ code: err ? Number(err.code) : 0, json, stderr, maxRssBytes: rss ? Number(rss[1]) * 1024 : Number.NaN });
+      });
+    });
+  }
+
+  it('a 64K chunk that decompresses to 1 GiB: verify and restore fail with CHUNK_CORRUPT in little memory', async () => {
+    const dir = join(base, 'bomb');
+    await mkdir(dir, { recursive: true });
+    const img = join(dir, 'disk.img');
+    await writeFile(img, randomBytes(64 * 1024));
+    const repo = join(dir, 'repo');
+    const b = await runCli(['backup', img, '--repo', repo, '--block-size', '64K', '--json']);
+    expect(b.code, b.stderr).toBe(0);
+    const [prefix] = await readdir(join(repo, 'chunks'));
+    const [id] = await readdir(join(repo, 'chunks', prefix!));
+    // A blob whose header claims one block (64 KiB) and whose zstd payload holds 1 GiB.
+    const payload = await zstdOfZeros(1 << 30);
+    expect(payload.length).toBeLessThan(64 * 1024);
+    const header = Buffer.alloc(12);
+    header.write('BRCK', 0, 'latin1');
+    header.writeUInt8(1, 4);
+    header.writeUInt8(1, 5);
+    header.writeUInt32BE(64 * 1024, 8);
+    await writeFile(join(repo, 'chunks', prefix!, id!), Buffer.concat([header, payload]));
+
+    const v = await cliWithPeakRss(['verify', '--repo', repo, '--json']);
+    expect(v.code, v.stderr).toBe(4);
+    expect(v.json.damage).toEqual([expect.objectContaining({ chunk: id, code: 'CHUNK_CORRUPT' })]);
+    expect(v.maxRssBytes).toBeLessThan(300 << 20);
+    const r = await cliWithPeakRss(['restore', '--repo', repo, '--disk', 'disk', '--to', join(dir, 'out.img'), '--json']);
+    expect(r.code, r.stderr).toBe(4);
+    expect(r.json).toMatchObject({ ok: false, code: 'CHUNK_CORRUPT' });
+    expect(r.maxRssBytes).toBeLessThan(300 << 20);
+    expect(await readdir(dir)).not.toContain('out.img');
   });
 });
 

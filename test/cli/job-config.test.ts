@@ -120,6 +120,30 @@ describe('job configuration mistakes', () => {
     expect(r.json.details.issues[0]).toMatchObject({ line: 3, column: 14, path: 'repository.tokenFile' });
   });
 
+  it('a token file that is a device or too large is named, not read whole', async () => {
+    const server = 'repository:\n  url: https://backup.example:8417\n  tokenFile: ';
+    const zero = await mistake(`${server}/dev/zero\nvms:\n  - {name: a, qmp: /x}\n`);
+    expect(zero.message).toMatch(/:3:14 repository\.tokenFile: cannot read \/dev\/zero: it is larger than 4096 bytes, so it is not a token file/);
+  });
+
+  it('resource limits: an alias bomb, a file over 1 MiB, more than 1000 VMs — exit 2 naming the file', async () => {
+    const levels = ['a: &a [x, x, x, x, x, x, x, x, x]'];
+    for (let i = 1; i < 9; i++) levels.push(`${'abcdefghi'[i]}: &${'abcdefghi'[i]} [${Array(9).fill(`*${'abcdefghi'[i - 1]}`).join(', ')}]`);
+    const bomb = await configFile(`${levels.join('\n')}\n${repoLine('r')}vms:\n  - {name: a, qmp: /x}\n`);
+    const r = await runCli(['run', '--config', bomb, '--json', '--report', join(dir, 'bomb-report.json')]);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.json).toMatchObject({ ok: false, code: 'CONFIG_INVALID', message: expect.stringContaining(bomb) });
+    expect(r.json.message).toContain('aliases');
+
+    const huge = await configFile(`${repoLine('r')}vms:\n  - {name: a, qmp: /x}\n${'#'.repeat(1 << 20)}\n`);
+    const big = await runCli(['run', '--config', huge, '--json', '--report', join(dir, 'huge-report.json')]);
+    expect(big.code, big.stderr).toBe(2);
+    expect(big.json).toMatchObject({ ok: false, code: 'CONFIG_INVALID', message: expect.stringContaining(`${huge}: it is larger than 1048576 bytes`) });
+
+    const many = await mistake(`${repoLine('r')}vms:\n${Array.from({ length: 1001 }, (_, i) => `  - {name: vm${i}, qmp: /x}`).join('\n')}\n`);
+    expect(many.message).toContain('vms: 1001 VMs: a job configuration holds at most 1000');
+  });
+
   it('a syntax error, an empty file, a missing file; JSON is accepted as YAML', async () => {
     const syntax = await mistake(`${repoLine('r')}vms: [\n  {name: a, qmp: /x}\n`);
     expect(syntax.issues[0]!.path).toBe('(syntax)');

@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises';
-import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
-import { TOKEN_PATTERN } from '../../protocol/index.js';
+import { BlockrepError, readSmallFile, systemErrorCode, wrapSystemError } from '../../shared/index.js';
+import { TOKEN_PATTERN, readTokenFile } from '../../protocol/index.js';
 
 /**
  * The access token for a repository server: from --token-file (a file holding the secret) or
@@ -9,14 +8,9 @@ import { TOKEN_PATTERN } from '../../protocol/index.js';
  */
 export async function loadAccessToken(options: { tokenFile?: string; env?: NodeJS.ProcessEnv }): Promise<string | undefined> {
   if (options.tokenFile !== undefined) {
-    let text: string;
-    try {
-      text = await readFile(options.tokenFile, 'utf8');
-    } catch (err) {
-      if (systemErrorCode(err) === 'ENOENT') throw new BlockrepError('USAGE', `--token-file ${options.tokenFile} does not exist`);
-      throw wrapSystemError(err, `reading --token-file ${options.tokenFile}`);
-    }
-    return checkToken(text.trim(), `--token-file ${options.tokenFile}`);
+    const read = await readTokenFile(options.tokenFile, `--token-file ${options.tokenFile}`);
+    if ('problem' in read) throw new BlockrepError('USAGE', read.problem);
+    return read.token;
   }
   const fromEnv = (options.env ?? process.env).BLOCKREP_TOKEN;
   if (fromEnv !== undefined && fromEnv !== '') return checkToken(fromEnv.trim(), 'BLOCKREP_TOKEN');
@@ -30,13 +24,17 @@ function checkToken(token: string, where: string): string {
   return token;
 }
 
+/** A CA bundle is a few certificates; a cap keeps a wrong path (/dev/zero) from filling memory. */
+const MAX_CA_FILE_BYTES = 1024 * 1024;
+
 export async function readCaFile(path: string): Promise<Buffer> {
   try {
-    const pem = await readFile(path);
+    const pem = await readSmallFile(path, MAX_CA_FILE_BYTES);
     if (!pem.toString('latin1').includes('-----BEGIN CERTIFICATE-----')) throw new BlockrepError('USAGE', `--cacert ${path} is not a PEM certificate`);
     return pem;
   } catch (err) {
     if (systemErrorCode(err) === 'ENOENT') throw new BlockrepError('USAGE', `--cacert ${path} does not exist`);
+    if (systemErrorCode(err) === 'EFBIG') throw new BlockrepError('USAGE', `--cacert ${path} is larger than ${MAX_CA_FILE_BYTES} bytes: it is not a PEM certificate`);
     throw wrapSystemError(err, `reading --cacert ${path}`);
   }
 }

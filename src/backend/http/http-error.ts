@@ -56,10 +56,20 @@ async function readErrorBody(body: AsyncIterable<Buffer> & { destroy(): unknown 
   return Buffer.concat(pieces).toString('utf8', 0, Math.min(total, MAX_ERROR_BODY_BYTES));
 }
 
+/**
+ * OpenSSL's answers when the peer's first bytes are not a TLS record (a plain-HTTP server
+ * answering the ClientHello with "HTTP/1.1 400"): the server is there, but not over TLS.
+ */
+const NOT_TLS_CODES = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_RECORD_LAYER_FAILURE', 'ERR_SSL_HTTP_REQUEST']);
+
 /** A request that got no answer (after its retries), or whose answer could not be used. */
 export function errorFromNetwork(err: unknown, location: string, what: string, attempts: number): BlockrepError {
   const code = networkErrorCode(err);
   const text = err instanceof Error ? err.message || code || err.name : String(err);
+  if (code !== undefined && NOT_TLS_CODES.has(code)) {
+    const plain = location.replace(/^https:/i, 'http:');
+    return new BlockrepError('UNAVAILABLE', `${what}: ${location}: the server does not speak TLS (${code}); if it serves plain HTTP, use ${plain}`, { cause: err });
+  }
   if (code !== undefined && /CERT|SELF_SIGNED|TLS|SSL|ERR_OSSL/i.test(code)) {
     return new BlockrepError('IO', `${what}: ${location}: the server's TLS certificate is not trusted (${code}); give --cacert with the CA that signed it`, { cause: err });
   }

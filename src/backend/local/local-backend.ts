@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants, type Dirent } from 'node:fs';
-import { link, lstat, lutimes, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { chmod, link, lstat, lutimes, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
 import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
 import { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
@@ -10,6 +10,13 @@ const TEMP_PREFIX = '.tmp-';
 /** An object removeIfOlder moved aside for a moment: `.tmp-gc-<name>-<random>`, always put back if found. */
 const GC_ASIDE_PREFIX = `${TEMP_PREFIX}gc-`;
 const GC_ASIDE = /^\.tmp-gc-(.+)-[0-9a-f]{16}$/;
+/**
+ * A repository holds whole disks: its files are readable by their owner only (the user blockrep
+ * or its server runs as), whatever the umask, so no other local user reads around the tokens.
+ * Files and folders of older repositories keep their modes and stay readable.
+ */
+const FILE_MODE = 0o600;
+const DIR_MODE = 0o700;
 /** stat() calls in flight for one sizes() call: enough to keep a disk queue busy, not a storm. */
 const SIZES_CONCURRENCY = 32;
 
@@ -193,8 +200,9 @@ export class LocalBackend implements Backend {
     try {
       await this.checkFolders(key);
       await this.ensureDir(dir);
-      const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE);
       try {
+        await fh.chmod(FILE_MODE); // open's mode is masked by the umask
         if (data instanceof Uint8Array) {
           written = await writeAll(fh, data, 0);
         } else {
@@ -382,8 +390,10 @@ export class LocalBackend implements Backend {
   private async ensureDir(dir: string): Promise<void> {
     if (this.knownDirs.has(dir)) return;
     // A new folder's own entry in its parent must be durable too.
-    const created = await mkdir(dir, { recursive: true });
+    const created = await mkdir(dir, { recursive: true, mode: DIR_MODE });
     if (created !== undefined) {
+      // mkdir's mode is masked by the umask: set it on every folder this call made.
+      for (let d = dir; d.length >= created.length; d = dirname(d)) await chmod(d, DIR_MODE);
       let d = dir;
       while (d.length >= created.length && d !== this.root && d.startsWith(this.root + sep)) {
         this.dirsToSync.add(dirname(d));

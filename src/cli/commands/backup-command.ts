@@ -75,6 +75,11 @@ export function registerBackup(program: Command): void {
         const failures: Array<{ disk: string; path: string; code: string; message: string }> = [];
         const errors: BlockrepError[] = [];
         let firstExit = EXIT_OK;
+        const warnings: string[] = [];
+        const warn = (m: string): void => {
+          warnings.push(m);
+          process.stderr.write(`blockrep: warning: ${m}\n`);
+        };
         for (const job of jobs) {
           if (ctx.signal.aborted) break;
           try {
@@ -82,7 +87,7 @@ export function registerBackup(program: Command): void {
               await backupImage(
                 repo,
                 { path: job.path, diskId: job.diskId, ...(blockSize !== undefined ? { blockSize } : {}), ...(opts.format ? { format: opts.format } : {}) },
-                { signal: ctx.signal, onProgress: ctx.onProgress, compress: opts.compress, ...(workers !== undefined ? { workers } : {}) },
+                { signal: ctx.signal, onProgress: ctx.onProgress, onWarning: warn, compress: opts.compress, ...(workers !== undefined ? { workers } : {}) },
               ),
             );
           } catch (err) {
@@ -103,6 +108,7 @@ export function registerBackup(program: Command): void {
             durationMs,
             ...(first ? { code: first.code, message: first.message, failures } : {}),
             disks,
+            ...(warnings.length > 0 ? { warnings } : {}),
           },
           text: backupText(disks, failures, durationMs),
         };

@@ -13,7 +13,14 @@ interface RestoreOptions extends RepositoryCliOptions {
   to: string;
   format: string;
   force?: boolean;
+  mode?: string;
   json?: boolean;
+}
+
+/** `--mode 0640`: permission bits only (no setuid, setgid or sticky on a disk image). */
+function parseMode(text: string): number {
+  if (!/^0?[0-7]{3}$/.test(text)) throw new BlockrepError('USAGE', `--mode must be octal permission bits such as 0600 or 0640, not ${JSON.stringify(text)}`);
+  return parseInt(text, 8);
 }
 
 export function registerRestore(program: Command): void {
@@ -24,16 +31,19 @@ export function registerRestore(program: Command): void {
     .requiredOption('--to <path>', 'image file (or block device, with --force) to write')
     .option('--format <format>', 'raw or qcow2', 'raw')
     .option('--force', 'replace an existing file or write onto a block device')
+    .option('--mode <octal>', 'permissions of the image file written (a replaced file gets them too)', '0600')
     .option('--json', 'print one JSON object as the report')
     .action(async (opts: RestoreOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         if (opts.format !== 'raw' && opts.format !== 'qcow2') throw new BlockrepError('USAGE', `--format must be raw or qcow2, not ${opts.format}`);
+        if (opts.to === '') throw new BlockrepError('USAGE', '--to needs a path: the image file or block device to write');
+        const mode = parseMode(opts.mode ?? '0600');
         const diskId = assertDiskId(opts.disk);
         const version = opts.version === 'latest' ? undefined : assertVersionId(opts.version);
         const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts));
         const report = await restoreVersion(
           repo,
-          { diskId, to: opts.to, format: opts.format, force: Boolean(opts.force), ...(version ? { version } : {}) },
+          { diskId, to: opts.to, format: opts.format, force: Boolean(opts.force), mode, ...(version ? { version } : {}) },
           { signal: ctx.signal, onProgress: ctx.onProgress },
         );
         return { exitCode: EXIT_OK, json: { ok: true, ...report }, text: restoreText(report) };
