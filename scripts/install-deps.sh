@@ -2,7 +2,8 @@
 # Installs what blockrep's tests, demo and benchmarks need on a Debian machine, once:
 # Debian packages via apt-get (when a command is missing), the npm packages, and the tiny test
 # guest that the live-VM tests boot (built from Debian packages, cached in .cache/test-guest;
-# skipped with BLOCKREP_SKIP_QEMU_TESTS=1).
+# skipped with BLOCKREP_SKIP_QEMU_TESTS=1). The database servers of the hook tests are skipped
+# with BLOCKREP_SKIP_DB_TESTS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,13 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v depmod >/dev/null 2>&1 || need+=(kmod)
   { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+fi
+if [ "${BLOCKREP_SKIP_DB_TESTS:-}" != 1 ]; then
+  # The guest fsfreeze hooks' tests (test/hooks) start real MariaDB 10.11 and PostgreSQL 15
+  # servers, as the Debian packages ship them.
+  { command -v mariadbd && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || need+=(mariadb-server mariadb-client)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+  command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 fi
 if [ "${1:-}" = "--bench" ]; then
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
