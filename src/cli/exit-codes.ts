@@ -53,6 +53,7 @@ const table = {
   QMP_BUSY: EXIT_VM_UNREACHABLE,
   AGENT_UNAVAILABLE: EXIT_VM_UNREACHABLE,
   FREEZE_FAILED: EXIT_SNAPSHOT_FAILED,
+  HOOK_FAILED: EXIT_SNAPSHOT_FAILED,
   SNAPSHOT_FAILED: EXIT_SNAPSHOT_FAILED,
   THAW_FAILED: EXIT_VM_NEEDS_RECOVERY,
   COMMIT_FAILED: EXIT_VM_NEEDS_RECOVERY,
@@ -91,7 +92,8 @@ Exit codes:
   7    no space left on the device
   8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another
        client, or (with --require-quiesce) no guest agent answers
-  9    snapshot not taken: freeze or snapshot failed; the VM runs on its own images, unharmed
+  9    snapshot not taken: a host hook, the freeze or the snapshot failed; the VM runs on its
+       own images, unharmed
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
        says which; run blockrep recover --qmp SOCKET [--qga SOCKET]
   11   access denied by the repository server: no token, an unknown token, or one without

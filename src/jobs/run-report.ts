@@ -1,5 +1,5 @@
 import type { ErrorCode } from '../shared/index.js';
-import type { DiskBackupReport, PruneReport } from '../app/index.js';
+import type { DiskBackupReport, HostHookResult, PruneReport } from '../app/index.js';
 
 /** What `blockrep run` reports: the events it emits while it runs, and the result. Data only. */
 
@@ -9,7 +9,7 @@ export interface RunEvent {
   /** Milliseconds since the epoch. */
   at: number;
   level: EventLevel;
-  event: 'run-start' | 'run-done' | 'run-failed' | 'repository' | 'vm-start' | 'vm-done' | 'vm-failed' | 'vm-skipped' | 'disk-done' | 'disk-failed' | 'warning' | 'prune-done' | 'prune-failed' | 'check';
+  event: 'run-start' | 'run-done' | 'run-failed' | 'repository' | 'vm-start' | 'vm-done' | 'vm-failed' | 'vm-skipped' | 'disk-done' | 'disk-failed' | 'warning' | 'prune-done' | 'prune-failed' | 'check' | 'hook';
   message: string;
   vm?: string;
   disk?: string;
@@ -62,8 +62,13 @@ export interface VmRunReport {
   message?: string;
   startedAt?: string;
   durationMs: number;
+  /** Live VMs: the guest's filesystems were frozen for the snapshot (snapshot.frozenFilesystems: how many). */
   quiesced?: boolean;
   frozenMs?: number;
+  /** The guest refused the freeze (quiesce auto): backed up crash-consistent. */
+  freezeFailure?: { code: ErrorCode; message: string };
+  /** The host hooks that ran (hooks in the job configuration), in order. */
+  hooks?: HostHookResult[];
   snapshot?: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined };
   disks: DiskRunReport[];
   skippedDisks?: Array<{ id: string; reason: string }>;
