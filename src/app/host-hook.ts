@@ -83,6 +83,8 @@ export function runHostHook(command: HostHookCommand, phase: HostHookPhase, vm: 
     child.on('error', (err) => finish({ status: 'failed', message: `cannot run ${shown}: ${err.message}` }));
     // 'exit', not 'close': a daemon the hook started may keep its output open.
     child.on('exit', (code, signal) => {
+      // What the hook started is killed with it: nothing of a timed-out hook outlives it.
+      if (timedOut) killGroup('SIGKILL');
       child.stdout.destroy();
       child.stderr.destroy();
       if (timedOut) finish({ status: 'timed-out', ...(signal ? { signal } : {}), message: `did not finish within ${timeoutMs} ms and was killed` });
