@@ -35,7 +35,7 @@ export interface FailedDiskReport {
 export type DiskRunReport = OkDiskReport | FailedDiskReport;
 
 export interface CheckReport {
-  check: 'qmp-socket' | 'qmp' | 'disks' | 'agent' | 'image' | 'repository-access';
+  check: 'hooks' | 'qmp-socket' | 'qmp' | 'disks' | 'agent' | 'image' | 'repository-access';
   status: 'ok' | 'warning' | 'failed';
   message: string;
   code?: ErrorCode;

@@ -1,8 +1,9 @@
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadJobConfig, type LiveVmJob } from '../../src/config/job-config.js';
 import { isBlockrepError } from '../../src/shared/blockrep-error.js';
+import { runCli } from '../support/run-cli.js';
 import { tempDir } from '../support/temp-dir.js';
 
 /** The `hooks` key of the job configuration: defaults merged key by key, and its mistakes. */
@@ -76,5 +77,27 @@ describe('job configuration: hooks', () => {
     );
     expect(await mistakes('vms:\n  - {name: a, qmp: /run/a.qmp, hooks: {beforeFreeze: ""}}\n')).toMatch(/vms\[0\]\.hooks\.beforeFreeze: /);
     expect(await mistakes('vms:\n  - {name: a, qmp: /run/a.qmp, hooks: {timeout: 11m, beforeFreeze: [x]}}\n')).toContain('vms[0].hooks.timeout');
+  });
+
+  it('blockrep run --dry-run checks that the hook programs exist, without running them', async () => {
+    const file = join(dir, 'dry.yaml');
+    const marker = join(dir, 'must-not-exist');
+    await writeFile(
+      file,
+      [
+        `repository: {url: ${join(dir, 'dry-repo')}}`,
+        'vms:',
+        `  - {name: a, qmp: ${join(dir, 'a.qmp')}, hooks: {beforeFreeze: [/nonexistent/app-pause], afterThaw: "touch ${marker}"}}`,
+        `  - {name: b, qmp: ${join(dir, 'b.qmp')}, hooks: {beforeFreeze: [/nonexistent/app-pause], onFailure: continue}}`,
+        `  - {name: c, qmp: ${join(dir, 'c.qmp')}, hooks: {beforeFreeze: [sh, -c, "touch ${marker}"]}}`,
+        '',
+      ].join('\n'),
+    );
+    const r = await runCli(['run', '--config', file, '--dry-run', '--json']);
+    const [a, b, c] = r.json.vms;
+    expect(a.checks[0]).toMatchObject({ check: 'hooks', status: 'failed', code: 'HOOK_FAILED', message: expect.stringContaining('/nonexistent/app-pause is not an executable file') });
+    expect(b.checks[0]).toMatchObject({ check: 'hooks', status: 'warning' });
+    expect(c.checks[0]).toEqual({ check: 'hooks', status: 'ok', message: 'host hooks found: beforeFreeze (sh)' });
+    await expect(readFile(marker)).rejects.toThrow();
   });
 });
