@@ -145,7 +145,7 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
       return r;
     };
     let freezeFailure: VmBackupReport['freezeFailure'];
-    let snapshot: LiveSnapshot;
+    let snapshot: LiveSnapshot | undefined;
     try {
       if (hooks?.beforeFreeze) {
         const r = await runHook('before-freeze', hooks.beforeFreeze);
@@ -172,7 +172,7 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
       if (hooks?.afterThaw) {
         try {
           const r = await runHook('after-thaw', hooks.afterThaw);
-          if (r.status !== 'ok') warn(`the host hook afterThaw (${r.command}) ${r.message ?? 'failed'}; the snapshot was taken, the backup goes on`);
+          if (r.status !== 'ok') warn(`the host hook afterThaw (${r.command}) ${r.message ?? 'failed'}${snapshot ? '; the snapshot was taken, the backup goes on' : ''}`);
         } catch {
           // a warning printer must not keep the overlays in place
         }
