@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../support/temp-dir.js';
@@ -50,6 +50,8 @@ describe.skipIf(skipDbTests)('MariaDB fsfreeze hook', () => {
     expect((await insert).code).toBe(0);
     expect(await db.sql('SELECT COUNT(*) FROM t.a')).toBe('1\n');
     for (const pid of pids) expect(await isAlive(pid), `pid ${pid}`).toBe(false);
+    // Its state (pids, FIFO) is gone.
+    expect(await readdir(env.state)).toEqual([]);
     const log = await readFile(env.logFile, 'utf8');
     expect(log).toMatch(/FLUSH TABLES WITH READ LOCK held by session pid \d+[^\n]*\n[^\n]*UNLOCK TABLES: the session ended/);
   });
@@ -69,6 +71,7 @@ describe.skipIf(skipDbTests)('MariaDB fsfreeze hook', () => {
       for (const pid of pids) if (await isAlive(pid)) return undefined;
       return true;
     }, 15_000);
+    expect(await readdir(env.state)).toEqual([]);
     // A late thaw is harmless.
     const thawed = await runHook('mariadb', 'thaw', env);
     expect(thawed.code).toBe(0);

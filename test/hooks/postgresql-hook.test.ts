@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../support/temp-dir.js';
@@ -70,7 +70,8 @@ describe.skipIf(skipDbTests)('PostgreSQL fsfreeze hook', () => {
       for (const pid of pids) if (await isAlive(pid)) return undefined;
       return true;
     }, 15_000);
-    expect(await readFile(env.logFile, 'utf8')).toContain('thaw never came: ended backup mode after 2 s');
+    await waitFor('the hook to log the end of backup mode', async () => ((await readFile(env.logFile, 'utf8')).includes('thaw never came: ended backup mode after 2 s') ? true : undefined), 15_000);
+    expect(await readdir(env.state)).toEqual([]);
   });
 
   it('fails the freeze, with the reason logged, when the server is down', async () => {
