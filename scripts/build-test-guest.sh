@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds blockrep's tiny test guest from Debian packages: a cloud kernel and an initramfs with
-# busybox, the QEMU guest agent and a writer that keeps appending numbered records to every
-# data disk (scripts/guest/). Boots in about 3 s under TCG. The result is cached in
+# busybox, the QEMU guest agent (with blockrep's fsfreeze hook runner, the guest hooks of
+# guest/fsfreeze-hook.d and a hook that records its calls) and a writer that keeps appending
+# numbered records to every data disk (scripts/guest/). Boots in about 3 s under TCG. The result is cached in
 # .cache/test-guest/ (or $BLOCKREP_GUEST_DIR) and rebuilt only when a guest file changes.
 # Prints the folder holding vmlinuz and initrd.img.
 set -euo pipefail
@@ -15,7 +16,8 @@ exec 9>"$out/.lock"
 flock 9
 
 # What the result depends on: this script and the guest-side files.
-key="$(cat "$0" "$guest_src/init" "$guest_src/writer.sh" | sha256sum | cut -c1-16)"
+hooks_src="$root/guest"
+key="$(cat "$0" "$guest_src/init" "$guest_src/writer.sh" "$guest_src/fsfreeze-record" "$hooks_src/fsfreeze-hook" "$hooks_src"/fsfreeze-hook.d/* | sha256sum | cut -c1-16)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$key" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ]; then
   echo "$out"
   exit 0
@@ -90,6 +92,12 @@ for lib in $(ldd /usr/sbin/qemu-ga | grep -o '/[^ ]*'); do
 done
 install -m 0755 "$guest_src/init" "$rd/init"
 install -m 0755 "$guest_src/writer.sh" "$rd/writer.sh"
+# qemu-ga -F runs /etc/qemu/fsfreeze-hook: blockrep's runner (a failing hook fails the freeze),
+# the recording hook first, then the database hooks (no database here: they do nothing).
+mkdir -p "$rd/etc/qemu/fsfreeze-hook.d"
+install -m 0755 "$hooks_src/fsfreeze-hook" "$rd/etc/qemu/fsfreeze-hook"
+install -m 0755 "$guest_src/fsfreeze-record" "$rd/etc/qemu/fsfreeze-hook.d/00-record"
+for h in "$hooks_src"/fsfreeze-hook.d/*; do install -m 0755 "$h" "$rd/etc/qemu/fsfreeze-hook.d/${h##*/}"; done
 (cd "$rd" && find . | sort | "$busybox_bin" cpio -o -H newc 2>/dev/null | gzip -1) >"$work/initrd.img"
 
 cp "$vmlinuz" "$out/vmlinuz.new"

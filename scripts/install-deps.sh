@@ -2,7 +2,8 @@
 # Installs what blockrep's tests, demo and benchmarks need on a Debian machine, once:
 # Debian packages via apt-get (when a command is missing), the npm packages, and the tiny test
 # guest that the live-VM tests boot (built from Debian packages, cached in .cache/test-guest;
-# skipped with BLOCKREP_SKIP_QEMU_TESTS=1).
+# skipped with BLOCKREP_SKIP_QEMU_TESTS=1). The database servers of the hook tests are skipped
+# with BLOCKREP_SKIP_DB_TESTS=1.
 # Usage: install-deps.sh [--test|--bench]   (--test: also what the test suite calls; --bench:
 # also what the benchmarks call). Works on a minimal Debian (debootstrap --variant=minbase) with
 # Node.js 20; scripts/check-fresh-machine.sh proves it.
@@ -42,6 +43,13 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   # libvirt domains (backup --domain): the tests start libvirtd and virtlogd themselves.
   command -v virsh >/dev/null 2>&1 || need+=(libvirt-clients)
   { [ -x /usr/sbin/libvirtd ] && [ -x /usr/sbin/virtlogd ]; } || need+=(libvirt-daemon-system)
+fi
+if [ "${BLOCKREP_SKIP_DB_TESTS:-}" != 1 ]; then
+  # The guest fsfreeze hooks' tests (test/hooks) start real MariaDB 10.11 and PostgreSQL 15
+  # servers, as the Debian packages ship them.
+  { command -v mariadbd && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || need+=(mariadb-server mariadb-client)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+  command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 fi
 if [ "$mode" = --test ]; then
   # The scan tests check hashes against xxhsum; the TLS tests make a certificate with openssl.

@@ -3,6 +3,7 @@ import { commitOverlay, queryJobs, type CommitResult, openGuestAgent, type Guest
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, type ErrorCode, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
 import { backupImage, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+import { runHostHook, type HostHookPhase, type HostHookResult, type HostHooks } from './host-hook.js';
 
 /**
  * Live backup of a running QEMU VM: freeze the guest, switch every disk to an overlay in one
@@ -21,8 +22,13 @@ export interface BackupVmRequest {
   disks?: string[];
   /** Omitted: each disk's current block size (backupImage decides). */
   blockSize?: number;
-  /** auto: freeze when an agent answers, else warn and go on; require: fail without one; off: never freeze. */
+  /**
+   * auto: freeze when an agent answers, else warn and go on (also when the guest refuses the
+   * freeze, e.g. a failing fsfreeze hook); require: fail without an agent or a freeze; off: never freeze.
+   */
   quiesce: 'auto' | 'require' | 'off';
+  /** Commands run on this host before the freeze and after the thaw. */
+  hooks?: HostHooks;
 }
 
 /** Points of the procedure that a caller may observe (and, in tests, hold the run at). */
@@ -32,6 +38,8 @@ export interface BackupVmOptions extends Omit<BackupImageOptions, 'signal'> {
   signal?: AbortSignal;
   onWarning?: (message: string) => void;
   onPhase?: (phase: LivePhase, disk?: string) => void | Promise<void>;
+  /** Each host hook's result as soon as it ended (also in the report). */
+  onHook?: (result: HostHookResult) => void;
   /** For tests: shorter waits. */
   timeouts?: { qmpGreetingMs?: number; agentSyncMs?: number; freezeMs?: number; thawMs?: number };
 }
@@ -60,6 +68,10 @@ export interface VmBackupReport {
   skippedDisks: Array<{ id: string; reason: string }>;
   warnings: string[];
   durationMs: number;
+  /** The guest refused the freeze (quiesce auto): the backup went on crash-consistent. */
+  freezeFailure?: { code: ErrorCode; message: string };
+  /** The host hooks that ran, in order. */
+  hooks?: HostHookResult[];
 }
 
 /** The command that puts this VM right after a failure, quoted in messages. */
@@ -117,13 +129,55 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
     }
     if (signal?.aborted) throw new BlockrepError('INTERRUPTED', 'interrupted before the snapshot; nothing was changed');
 
-    const snapshot = await takeLiveSnapshot(qmp, agent, targets, {
+    const snapshotOptions = {
       recoveryStep,
       ...(signal ? { signal } : {}),
       onFrozen: async () => options.onPhase?.('frozen'),
       ...(options.timeouts?.freezeMs !== undefined ? { freezeTimeoutMs: options.timeouts.freezeMs } : {}),
       ...(options.timeouts?.thawMs !== undefined ? { thawTimeoutMs: options.timeouts.thawMs } : {}),
-    });
+    };
+    const hooks = request.hooks;
+    const hookResults: HostHookResult[] = [];
+    const runHook = async (phase: HostHookPhase, command: NonNullable<HostHooks['beforeFreeze']>): Promise<HostHookResult> => {
+      const r = await runHostHook(command, phase, vm, hooks!.timeoutMs);
+      hookResults.push(r);
+      options.onHook?.(r);
+      return r;
+    };
+    let freezeFailure: VmBackupReport['freezeFailure'];
+    let snapshot: LiveSnapshot | undefined;
+    try {
+      if (hooks?.beforeFreeze) {
+        const r = await runHook('before-freeze', hooks.beforeFreeze);
+        if (r.status !== 'ok') {
+          const what = `the host hook beforeFreeze (${r.command}) ${r.message ?? 'failed'}`;
+          if (hooks.onFailure === 'abort') {
+            throw new BlockrepError('HOOK_FAILED', `${what}; nothing was frozen or snapshotted (hooks.onFailure: abort)`, { details: { hook: r } });
+          }
+          warn(`${what}; going on (hooks.onFailure: continue)`);
+        }
+      }
+      try {
+        snapshot = await takeLiveSnapshot(qmp, agent, targets, snapshotOptions);
+      } catch (err) {
+        // A refused freeze (a failing fsfreeze hook in the guest, say) left the guest thawed and
+        // the VM unchanged: with quiesce auto, a crash-consistent backup beats none.
+        if (!isBlockrepError(err) || err.code !== 'FREEZE_FAILED' || request.quiesce !== 'auto') throw err;
+        freezeFailure = { code: err.code, message: err.message };
+        warn(`FREEZE_FAILED: ${err.message}; going on without freezing: the backup is crash-consistent only (use --require-quiesce to fail instead)`);
+        snapshot = await takeLiveSnapshot(qmp, undefined, targets, snapshotOptions);
+      }
+    } finally {
+      // Whatever beforeFreeze paused is resumed, even when the snapshot failed.
+      if (hooks?.afterThaw) {
+        try {
+          const r = await runHook('after-thaw', hooks.afterThaw);
+          if (r.status !== 'ok') warn(`the host hook afterThaw (${r.command}) ${r.message ?? 'failed'}${snapshot ? '; the snapshot was taken, the backup goes on' : ''}`);
+        } catch {
+          // a warning printer must not keep the overlays in place
+        }
+      }
+    }
     // From here on every overlay must be committed back: nothing may throw before sendAndCommit.
     try {
       for (const w of snapshot.warnings) warn(w);
@@ -152,6 +206,8 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
       skippedDisks: skipped,
       warnings,
       durationMs: Date.now() - started,
+      ...(freezeFailure ? { freezeFailure } : {}),
+      ...(hooks ? { hooks: hookResults } : {}),
     };
   } finally {
     agent?.destroy();

@@ -7,6 +7,7 @@
 export { backupImage, type DiskBackupReport } from './backup-image.js';
 export { DOMAIN_BACKUP_METHODS, backupDomain, resolveDomainMethod, type DomainBackupMethod, type DomainBackupReport, type DomainPhase } from './backup-domain.js';
 export { backupVm, selectDisks, type LivePhase, type VmBackupReport } from './backup-vm.js';
+export { describeHookCommand, runHostHook, HOOK_OUTPUT_BYTES, type HostHookCommand, type HostHookPhase, type HostHookResult, type HostHooks } from './host-hook.js';
 export { DEFAULT_GC_GRACE_MS, collectGarbage, type GcReport } from './collect-garbage.js';
 export { listVersions, type DiskSummary } from './list-versions.js';
 export { type Progress } from './progress.js';

@@ -59,6 +59,7 @@ const table = {
   DOMAIN_NOT_FOUND: EXIT_NOT_FOUND,
   BLOCK_JOB_ACTIVE: EXIT_LOCKED,
   FREEZE_FAILED: EXIT_SNAPSHOT_FAILED,
+  HOOK_FAILED: EXIT_SNAPSHOT_FAILED,
   SNAPSHOT_FAILED: EXIT_SNAPSHOT_FAILED,
   THAW_FAILED: EXIT_VM_NEEDS_RECOVERY,
   COMMIT_FAILED: EXIT_VM_NEEDS_RECOVERY,
@@ -103,7 +104,8 @@ Exit codes:
   8    VM unreachable: no QEMU monitor at the socket, the monitor is busy with another
        client, libvirt cannot be reached, the domain is not running, no NBD server at
        the disk's export address, or (with --require-quiesce) no guest agent answers
-  9    snapshot not taken: freeze or snapshot failed; the VM runs on its own images, unharmed
+  9    snapshot not taken: a host hook, the freeze or the snapshot failed; the VM runs on its
+       own images, unharmed
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
        says which; run blockrep recover --qmp SOCKET [--qga SOCKET] (or --domain NAME)
   11   access denied by the repository server: no token, an unknown token, or one without

@@ -2,7 +2,7 @@ import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import type { ImageFormat } from '../image/index.js';
-import { BlockrepError, readSmallFile, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize } from '../shared/index.js';
+import { BlockrepError, readSmallFile, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize, parseDuration } from '../shared/index.js';
 import { readTokenFile } from '../protocol/index.js';
 import { describeValue, didYouMean, formatConfigPath, formatIssue, locate, type ConfigIssue, type ConfigPath } from './config-issues.js';
 import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/index.js';
@@ -38,6 +38,20 @@ interface VmJobBase {
   where: (...path: ConfigPath) => string;
 }
 
+/** `argv`: program and arguments, run without a shell; `shell`: a command line for /bin/sh -c. */
+export type HookCommand = { argv: string[] } | { shell: string };
+
+/** Commands run on the backup host around a live VM's freeze (BLOCKREP_VM, BLOCKREP_PHASE set). */
+export interface JobHooks {
+  beforeFreeze?: HookCommand;
+  afterThaw?: HookCommand;
+  timeoutMs: number;
+  onFailure: 'abort' | 'continue';
+}
+
+export const DEFAULT_HOOK_TIMEOUT_MS = 30_000;
+export const MAX_HOOK_TIMEOUT_MS = 600_000;
+
 export interface LiveVmJob extends VmJobBase {
   kind: 'live';
   qmpSocket: string;
@@ -45,6 +59,7 @@ export interface LiveVmJob extends VmJobBase {
   /** Drive or device ids; default every writable disk. */
   disks?: string[];
   quiesce: Quiesce;
+  hooks?: JobHooks;
 }
 
 /** A running libvirt domain, backed up through virsh (method snapshot). */
@@ -120,6 +135,11 @@ const HINTS: Record<string, { expected: string; example: string }> = {
   bwlimit: { expected: 'a rate in bytes per second, at least 1K', example: 'bwlimit: 20M' },
   compress: { expected: 'true or false', example: 'compress: true' },
   quiesce: { expected: 'auto, require or off', example: 'quiesce: auto' },
+  hooks: { expected: 'a mapping with beforeFreeze, afterThaw, timeout, onFailure', example: 'hooks: {beforeFreeze: [/usr/local/bin/app-pause], afterThaw: [/usr/local/bin/app-resume], timeout: 30s}' },
+  beforeFreeze: { expected: 'a command: a list (program and arguments, no shell) or a string (run by /bin/sh -c)', example: 'beforeFreeze: [/usr/local/bin/app-pause, --quick]' },
+  afterThaw: { expected: 'a command: a list (program and arguments, no shell) or a string (run by /bin/sh -c)', example: 'afterThaw: [/usr/local/bin/app-resume]' },
+  timeout: { expected: `a duration above 0 and at most ${MAX_HOOK_TIMEOUT_MS / 60_000}m`, example: 'timeout: 30s' },
+  onFailure: { expected: 'abort or continue', example: 'onFailure: abort' },
   retention: { expected: 'a retention policy (keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, keepYearly)', example: 'retention: {keepDaily: 7, keepWeekly: 4}' },
   keepLast: { expected: 'a whole number of versions, 0 or more', example: 'keepLast: 3' },
   keepHourly: { expected: 'a whole number of hours, 0 or more', example: 'keepHourly: 24' },
@@ -169,6 +189,26 @@ const bwlimitField = sizeField((n) => {
 });
 const quiesceField = z.enum(['auto', 'require', 'off']);
 const pathField = z.string().min(1);
+const hookCommandField = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
+const hookTimeoutField = z.unknown().transform((v, ctx) => {
+  let ms: number | undefined;
+  try {
+    ms = typeof v === 'string' ? parseDuration(v, 'timeout') : undefined;
+  } catch {
+    ms = undefined;
+  }
+  if (ms === undefined || ms <= 0 || ms > MAX_HOOK_TIMEOUT_MS) {
+    ctx.addIssue({ code: 'custom', message: '', params: { expectedGot: true } });
+    return z.NEVER;
+  }
+  return ms;
+});
+const hooksField = z.strictObject({
+  beforeFreeze: hookCommandField.optional(),
+  afterThaw: hookCommandField.optional(),
+  timeout: hookTimeoutField.optional(),
+  onFailure: z.enum(['abort', 'continue']).optional(),
+});
 const retentionField = retentionPolicySchema.superRefine((p, ctx) => {
   if (isEmptyPolicy(p)) {
     ctx.addIssue({ code: 'custom', message: 'an empty retention policy would remove every version but the latest; give at least one keep rule above 0 — write e.g. retention: {keepDaily: 7, keepWeekly: 4}' });
@@ -189,6 +229,7 @@ const vmSchema = z.strictObject({
   qga: pathField.optional(),
   disks: z.array(z.string().min(1)).min(1).optional(),
   quiesce: quiesceField.optional(),
+  hooks: hooksField.optional(),
   images: z.array(imageSchema).min(1).optional(),
   blockSize: blockSizeField.optional(),
   compress: z.boolean().optional(),
@@ -203,6 +244,7 @@ const jobConfigSchema = z.strictObject({
       bwlimit: bwlimitField.optional(),
       compress: z.boolean().optional(),
       quiesce: quiesceField.optional(),
+      hooks: hooksField.optional(),
       retention: retentionField.optional(),
     })
     .optional(),
@@ -218,7 +260,8 @@ function knownKeysAt(path: ConfigPath): string[] {
   const last = p[p.length - 1];
   if (p.length === 0) return Object.keys(jobConfigSchema.shape);
   if (last === 'repository') return ['url', 'tokenFile', 'cacert'];
-  if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'retention'];
+  if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'hooks', 'retention'];
+  if (last === 'hooks') return ['beforeFreeze', 'afterThaw', 'timeout', 'onFailure'];
   if (last === 'retention') return ['keepLast', 'keepHourly', 'keepDaily', 'keepWeekly', 'keepMonthly', 'keepYearly'];
   if (last === 'images') return ['path', 'disk', 'format'];
   if (last === 'vms') return Object.keys(vmSchema.shape);
@@ -370,7 +413,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
       ...((v.retention ?? defaults.retention) !== undefined ? { retention: (v.retention ?? defaults.retention)! } : {}),
     };
     if (v.images !== undefined) {
-      for (const key of ['qga', 'disks', 'quiesce'] as const) {
+      for (const key of ['qga', 'disks', 'quiesce', 'hooks'] as const) {
         if (v[key] !== undefined) problem(['vms', index, key], `${key} is for running VMs (with qmp); an offline VM lists its images`);
       }
       const ids = new Map<string, number>();
@@ -387,6 +430,11 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
     }
     if (v.domain !== undefined) {
       if (v.qga !== undefined) problem(['vms', index, 'qga'], 'qga is for qmp VMs; libvirt reaches the guest agent of a domain itself');
+      // Never silently skipped: host hooks do not run around a libvirt snapshot yet.
+      if (v.hooks !== undefined) problem(['vms', index, 'hooks'], 'host hooks run around QEMU VMs (qmp) only, not yet around a libvirt domain; remove them here');
+      else if (hooksFor(defaults.hooks, undefined).hooks !== undefined) {
+        problem(['vms', index, 'domain'], 'defaults.hooks would run around this libvirt domain, which is not supported yet; move the hooks to the qmp VMs that need them');
+      }
       return {
         ...common,
         kind: 'libvirt',
@@ -403,6 +451,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
       quiesce: v.quiesce ?? defaults.quiesce ?? 'auto',
       ...(v.qga !== undefined ? { qgaSocket: resolve(base, v.qga) } : {}),
       ...(v.disks !== undefined ? { disks: v.disks } : {}),
+      ...hooksFor(defaults.hooks, v.hooks),
     };
   });
   return {
@@ -415,6 +464,25 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
       ...(defaults.bwlimit !== undefined ? { bwlimit: defaults.bwlimit } : {}),
     },
     vms,
+  };
+}
+
+type RawHooks = NonNullable<RawJobConfig['vms'][number]['hooks']>;
+
+/** A VM's hooks: its own keys over those of defaults.hooks; none when neither has a command. */
+function hooksFor(defaults: RawHooks | undefined, own: RawHooks | undefined): { hooks?: JobHooks } {
+  const merged = { ...defaults, ...own };
+  const command = (c: string | string[] | undefined): HookCommand | undefined => (c === undefined ? undefined : typeof c === 'string' ? { shell: c } : { argv: c });
+  const beforeFreeze = command(merged.beforeFreeze);
+  const afterThaw = command(merged.afterThaw);
+  if (beforeFreeze === undefined && afterThaw === undefined) return {};
+  return {
+    hooks: {
+      ...(beforeFreeze ? { beforeFreeze } : {}),
+      ...(afterThaw ? { afterThaw } : {}),
+      timeoutMs: merged.timeout ?? DEFAULT_HOOK_TIMEOUT_MS,
+      onFailure: merged.onFailure ?? 'abort',
+    },
   };
 }
 

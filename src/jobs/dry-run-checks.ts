@@ -1,4 +1,5 @@
-import { stat } from 'node:fs/promises';
+import { access, constants, stat } from 'node:fs/promises';
+import { delimiter, isAbsolute, join } from 'node:path';
 import { openGuestAgent, QmpClient, listVmDisks } from '../hypervisor/index.js';
 import { openImage } from '../image/index.js';
 import type { Repository } from '../repository/index.js';
@@ -33,6 +34,38 @@ export async function checkSocket(path: string, where: string, code: ErrorCode, 
   if (!isSocket) throw new BlockrepError(code, `${where}: ${path} is not a socket`, { details: { socket: path } });
 }
 
+/** A program of an argv hook: an executable path, or a name found in PATH (as spawn finds it). */
+async function findProgram(program: string): Promise<string | undefined> {
+  const candidates = program.includes('/') ? [program] : (process.env.PATH ?? '').split(delimiter).filter(isAbsolute).map((d) => join(d, program));
+  for (const c of candidates) {
+    try {
+      await access(c, constants.X_OK);
+      if ((await stat(c)).isFile()) return c;
+    } catch {
+      // not this one
+    }
+  }
+  return undefined;
+}
+
+/** The host hooks' programs exist (not run: a dry run changes nothing). */
+async function checkHooks(vm: LiveVmJob): Promise<CheckReport | undefined> {
+  const hooks = vm.hooks;
+  if (!hooks) return undefined;
+  const missing: string[] = [];
+  const seen: string[] = [];
+  for (const [key, command] of [['beforeFreeze', hooks.beforeFreeze], ['afterThaw', hooks.afterThaw]] as const) {
+    if (!command) continue;
+    const program = 'shell' in command ? '/bin/sh' : command.argv[0]!;
+    if ((await findProgram(program)) === undefined) missing.push(`${vm.where('hooks', key)}: ${program} is not an executable file${program.includes('/') ? '' : ' in PATH'}`);
+    else seen.push(`${key} (${program})`);
+  }
+  if (missing.length === 0) return { check: 'hooks', status: 'ok', message: `host hooks found: ${seen.join(', ')}` };
+  // A missing afterThaw, or onFailure continue, only warns when the backup runs.
+  const fatal = hooks.onFailure === 'abort' && missing.some((m) => m.includes('beforeFreeze'));
+  return fatal ? { check: 'hooks', status: 'failed', code: 'HOOK_FAILED', message: missing.join('; ') } : { check: 'hooks', status: 'warning', message: missing.join('; ') };
+}
+
 /** Dry run of a live VM: every question asked read-only; nothing is frozen, locked or written. */
 export async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, options: { signal?: AbortSignal; timeouts?: CheckTimeouts }): Promise<CheckReport[]> {
   const checks: CheckReport[] = [];
@@ -41,6 +74,8 @@ export async function checkLiveVm(repo: Repository | undefined, vm: LiveVmJob, o
     checks.push({ check, status: 'failed', code: e.code, message: e.message });
     return checks;
   };
+  const hooks = await checkHooks(vm);
+  if (hooks) checks.push(hooks);
   try {
     await checkSocket(vm.qmpSocket, vm.where('qmp'), 'QMP_UNAVAILABLE', 'QMP');
     checks.push({ check: 'qmp-socket', status: 'ok', message: `${vm.qmpSocket} is a socket` });

@@ -183,7 +183,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
       }
     } else {
       if (!repo) throw new BlockrepError('INTERNAL', 'no repository');
-      if (vm.kind === 'live') await backupLiveVm(repo, vm, options, report, warn);
+      if (vm.kind === 'live') await backupLiveVm(repo, vm, options, report, warn, emit);
       else if (vm.kind === 'libvirt') await backupLibvirtVm(repo, vm, options, report, warn);
       else await backupImageVm(repo, vm, options, report, warn);
       for (const d of report.disks) {
@@ -252,7 +252,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
   return report;
 }
 
-async function backupLiveVm(repo: Repository, vm: LiveVmJob, options: RunJobsOptions, report: VmRunReport, warn: (m: string) => void): Promise<void> {
+async function backupLiveVm(repo: Repository, vm: LiveVmJob, options: RunJobsOptions, report: VmRunReport, warn: (m: string) => void, emit: Emit): Promise<void> {
   await checkSocket(vm.qmpSocket, vm.where('qmp'), 'QMP_UNAVAILABLE', 'QMP');
   const r = await backupVm(
     repo,
@@ -263,16 +263,29 @@ async function backupLiveVm(repo: Repository, vm: LiveVmJob, options: RunJobsOpt
       ...(vm.disks ? { disks: vm.disks } : {}),
       ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
       quiesce: vm.quiesce,
+      ...(vm.hooks ? { hooks: vm.hooks } : {}),
     },
     {
       compress: vm.compress,
       onWarning: warn,
+      onHook: (h) => {
+        // Results land in the report even when the backup fails afterwards.
+        (report.hooks ??= []).push(h);
+        emit({
+          level: h.status === 'ok' ? 'info' : 'warn',
+          event: 'hook',
+          vm: vm.name,
+          message: `${vm.name}: host hook ${h.phase} (${h.command}): ${h.status === 'ok' ? 'ok' : h.message ?? h.status}, ${h.durationMs} ms`,
+          data: { phase: h.phase, status: h.status, durationMs: h.durationMs, ...(h.exitCode !== undefined ? { exitCode: h.exitCode } : {}) },
+        });
+      },
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.timeouts ? { timeouts: options.timeouts } : {}),
     },
   );
   report.quiesced = r.quiesced;
+  if (r.freezeFailure) report.freezeFailure = r.freezeFailure;
   if (r.frozenMs !== undefined) report.frozenMs = r.frozenMs;
   report.snapshot = r.snapshot;
   if (r.skippedDisks.length > 0) report.skippedDisks = r.skippedDisks;

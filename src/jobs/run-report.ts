@@ -1,5 +1,5 @@
 import type { ErrorCode } from '../shared/index.js';
-import type { DiskBackupReport, PruneReport } from '../app/index.js';
+import type { DiskBackupReport, HostHookResult, PruneReport } from '../app/index.js';
 
 /** What `blockrep run` reports: the events it emits while it runs, and the result. Data only. */
 
@@ -9,7 +9,7 @@ export interface RunEvent {
   /** Milliseconds since the epoch. */
   at: number;
   level: EventLevel;
-  event: 'run-start' | 'run-done' | 'run-failed' | 'repository' | 'vm-start' | 'vm-done' | 'vm-failed' | 'vm-skipped' | 'disk-done' | 'disk-failed' | 'warning' | 'prune-done' | 'prune-failed' | 'check';
+  event: 'run-start' | 'run-done' | 'run-failed' | 'repository' | 'vm-start' | 'vm-done' | 'vm-failed' | 'vm-skipped' | 'disk-done' | 'disk-failed' | 'warning' | 'prune-done' | 'prune-failed' | 'check' | 'hook';
   message: string;
   vm?: string;
   disk?: string;
@@ -35,7 +35,7 @@ export interface FailedDiskReport {
 export type DiskRunReport = OkDiskReport | FailedDiskReport;
 
 export interface CheckReport {
-  check: 'qmp-socket' | 'qmp' | 'domain' | 'disks' | 'agent' | 'image' | 'repository-access';
+  check: 'hooks' | 'qmp-socket' | 'qmp' | 'domain' | 'disks' | 'agent' | 'image' | 'repository-access';
   status: 'ok' | 'warning' | 'failed';
   message: string;
   code?: ErrorCode;
@@ -64,8 +64,13 @@ export interface VmRunReport {
   message?: string;
   startedAt?: string;
   durationMs: number;
+  /** Live VMs: the guest's filesystems were frozen for the snapshot (snapshot.frozenFilesystems: how many). */
   quiesced?: boolean;
   frozenMs?: number;
+  /** The guest refused the freeze (quiesce auto): backed up crash-consistent. */
+  freezeFailure?: { code: ErrorCode; message: string };
+  /** The host hooks that ran (hooks in the job configuration), in order. */
+  hooks?: HostHookResult[];
   /** QMP: the freeze, transaction and thaw; libvirt: the snapshot call (the guest was frozen within it). */
   snapshot?: { freezeMs: number | undefined; transactionMs: number; thawMs: number | undefined; frozenFilesystems: number | undefined } | { snapshotMs: number };
   disks: DiskRunReport[];

@@ -52,6 +52,7 @@ export const errorCodes = [
   'AGENT_UNAVAILABLE', // no guest agent answers (not running in the guest, or its channel is absent)
   'AGENT_ERROR', // a guest-agent command failed or timed out
   'FREEZE_FAILED', // the guest's filesystems could not be frozen; the guest was thawed, nothing changed
+  'HOOK_FAILED', // a host hook before the freeze failed (hooks.onFailure: abort); nothing changed
   'SNAPSHOT_FAILED', // the snapshot transaction failed; the VM runs on its own images, unharmed
   'THAW_FAILED', // the guest could not be thawed: it may still be frozen (blockrep recover)
   'COMMIT_FAILED', // an overlay could not be committed back: the VM runs on it (blockrep recover)

@@ -170,6 +170,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
       vm: report.vm,
       quiesced: report.quiesced,
       snapshot: report.snapshot,
+      ...(report.freezeFailure ? { freezeFailure: report.freezeFailure } : {}),
       ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
       ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
       ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
@@ -263,9 +264,9 @@ function domainBackupText(r: DomainBackupReport): string {
 function liveBackupText(r: VmBackupReport): string {
   const lines = [backupText(r.disks, r.failures, r.durationMs)];
   lines.push(
-    r.frozenMs !== undefined
+    r.frozenMs !== undefined && r.quiesced
       ? `VM ${r.vm}: guest frozen for ${r.frozenMs} ms (${r.snapshot.frozenFilesystems ?? 0} filesystem(s))`
-      : `VM ${r.vm}: not quiesced (crash-consistent snapshot)`,
+      : `VM ${r.vm}: not quiesced (crash-consistent snapshot)${r.freezeFailure ? `: ${r.freezeFailure.code}` : ''}`,
   );
   for (const d of r.disks) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
   return lines.join('\n');

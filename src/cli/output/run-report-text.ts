@@ -35,12 +35,17 @@ function vmLines(vm: VmRunReport): string[] {
     `${ok.length} disk(s)`,
     `${ok.reduce((n, d) => n + d.changedBlocks, 0)} blocks changed`,
     `${formatBytes(ok.reduce((n, d) => n + d.bytesSent, 0))} sent`,
-    ...(vm.frozenMs !== undefined ? [`frozen ${vm.frozenMs} ms`] : vm.kind !== 'image' && vm.quiesced === false ? ['not quiesced'] : []),
+    ...(vm.frozenMs !== undefined && vm.quiesced
+      ? [`frozen ${vm.frozenMs} ms${vm.snapshot && 'frozenFilesystems' in vm.snapshot ? ` (${vm.snapshot.frozenFilesystems ?? 0} filesystem(s))` : ''}`]
+      : vm.kind !== 'image' && vm.quiesced === false
+        ? [vm.freezeFailure ? 'not quiesced: the guest refused the freeze' : 'not quiesced']
+        : []),
     seconds(vm.durationMs),
   ];
   const what = vm.status === 'not-started' ? vm.message : vm.status === 'failed' && ok.length === 0 ? seconds(vm.durationMs) : facts.join(', ');
   lines.push(`  ${status.padEnd(7)} ${vm.vm} (${vm.kind}): ${what}`);
   if (vm.status === 'failed' && vm.code !== undefined) lines.push(`      error [${vm.code}]: ${(vm.message ?? '').replace(/\n/g, '\n        ')}`);
+  for (const h of vm.hooks ?? []) lines.push(`      host hook ${h.phase}: ${h.status === 'ok' ? 'ok' : `${h.status.toUpperCase()}: ${h.message ?? ''}`}, ${seconds(h.durationMs)} (${h.command})`);
   for (const d of vm.disks) {
     if (d.status === 'ok') {
       lines.push(
