@@ -39,7 +39,8 @@ export function entriesFor(blocks: number, seed: number): Buffer {
 
 export const manifestCase: fc.Arbitrary<ManifestCase> = fc
   .record({
-    blockShift: fc.integer({ min: 9, max: 22 }),
+    // Block sizes a backup makes: 4 KiB to 16 MiB (shared/block-size.ts).
+    blockShift: fc.integer({ min: 12, max: 24 }),
     blocks: fc.integer({ min: 0, max: 200 }),
     tail: fc.nat(),
     createdMs: fc.nat({ max: 2 ** 42 }),
