@@ -2,7 +2,8 @@
 # Installs what blockrep's tests, demo and benchmarks need on a Debian machine, once:
 # Debian packages via apt-get (when a command is missing), the npm packages, and the tiny test
 # guest that the live-VM tests boot (built from Debian packages, cached in .cache/test-guest;
-# skipped with BLOCKREP_SKIP_QEMU_TESTS=1).
+# skipped with BLOCKREP_SKIP_QEMU_TESTS=1). The S3 tests' real server, a single-node Ceph RGW
+# (scripts/s3/start-rgw.sh), needs Ceph's packages (skipped with BLOCKREP_SKIP_S3_TESTS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +22,19 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   { command -v mkfs.ext4 && command -v e2fsck && command -v debugfs; } >/dev/null 2>&1 || need+=(e2fsprogs)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 fi
+if [ "${BLOCKREP_SKIP_S3_TESTS:-}" != 1 ]; then
+  # S3: one monitor, one in-memory OSD and radosgw on loopback; curl creates the test bucket.
+  command -v radosgw >/dev/null 2>&1 || need+=(radosgw)
+  command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
+  command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
+  { command -v ceph && command -v radosgw-admin; } >/dev/null 2>&1 || need+=(ceph-common)
+  command -v monmaptool >/dev/null 2>&1 || need+=(ceph-base)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+fi
 if [ "${1:-}" = "--bench" ]; then
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
+  # The peer of the S3 benchmark.
+  command -v restic >/dev/null 2>&1 || need+=(restic)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -29,8 +29,9 @@ const LIST_PAGE_KEYS = 1000;
 /**
  * The dedup question is answered from one listing of `chunks/` while the repository holds at
  * most this many chunks (~6 MB of memory; 25 GiB of 256 KiB blocks): then a chunk not listed
- * costs no request at all, and a first backup asks nothing per chunk. A larger repository gets
- * a HEAD per chunk asked about (a nightly run asks only about its changed blocks).
+ * costs no request at all, and a first backup asks nothing per chunk however large the disk. A
+ * larger repository gets a HEAD per chunk asked about (a nightly run asks only about its changed
+ * blocks): a listing of millions of chunks would cost more requests and memory than it saves.
  */
 const INDEX_MAX_CHUNKS = 100_000;
 /** Index entries are the first 16 hex digits of a chunk id, as gc marks them (a collision only costs a request). */
@@ -507,7 +508,9 @@ export class S3Backend implements Backend {
       }
     }
     this.remember(key, etag ?? `"${hex}"`, buf);
-    if (key.startsWith('chunks/')) void this.index?.then((index) => index?.set(indexKey(key), buf.byteLength));
+    // What this run wrote is known too (a block repeated later in the run), up to a bound: past
+    // it, a repeat is sent again rather than the memory grown.
+    if (key.startsWith('chunks/')) void this.index?.then((index) => index && index.size < 2 * INDEX_MAX_CHUNKS && index.set(indexKey(key), buf.byteLength));
   }
 
   /** A spooled body is sent with a fresh stream per try (the SDK cannot replay a stream). */
