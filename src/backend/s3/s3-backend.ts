@@ -309,14 +309,19 @@ export class S3Backend implements Backend {
   }
 
   /**
-   * S3 cannot delete "only if older": the age is read (listedTime) and the DELETE follows within
+   * S3 cannot delete "only if older": the age is read (HEAD) and the DELETE follows within
    * GC_HEAD_TO_DELETE_MS, or the age is read again. A touch landing in between is lost to this
    * removal; the backup that made it finds that out in its recheck before it publishes
    * (recheckTouched) and fails instead of publishing a version that needs the chunk.
    */
   async removeIfOlder(key: string, cutoffMs: number): Promise<ConditionalRemoval> {
     for (;;) {
-      const found = await this.listedTime(key);
+      // A HEAD (the cheap request) gives whole seconds: enough unless the cutoff falls within
+      // that second, when a one-key listing tells the milliseconds.
+      const head = await this.head(key);
+      if (head === undefined) return 'missing';
+      let found: { lastModifiedMs: number; answeredAt: number } | undefined = { lastModifiedMs: head.lastModifiedMs + 999, answeredAt: head.answeredAt };
+      if (found.lastModifiedMs >= cutoffMs && head.lastModifiedMs < cutoffMs) found = await this.listedTime(key);
       if (found === undefined) return 'missing';
       if (found.lastModifiedMs >= cutoffMs) return 'young';
       if (Date.now() - found.answeredAt > GC_HEAD_TO_DELETE_MS) continue;
