@@ -5,7 +5,7 @@
  * alike (blockrep's own `requests` count is reported beside it as a cross-check). Also measures
  * the one question behind packing: how fast this RGW takes small objects against large ones.
  *
- *   node bench/s3-bench.mjs [--size 4G] [--out bench/results/s3]
+ *   npm run bench:s3   (node bench/s3-bench.mjs [--size 4G] [--out bench/results/s3])
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';

@@ -110,6 +110,45 @@ describe.skipIf(skipS3)('blockrep with an s3:// repository (BLOCKREP_SKIP_S3_TES
     expect(JSON.stringify(list.json).match(/\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}/g)?.length).toBeGreaterThanOrEqual(1);
   });
 
+  it('gc --grace 0 over and over beside a backup that needs the chunks of a killed run: never a version with a missing chunk', async () => {
+    const repo = `s3://${server.bucket}/gc-race`;
+    const first = await randomImage('race-first.raw', 12);
+    const killed = spawnCli(['backup', '--repo', repo, first, '--disk', 'race', '--bwlimit', '4M', '--json'], { env });
+    const deadline = Date.now() + 60_000;
+    while ((await chunkObjects('gc-race')) < 24 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    killed.child.kill('SIGKILL');
+    await killed.exit;
+    // Garbage now: chunks no version uses. The next backup meets them only after 64 MiB of new
+    // blocks, while gc runs again and again; its lock (the dead one taken over) does not protect
+    // what was written before it.
+    const image = join(dir, 'race.raw');
+    await writeFile(image, Buffer.concat([randomBytes(64 * 1024 * 1024), (await readFile(first)).subarray(0, 6 * 1024 * 1024)]));
+    const backup = spawnCli(['backup', '--repo', repo, image, '--disk', 'race', '--bwlimit', '6M', '--json'], { env });
+    let done = false;
+    void backup.exit.then(() => (done = true));
+    let removed = 0;
+    let gcs = 0;
+    while (!done) {
+      const gc = await runCli(['gc', '--repo', repo, '--grace', '0', '--json'], { env });
+      expect(gc.code, gc.stderr).toBe(0);
+      removed += gc.json.chunksRemoved;
+      gcs++;
+    }
+    const result = await backup.exit;
+    // Either published whole, or refused because a gc took a chunk it had touched.
+    expect([0, 4], result.stderr).toContain(result.code);
+    if (result.code !== 0) {
+      expect(result.json.code).toBe('CHUNK_MISSING');
+      expect((await runCli(['backup', '--repo', repo, image, '--disk', 'race'], { env })).code).toBe(0);
+    }
+    expect(gcs).toBeGreaterThan(1);
+    const verify = await runCli(['verify', '--repo', repo, '--json'], { env });
+    expect(verify.code, `${verify.stdout}${verify.stderr} (gc removed ${removed})`).toBe(0);
+    const out = join(dir, 'race-restored.raw');
+    expect((await runCli(['restore', '--repo', repo, '--disk', 'race', '--to', out], { env })).code).toBe(0);
+    expect((await readFile(out)).equals(await readFile(image))).toBe(true);
+  });
+
   it('takes the endpoint from --s3-endpoint and from the job configuration', async () => {
     const image = await randomImage('job.raw', 1);
     const { AWS_ENDPOINT_URL: endpoint, ...withoutEndpoint } = env;
