@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -65,7 +65,10 @@ export async function startS3Server(): Promise<S3Server> {
       AWS_CONFIG_FILE: join(dir, 'no-aws-config'),
       AWS_SHARED_CREDENTIALS_FILE: join(dir, 'no-aws-credentials'),
     },
-    stop: () => run(STOP, { S3_ENV_FILE: envFile }).then(() => undefined),
+    stop: async () => {
+      await run(STOP, { S3_ENV_FILE: envFile });
+      await rm(dir, { recursive: true, force: true });
+    },
   };
   return server;
 }
