@@ -96,7 +96,7 @@ Exit codes:
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
        says which; run blockrep recover --qmp SOCKET [--qga SOCKET]
   11   access denied by the repository server: no token, an unknown token, or one without
-       the right for this disk or operation
-  12   the repository server cannot be reached or stays unavailable (after retries)
+       the right for this disk or operation; or by S3: no, wrong or expired credentials
+  12   the repository server or S3 endpoint cannot be reached or stays unavailable (after retries)
   13   blockrep run: some VMs were backed up and some failed (the report names each failure)
   130  interrupted by a signal (nothing half-done was published)`;
