@@ -596,7 +596,10 @@ export class S3Backend implements Backend {
         await this.remove(key).catch(() => undefined);
       }
     })();
-    this.conditionals.catch(() => undefined);
+    // A verdict is kept; a probe that failed on the way (the network) is tried again next time.
+    this.conditionals.catch((err: unknown) => {
+      if (!(err instanceof BlockrepError && err.code === 'UNSUPPORTED_STORAGE')) this.conditionals = undefined;
+    });
     return this.conditionals;
   }
 }
