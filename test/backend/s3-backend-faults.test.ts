@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { hostname } from 'node:os';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { DeleteObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Backend, type S3BackendOptions } from '../../src/backend/s3/s3-backend.js';
@@ -9,7 +11,6 @@ import { Repository } from '../../src/repository/repository.js';
 import { startFaultProxy, type FaultAction, type FaultProxy } from '../support/fault-proxy.js';
 import { patternBytes } from '../support/qemu-tools.js';
 import { skipS3, startS3Server, type S3Server } from '../support/s3-server.js';
-import { tempDir } from '../support/temp-dir.js';
 
 /**
  * What is particular to S3, against a real Ceph RGW: its answers (403, 404, 412, 503), faults
@@ -19,6 +20,7 @@ import { tempDir } from '../support/temp-dir.js';
  */
 let server: S3Server;
 let raw: S3Client;
+let cache: string;
 let seed = 1;
 const chunk = (bytes = 5000) => encodeChunk(patternBytes(bytes, seed++));
 const lockBody = (purpose: string): Buffer => Buffer.from(JSON.stringify({ pid: process.pid, host: hostname(), createdAt: new Date().toISOString(), purpose }));
@@ -53,13 +55,15 @@ const SLOW_DOWN = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</
 
 describe.skipIf(skipS3)('S3Backend against Ceph RGW: faults and S3 specifics (BLOCKREP_SKIP_S3_TESTS=1 skips)', () => {
   beforeAll(async () => {
-    process.env.BLOCKREP_CACHE_DIR = await tempDir('blockrep-s3-faults-');
+    cache = await mkdtemp(join(tmpdir(), 'blockrep-s3-faults-'));
+    process.env.BLOCKREP_CACHE_DIR = cache;
     server = await startS3Server();
     raw = new S3Client({ endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } });
   });
   afterAll(async () => {
     raw?.destroy();
     await server?.stop();
+    if (cache) await rm(cache, { recursive: true, force: true });
   });
 
   it('retries 503 SlowDown with backoff, and counts every attempt', async () => {

@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, spawnCli } from '../support/run-cli.js';
 import { skipS3, startS3Server, type S3Server } from '../support/s3-server.js';
-import { tempDir } from '../support/temp-dir.js';
 
 /**
  * The CLI with `--repo s3://BUCKET/PREFIX` against a real Ceph RGW, as a user runs it: the
@@ -36,7 +36,7 @@ async function chunkObjects(prefix: string): Promise<number> {
 
 describe.skipIf(skipS3)('blockrep with an s3:// repository (BLOCKREP_SKIP_S3_TESTS=1 skips)', () => {
   beforeAll(async () => {
-    dir = await tempDir('blockrep-s3-cli-');
+    dir = await mkdtemp(join(tmpdir(), 'blockrep-s3-cli-'));
     server = await startS3Server();
     env = { ...server.env, BLOCKREP_CACHE_DIR: join(dir, 'cache') };
     raw = new S3Client({ endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } });
@@ -44,6 +44,7 @@ describe.skipIf(skipS3)('blockrep with an s3:// repository (BLOCKREP_SKIP_S3_TES
   afterAll(async () => {
     raw?.destroy();
     await server?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   it('backs up, lists, verifies, restores, prunes and collects garbage; backup --json counts the requests', async () => {
