@@ -5,7 +5,8 @@ import tseslint from 'typescript-eslint';
 /**
  * Which folders of src/ each folder may import (docs/design/architecture.md). Imports run one
  * way: cli → jobs → app → libvirt → hypervisor | image | scan | manifest | repository → backend → shared.
- * Another folder is reached only through its index.ts (backend/http has its own, loaded lazily).
+ * Another folder is reached only through its index.ts (backend/http and backend/s3 have their own,
+ * loaded lazily).
  */
 const layers = {
   shared: [],

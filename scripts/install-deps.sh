@@ -3,7 +3,8 @@
 # Debian packages via apt-get (when a command is missing), the npm packages, and the tiny test
 # guest that the live-VM tests boot (built from Debian packages, cached in .cache/test-guest;
 # skipped with BLOCKREP_SKIP_QEMU_TESTS=1). The database servers of the hook tests are skipped
-# with BLOCKREP_SKIP_DB_TESTS=1.
+# with BLOCKREP_SKIP_DB_TESTS=1. The S3 tests' real server, a single-node Ceph RGW
+# (scripts/s3/start-rgw.sh), needs Ceph's packages (skipped with BLOCKREP_SKIP_S3_TESTS=1).
 # Usage: install-deps.sh [--test|--bench]   (--test: also what the test suite calls; --bench:
 # also what the benchmarks call). Works on a minimal Debian (debootstrap --variant=minbase) with
 # Node.js 20; scripts/check-fresh-machine.sh proves it.
@@ -44,6 +45,15 @@ if [ "${BLOCKREP_SKIP_QEMU_TESTS:-}" != 1 ]; then
   command -v virsh >/dev/null 2>&1 || need+=(libvirt-clients)
   { [ -x /usr/sbin/libvirtd ] && [ -x /usr/sbin/virtlogd ]; } || need+=(libvirt-daemon-system)
 fi
+if [ "${BLOCKREP_SKIP_S3_TESTS:-}" != 1 ]; then
+  # S3: one monitor, one in-memory OSD and radosgw on loopback; curl creates the test bucket.
+  command -v radosgw >/dev/null 2>&1 || need+=(radosgw)
+  command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
+  command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
+  { command -v ceph && command -v radosgw-admin; } >/dev/null 2>&1 || need+=(ceph-common)
+  command -v monmaptool >/dev/null 2>&1 || need+=(ceph-base)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+fi
 if [ "${BLOCKREP_SKIP_DB_TESTS:-}" != 1 ]; then
   # The guest fsfreeze hooks' tests (test/hooks) start real MariaDB 10.11 and PostgreSQL 15
   # servers, as the Debian packages ship them.
@@ -59,6 +69,8 @@ fi
 if [ "$mode" = --bench ]; then
   command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
   command -v rsync >/dev/null 2>&1 || need+=(rsync)
+  # The peer of the S3 benchmark.
+  command -v restic >/dev/null 2>&1 || need+=(restic)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -115,5 +115,10 @@ export interface Backend {
    * left in the repository's folders, if last modified before `cutoffMs`.
    */
   removeStaleTemps?: ((cutoffMs: number) => Promise<TempSweep>) | undefined;
+  /**
+   * Optional: the requests made so far, by kind (PUT, GET, HEAD, LIST, COPY, DELETE), for
+   * storage that bills per request (S3); attempts that were retried count each.
+   */
+  requestCounts?: (() => Record<string, number>) | undefined;
   close(): Promise<void>;
 }

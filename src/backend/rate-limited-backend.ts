@@ -13,6 +13,7 @@ export class RateLimitedBackend implements Backend {
   readonly removeStaleTemps: Backend['removeStaleTemps'];
   readonly objectAgeMs: Backend['objectAgeMs'];
   readonly replaceIfMatch: Backend['replaceIfMatch'];
+  readonly requestCounts: Backend['requestCounts'];
 
   constructor(
     private readonly inner: Backend,
@@ -31,6 +32,7 @@ export class RateLimitedBackend implements Backend {
     this.removeStaleTemps = inner.removeStaleTemps?.bind(inner);
     this.objectAgeMs = inner.objectAgeMs?.bind(inner);
     this.replaceIfMatch = inner.replaceIfMatch?.bind(inner);
+    this.requestCounts = inner.requestCounts?.bind(inner);
     const sendPatch = inner.writeChunkPatch?.bind(inner);
     this.writeChunkPatch = sendPatch
       ? async (key, patch) => {

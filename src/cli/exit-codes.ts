@@ -72,6 +72,7 @@ const table = {
   EXISTS: EXIT_FAILURE,
   CHANGED: EXIT_FAILURE,
   IO: EXIT_FAILURE,
+  UNSUPPORTED_STORAGE: EXIT_FAILURE,
   METHOD_NOT_ALLOWED: EXIT_FAILURE,
   TOO_LARGE: EXIT_FAILURE,
   BAD_REQUEST: EXIT_FAILURE,
@@ -109,7 +110,7 @@ Exit codes:
   10   the VM needs recovery: it may be frozen or running on a blockrep overlay; the message
        says which; run blockrep recover --qmp SOCKET [--qga SOCKET] (or --domain NAME)
   11   access denied by the repository server: no token, an unknown token, or one without
-       the right for this disk or operation
-  12   the repository server cannot be reached or stays unavailable (after retries)
+       the right for this disk or operation; or by S3: no, wrong or expired credentials
+  12   the repository server or S3 endpoint cannot be reached or stays unavailable (after retries)
   13   blockrep run: some VMs were backed up and some failed (the report names each failure)
   130  interrupted by a signal (nothing half-done was published)`;

@@ -8,13 +8,15 @@ export interface RepositoryCliOptions {
   tokenFile?: string;
   cacert?: string;
   bwlimit?: string;
+  s3Endpoint?: string;
 }
 
-export function addRepositoryOptions(cmd: Command, repoHelp = 'repository: a directory, or http(s)://HOST:PORT of a blockrep serve'): Command {
+export function addRepositoryOptions(cmd: Command, repoHelp = 'repository: a directory, http(s)://HOST:PORT of a blockrep serve, or s3://BUCKET[/PREFIX]'): Command {
   return cmd
     .requiredOption('--repo <repo>', repoHelp)
     .option('--token-file <file>', 'http(s) repository: file holding the access token (default: $BLOCKREP_TOKEN)')
     .option('--cacert <file>', 'https repository: CA certificate (PEM) to trust')
+    .option('--s3-endpoint <url>', 's3 repository: the S3 server, for a service other than AWS (default: $AWS_ENDPOINT_URL); credentials and region come from the AWS chain')
     .option('--bwlimit <rate>', 'limit the bytes sent to and read from the repository, per second (e.g. 20M)');
 }
 
@@ -28,6 +30,7 @@ export function repositoryOptionsFrom(opts: RepositoryCliOptions, extra: { creat
     ...extra,
     ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
     ...(opts.cacert !== undefined ? { cacert: opts.cacert } : {}),
+    ...(opts.s3Endpoint !== undefined ? { s3Endpoint: opts.s3Endpoint } : {}),
     ...(bwlimit !== undefined ? { bwlimit } : {}),
   };
 }

@@ -19,10 +19,12 @@ import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../r
 export type Quiesce = 'auto' | 'require' | 'off';
 
 export interface JobRepository {
-  /** A directory (absolute) or an http(s):// URL. */
+  /** A directory (absolute), an http(s):// URL, or s3://BUCKET[/PREFIX]. */
   location: string;
   tokenFile?: string;
   cacert?: string;
+  /** s3:// repositories: the endpoint of a non-AWS server. */
+  s3Endpoint?: string;
   /** Bytes per second for the whole run (one limit shared by every VM: they share the link). */
   bwlimit?: number;
 }
@@ -115,7 +117,9 @@ const MAX_ALIAS_COUNT = 100;
 /** What each key expects, for "expected …, got … — write e.g. …" messages. */
 const HINTS: Record<string, { expected: string; example: string }> = {
   repository: { expected: 'a mapping with url (and tokenFile for a server)', example: 'repository: {url: https://backup.example:8417, tokenFile: /etc/blockrep/token}' },
-  url: { expected: 'a repository directory or http(s):// URL', example: 'url: https://backup.example:8417' },
+  url: { expected: 'a repository directory, http(s):// URL or s3://BUCKET[/PREFIX]', example: 'url: https://backup.example:8417' },
+  s3: { expected: 'a mapping with the endpoint of an S3 server other than AWS', example: 's3: {endpoint: http://127.0.0.1:7480}' },
+  endpoint: { expected: 'the http(s):// URL of the S3 server', example: 'endpoint: https://s3.example.net' },
   tokenFile: { expected: 'the path of a file holding the access token', example: 'tokenFile: /etc/blockrep/token' },
   cacert: { expected: 'the path of a PEM CA certificate', example: 'cacert: /etc/blockrep/ca.pem' },
   defaults: { expected: 'a mapping of settings for every VM', example: 'defaults: {blockSize: 256K, bwlimit: 20M}' },
@@ -237,7 +241,12 @@ const vmSchema = z.strictObject({
 });
 
 const jobConfigSchema = z.strictObject({
-  repository: z.strictObject({ url: z.string().min(1), tokenFile: pathField.optional(), cacert: pathField.optional() }),
+  repository: z.strictObject({
+    url: z.string().min(1),
+    tokenFile: pathField.optional(),
+    cacert: pathField.optional(),
+    s3: z.strictObject({ endpoint: z.url({ protocol: /^https?$/ }) }).optional(),
+  }),
   defaults: z
     .strictObject({
       blockSize: blockSizeField.optional(),
@@ -259,7 +268,8 @@ function knownKeysAt(path: ConfigPath): string[] {
   const p = path.filter((s) => typeof s === 'string');
   const last = p[p.length - 1];
   if (p.length === 0) return Object.keys(jobConfigSchema.shape);
-  if (last === 'repository') return ['url', 'tokenFile', 'cacert'];
+  if (last === 'repository') return ['url', 'tokenFile', 'cacert', 's3'];
+  if (last === 's3') return ['endpoint'];
   if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'hooks', 'retention'];
   if (last === 'hooks') return ['beforeFreeze', 'afterThaw', 'timeout', 'onFailure'];
   if (last === 'retention') return ['keepLast', 'keepHourly', 'keepDaily', 'keepWeekly', 'keepMonthly', 'keepYearly'];
@@ -377,11 +387,16 @@ export async function loadJobConfig(file: string): Promise<JobConfig> {
 
 function normalise(raw: RawJobConfig, base: string, file: string, where: (path: ConfigPath) => string, problem: (path: ConfigPath, message: string) => void): JobConfig {
   const remote = /^https?:\/\//i.test(raw.repository.url);
-  if (!remote && /^[a-z][a-z0-9+.-]*:\/\//i.test(raw.repository.url)) {
-    problem(['repository', 'url'], `repository URLs are http:// or https://, not ${raw.repository.url.split('://')[0]}:// — write e.g. url: https://backup.example:8417 or a directory`);
+  const s3 = /^s3:\/\//i.test(raw.repository.url);
+  if (!remote && !s3 && /^[a-z][a-z0-9+.-]*:\/\//i.test(raw.repository.url)) {
+    problem(['repository', 'url'], `repository URLs are http://, https:// or s3://, not ${raw.repository.url.split('://')[0]}:// — write e.g. url: https://backup.example:8417, s3://bucket/prefix or a directory`);
+  }
+  if (raw.repository.s3 !== undefined && !s3) problem(['repository', 's3'], 's3 settings are for s3:// repositories only; remove them, or make url s3://BUCKET[/PREFIX]');
+  if (s3 && !/^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[A-Za-z0-9._/-]*)?$/.test(raw.repository.url)) {
+    problem(['repository', 'url'], `${raw.repository.url} is not s3://BUCKET[/PREFIX] (bucket: lower-case letters, digits, dots and hyphens)`);
   }
   if (!remote) {
-    if (raw.repository.tokenFile !== undefined) problem(['repository', 'tokenFile'], 'a token file is for http(s):// repositories only; remove it, or make url a server URL');
+    if (raw.repository.tokenFile !== undefined) problem(['repository', 'tokenFile'], `a token file is for http(s):// repositories only; remove it, or make url a server URL${s3 ? ' (s3:// takes its credentials from the AWS chain: AWS_ACCESS_KEY_ID…, AWS_PROFILE)' : ''}`);
     if (raw.repository.cacert !== undefined) problem(['repository', 'cacert'], 'a CA certificate is for https:// repositories only');
   } else if (raw.repository.cacert !== undefined && !/^https:/i.test(raw.repository.url)) {
     problem(['repository', 'cacert'], 'a CA certificate is for https:// repositories only; use an https:// url');
@@ -458,7 +473,8 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
     file,
     parallel: raw.parallel ?? DEFAULT_PARALLEL,
     repository: {
-      location: remote ? raw.repository.url : resolve(base, raw.repository.url),
+      location: remote || s3 ? raw.repository.url : resolve(base, raw.repository.url),
+      ...(raw.repository.s3 !== undefined ? { s3Endpoint: raw.repository.s3.endpoint } : {}),
       ...(raw.repository.tokenFile !== undefined ? { tokenFile: resolve(base, raw.repository.tokenFile) } : {}),
       ...(raw.repository.cacert !== undefined ? { cacert: resolve(base, raw.repository.cacert) } : {}),
       ...(defaults.bwlimit !== undefined ? { bwlimit: defaults.bwlimit } : {}),

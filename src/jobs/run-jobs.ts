@@ -78,6 +78,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
     create: !dryRun,
     ...(config.repository.tokenFile !== undefined ? { tokenFile: config.repository.tokenFile } : {}),
     ...(config.repository.cacert !== undefined ? { cacert: config.repository.cacert } : {}),
+    ...(config.repository.s3Endpoint !== undefined ? { s3Endpoint: config.repository.s3Endpoint } : {}),
     ...(config.repository.bwlimit !== undefined ? { bwlimit: config.repository.bwlimit } : {}),
   };
   try {
@@ -87,7 +88,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
     emit({ level: 'info', event: 'repository', message: `repository ${location} opened${dryRun ? ' (access accepted)' : ''}` });
   } catch (err) {
     const e = toBlockrepError(err);
-    if (dryRun && e.code === 'REPO_NOT_FOUND' && !/^https?:\/\//i.test(config.repository.location) && (await creatable(config.repository.location))) {
+    if (dryRun && e.code === 'REPO_NOT_FOUND' && !/^(https?|s3):\/\//i.test(config.repository.location) && (await creatable(config.repository.location))) {
       repository.note = 'no repository there yet: the first run creates it';
       emit({ level: 'info', event: 'repository', message: `repository ${location}: ${repository.note}` });
     } else {

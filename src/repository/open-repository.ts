@@ -12,6 +12,8 @@ export interface OpenRepositoryOptions {
   cacert?: string;
   /** Bytes per second sent to and read from the repository (`--bwlimit`), local or remote. */
   bwlimit?: number;
+  /** For s3:// repositories: the endpoint of a non-AWS server (else AWS_ENDPOINT_URL(_S3), else AWS). */
+  s3Endpoint?: string;
 }
 
 function limited(backend: Backend, bwlimit: number | undefined): Backend {
@@ -19,10 +21,27 @@ function limited(backend: Backend, bwlimit: number | undefined): Backend {
   return bwlimit === undefined ? backend : new RateLimitedBackend(backend, new RateLimiter(bwlimit), new RateLimiter(bwlimit));
 }
 
-/** REPO is a directory (the embedded default) or an http(s):// URL of a `blockrep serve`. */
+/** REPO is a directory (the embedded default), an http(s):// URL of a `blockrep serve`, or s3://BUCKET[/PREFIX]. */
 export async function openRepository(location: string, options: OpenRepositoryOptions = {}): Promise<Repository> {
   // An empty path would resolve to the working directory and make a repository there.
   if (location.trim() === '') throw new BlockrepError('USAGE', '--repo needs a repository: a directory or an http(s):// URL, not an empty string');
+  if (options.s3Endpoint !== undefined && !/^s3:\/\//i.test(location)) throw new BlockrepError('USAGE', '--s3-endpoint applies to s3:// repositories only');
+  if (/^s3:\/\//i.test(location)) {
+    if (options.tokenFile !== undefined || options.cacert !== undefined) {
+      throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories; an s3:// repository takes its credentials from the AWS chain (AWS_ACCESS_KEY_ID…, AWS_PROFILE)');
+    }
+    // Loaded only for object storage: the AWS SDK costs every other run start-up time.
+    const { S3Backend, parseS3Location } = await import('../backend/s3/index.js');
+    const where = parseS3Location(location);
+    const endpoint = s3EndpointFrom(options.s3Endpoint);
+    const backend = new S3Backend({ ...where, endpoint });
+    try {
+      return await Repository.open(limited(backend, options.bwlimit), { create: options.create ?? false });
+    } catch (err) {
+      await backend.close().catch(() => undefined);
+      throw err;
+    }
+  }
   if (/^https?:\/\//i.test(location)) {
     // Loaded only for a server: undici and the HTTP client cost every local run ~0.2 s of start-up.
     const [{ HttpBackend }, { loadAccessToken, readCaFile }] = await Promise.all([
@@ -41,10 +60,27 @@ export async function openRepository(location: string, options: OpenRepositoryOp
     }
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {
-    throw new BlockrepError('USAGE', `repository URLs are http:// or https://, not ${location.split('://')[0]}://`);
+    throw new BlockrepError('USAGE', `repository URLs are http://, https:// or s3://, not ${location.split('://')[0]}://`);
   }
   if (options.tokenFile !== undefined || options.cacert !== undefined) {
     throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories only');
   }
   return Repository.open(limited(new LocalBackend(resolve(location)), options.bwlimit), options.create ? { create: true } : {});
+}
+
+/** `--s3-endpoint`, else the AWS SDK's own variables; checked here so a typo is a usage error. */
+function s3EndpointFrom(option: string | undefined): string | undefined {
+  const [value, from] = option !== undefined ? [option, '--s3-endpoint'] : process.env.AWS_ENDPOINT_URL_S3 ? [process.env.AWS_ENDPOINT_URL_S3, 'AWS_ENDPOINT_URL_S3'] : [process.env.AWS_ENDPOINT_URL, 'AWS_ENDPOINT_URL'];
+  if (value === undefined || value === '') return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new BlockrepError('USAGE', `${from} ${value} is not a URL: write e.g. http://127.0.0.1:7480 or https://s3.example.net`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new BlockrepError('USAGE', `${from} must be an http:// or https:// URL, not ${value}`);
+  if (url.pathname !== '/' || url.search !== '' || url.username !== '' || url.password !== '') {
+    throw new BlockrepError('USAGE', `${from} is the server's address only (scheme, host, port): the bucket and prefix go in --repo s3://BUCKET/PREFIX`);
+  }
+  return url.origin;
 }

@@ -288,6 +288,11 @@ export class Repository {
     return out;
   }
 
+  /** Requests made so far by kind, for storage that bills per request (S3); undefined elsewhere. */
+  requestCounts(): Record<string, number> | undefined {
+    return this.backend.requestCounts?.();
+  }
+
   async lockDisk(diskId: string, purpose: string): Promise<DiskLock> {
     return DiskLock.acquire(this.backend, diskId, purpose, { clock: this.clock });
   }

@@ -36,6 +36,7 @@ export const errorCodes = [
   'CHANGED', // a conditional replacement (If-Match) found the object changed or gone
   'NO_SPACE',
   'IO',
+  'UNSUPPORTED_STORAGE', // the storage lacks a feature blockrep needs (an S3 server without conditional writes)
   // repository server (HTTP); src/server/http-status.ts maps every code to its HTTP status
   'UNAUTHORIZED', // no access token, or one the server does not know
   'FORBIDDEN', // the token lacks the right for this disk or operation

@@ -5,7 +5,7 @@ import type { AddressInfo, Socket } from 'node:net';
  * A loopback HTTP proxy in front of a real server that misbehaves on cue, to test the client's
  * retries against the failures a network produces. For each request, `plan` picks:
  * - 'pass': forward it and its answer
- * - { status }: answer that status itself (as a proxy or overloaded server would), no body
+ * - { status }: answer that status itself (as a proxy or overloaded server would), with `body` or none
  * - 'reset': drop the connection before reading the request
  * - 'lose-answer': forward it (the server carries it out), then drop the connection
  * - 'hang': never answer
@@ -14,7 +14,7 @@ import type { AddressInfo, Socket } from 'node:net';
  * - 'hold-body': forward all of it but its last byte and hold it there (the server waits
  *   mid-request) until the test releases or cuts it (FaultProxy.nextHold)
  */
-export type FaultAction = 'pass' | 'reset' | 'lose-answer' | 'hang' | 'cut-body' | 'hold-body' | { status: number; retryAfter?: string };
+export type FaultAction = 'pass' | 'reset' | 'lose-answer' | 'hang' | 'cut-body' | 'hold-body' | { status: number; retryAfter?: string; body?: string };
 
 /** A request held by 'hold-body'. */
 export interface HeldRequest {
@@ -57,8 +57,9 @@ export async function startFaultProxy(target: string, plan: (req: IncomingMessag
     if (typeof action === 'object') {
       req.resume();
       req.on('end', () => {
-        res.writeHead(action.status, { 'content-length': 0, ...(action.retryAfter ? { 'retry-after': action.retryAfter } : {}) });
-        res.end();
+        const body = Buffer.from(action.body ?? '');
+        res.writeHead(action.status, { 'content-length': body.length, ...(action.body ? { 'content-type': 'application/xml' } : {}), ...(action.retryAfter ? { 'retry-after': action.retryAfter } : {}) });
+        res.end(body);
       });
       return;
     }

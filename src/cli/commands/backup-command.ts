@@ -101,6 +101,7 @@ export function registerBackup(program: Command): void {
         const first = failures[0];
         // One image, one failure: report it as the command's error.
         if (errors[0] && jobs.length === 1) throw errors[0];
+        const requests = repo.requestCounts();
         return {
           exitCode: firstExit,
           json: {
@@ -109,8 +110,9 @@ export function registerBackup(program: Command): void {
             ...(first ? { code: first.code, message: first.message, failures } : {}),
             disks,
             ...(warnings.length > 0 ? { warnings } : {}),
+            ...(requests ? { requests } : {}),
           },
-          text: backupText(disks, failures, durationMs),
+          text: backupText(disks, failures, durationMs) + requestsText(requests),
         };
       });
     });
@@ -161,6 +163,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
     },
   );
   const first = report.failures[0];
+  const requests = repo.requestCounts();
   return {
     exitCode: first ? exitCodeFor(first.code) : EXIT_OK,
     json: {
@@ -175,8 +178,9 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
       ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
       ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
       disks: report.disks,
+      ...(requests ? { requests } : {}),
     },
-    text: liveBackupText(report),
+    text: liveBackupText(report) + requestsText(requests),
   };
 }
 
@@ -270,4 +274,11 @@ function liveBackupText(r: VmBackupReport): string {
   );
   for (const d of r.disks) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
   return lines.join('\n');
+}
+
+/** Storage that bills per request (S3): what this run cost, by kind. */
+function requestsText(requests: Record<string, number> | undefined): string {
+  if (!requests) return '';
+  const total = Object.values(requests).reduce((a, b) => a + b, 0);
+  return `\nrequests: ${total} (${Object.entries(requests).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ')})`;
 }
