@@ -14,8 +14,9 @@ import {
 } from '../libvirt/index.js';
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
-import { backupImage, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
-import type { LiveDiskReport, VmBackupFailure } from './backup-vm.js';
+import type { BackupImageOptions, DiskBackupReport } from './backup-image.js';
+import type { LiveDiskReport } from './backup-vm.js';
+import { backupFrozenBase, type VmBackupFailure } from './backup-frozen-base.js';
 
 /**
  * Live backup of a libvirt domain. Method `snapshot`: one atomic, disk-only external snapshot
@@ -209,26 +210,9 @@ async function sendAndCommit(
     await options.onPhase?.('snapshot-taken');
     for (const t of snapshot.targets) {
       if (options.signal?.aborted) break;
-      const diskId = `${vm}/${t.target}`;
-      try {
-        done.set(
-          t,
-          await backupImage(
-            repo,
-            { path: t.baseFile, format: t.baseFormat, diskId, ...(request.blockSize !== undefined ? { blockSize: request.blockSize } : {}), source: { kind: 'live', vm } },
-            {
-              ...(options.workers !== undefined ? { workers: options.workers } : {}),
-              ...(options.compress !== undefined ? { compress: options.compress } : {}),
-              ...(options.writeConcurrency !== undefined ? { writeConcurrency: options.writeConcurrency } : {}),
-              ...(options.signal ? { signal: options.signal } : {}),
-              ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-            },
-          ),
-        );
-      } catch (err) {
-        const e = isBlockrepError(err) ? err : new BlockrepError('INTERNAL', `internal error: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-        if (e.code !== 'INTERRUPTED' || !options.signal?.aborted) failures.push({ disk: diskId, path: t.baseFile, code: e.code, message: e.message });
-      }
+      const r = await backupFrozenBase(repo, { path: t.baseFile, format: t.baseFormat, diskId: `${vm}/${t.target}`, vm, blockSize: request.blockSize }, options);
+      if (r && 'report' in r) done.set(t, r.report);
+      else if (r) failures.push(r.failure);
       startCommit(t);
       await options.onPhase?.('disk-scanned', t.target);
     }

@@ -2,7 +2,10 @@ import { z } from 'zod';
 import { commitOverlay, queryJobs, type CommitResult, openGuestAgent, type GuestAgentClient, planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget, isCommitJob, isOverlayFile, isOverlayNode, QmpClient, listVmDisks, type VmDisk, VmLock } from '../hypervisor/index.js';
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, type ErrorCode, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
-import { backupImage, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+import { type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+import { backupFrozenBase, type VmBackupFailure } from './backup-frozen-base.js';
+
+export type { VmBackupFailure } from './backup-frozen-base.js';
 import { runHostHook, type HostHookPhase, type HostHookResult, type HostHooks } from './host-hook.js';
 
 /**
@@ -47,13 +50,6 @@ export interface BackupVmOptions extends Omit<BackupImageOptions, 'signal'> {
 export interface LiveDiskReport extends DiskBackupReport {
   /** Time the disk ran on its overlay: snapshot → the VM back on its base. */
   overlayMs: number;
-}
-
-export interface VmBackupFailure {
-  disk: string;
-  path: string;
-  code: ErrorCode;
-  message: string;
 }
 
 export interface VmBackupReport {
@@ -243,26 +239,9 @@ async function sendAndCommit(
     await options.onPhase?.('snapshot-taken');
     for (const t of snapshot.targets) {
       if (options.signal?.aborted || snapshot.thawError) break;
-      const diskId = `${vm}/${t.disk.id}`;
-      try {
-        done.set(
-          t,
-          await backupImage(
-            repo,
-            { path: t.baseFile, format: t.baseFormat, diskId, ...(request.blockSize !== undefined ? { blockSize: request.blockSize } : {}), source: { kind: 'live', vm } },
-            {
-              ...(options.workers !== undefined ? { workers: options.workers } : {}),
-              ...(options.compress !== undefined ? { compress: options.compress } : {}),
-              ...(options.writeConcurrency !== undefined ? { writeConcurrency: options.writeConcurrency } : {}),
-              ...(options.signal ? { signal: options.signal } : {}),
-              ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-            },
-          ),
-        );
-      } catch (err) {
-        const e = isBlockrepError(err) ? err : new BlockrepError('INTERNAL', `internal error: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-        if (e.code !== 'INTERRUPTED' || !options.signal?.aborted) failures.push({ disk: diskId, path: t.baseFile, code: e.code, message: e.message });
-      }
+      const r = await backupFrozenBase(repo, { path: t.baseFile, format: t.baseFormat, diskId: `${vm}/${t.disk.id}`, vm, blockSize: request.blockSize }, options);
+      if (r && 'report' in r) done.set(t, r.report);
+      else if (r) failures.push(r.failure);
       startCommit(t);
       await options.onPhase?.('disk-scanned', t.label);
     }
