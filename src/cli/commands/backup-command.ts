@@ -150,16 +150,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
       compress: opts.compress,
       ...(workers !== undefined ? { workers } : {}),
       onWarning: warn,
-      ...(hold !== undefined
-        ? {
-            onPhase: async (phase: LivePhase, disk?: string) => {
-              if (phase !== hold) return;
-              process.stderr.write(`blockrep: test hold at ${phase}${disk ? ` (${disk})` : ''}\n`);
-              if (ctx.signal.aborted) return;
-              await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }));
-            },
-          }
-        : {}),
+      ...(hold !== undefined ? { onPhase: holdAt<LivePhase>(hold, ctx.signal) } : {}),
     },
   );
   const first = report.failures[0];
@@ -219,19 +210,7 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
       onWarning: (m) => {
         process.stderr.write(`blockrep: warning: ${m}\n`);
       },
-      ...(hold !== undefined
-        ? {
-            onPhase: async (phase: DomainPhase, disk?: string) => {
-              if (phase !== hold) return;
-              process.stderr.write(`blockrep: test hold at ${phase}${disk ? ` (${disk})` : ''}\n`);
-              if (ctx.signal.aborted) return;
-              // Nothing else is open while held (virsh has exited): a timer keeps Node from exiting.
-              const alive = setInterval(() => undefined, 60_000);
-              await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }));
-              clearInterval(alive);
-            },
-          }
-        : {}),
+      ...(hold !== undefined ? { onPhase: holdAt<DomainPhase>(hold, ctx.signal) } : {}),
     },
   );
   const first = report.failures[0];
@@ -281,4 +260,19 @@ function requestsText(requests: Record<string, number> | undefined): string {
   if (!requests) return '';
   const total = Object.values(requests).reduce((a, b) => a + b, 0);
   return `\nrequests: ${total} (${Object.entries(requests).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ')})`;
+}
+
+/**
+ * BLOCKREP_TEST_HOLD: the fault tests stop a backup at one phase (and kill it there). Waits
+ * until the run is interrupted; a timer keeps Node alive while nothing else is open.
+ */
+function holdAt<P extends string>(hold: P, signal: AbortSignal): (phase: P, disk?: string) => Promise<void> {
+  return async (phase, disk) => {
+    if (phase !== hold) return;
+    process.stderr.write(`blockrep: test hold at ${phase}${disk ? ` (${disk})` : ''}\n`);
+    if (signal.aborted) return;
+    const alive = setInterval(() => undefined, 60_000);
+    await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+    clearInterval(alive);
+  };
 }
