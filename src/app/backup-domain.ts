@@ -15,8 +15,7 @@ import {
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
 import type { BackupImageOptions, DiskBackupReport } from './backup-image.js';
-import type { LiveDiskReport } from './backup-vm.js';
-import { backupFrozenBase, type VmBackupFailure } from './backup-frozen-base.js';
+import { backupFrozenBase, collectCommits, type LiveDiskReport, type VmBackupFailure } from './backup-frozen-base.js';
 
 /**
  * Live backup of a libvirt domain. Method `snapshot`: one atomic, disk-only external snapshot
@@ -220,23 +219,7 @@ async function sendAndCommit(
     for (const t of snapshot.targets) startCommit(t);
   }
 
-  const reports: LiveDiskReport[] = [];
-  const commitErrors: BlockrepError[] = [];
-  for (const t of snapshot.targets) {
-    try {
-      const result = await commits.get(t)!;
-      const r = done.get(t);
-      if (r) reports.push({ ...r, overlayMs: result.pivotedAt - snapshot.snapshotAt });
-    } catch (err) {
-      commitErrors.push(isBlockrepError(err) ? err : new BlockrepError('COMMIT_FAILED', String(err), { cause: err }));
-    }
-  }
-  if (commitErrors.length > 0) {
-    throw new BlockrepError('COMMIT_FAILED', commitErrors.map((e) => e.message).join('\n'), {
-      cause: commitErrors[0],
-      details: { recovery: recoveryStep, disks: reports.map((r) => r.disk), failed: commitErrors.map((e) => e.details ?? {}) },
-    });
-  }
+  const reports = await collectCommits(snapshot.targets, commits, done, snapshot.snapshotAt, recoveryStep);
   return { reports, failures };
 }
 

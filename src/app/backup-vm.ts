@@ -3,9 +3,9 @@ import { commitOverlay, queryJobs, type CommitResult, openGuestAgent, type Guest
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, type ErrorCode, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
 import { type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
-import { backupFrozenBase, type VmBackupFailure } from './backup-frozen-base.js';
+import { backupFrozenBase, collectCommits, type LiveDiskReport, type VmBackupFailure } from './backup-frozen-base.js';
 
-export type { VmBackupFailure } from './backup-frozen-base.js';
+export type { LiveDiskReport, VmBackupFailure } from './backup-frozen-base.js';
 import { runHostHook, type HostHookPhase, type HostHookResult, type HostHooks } from './host-hook.js';
 
 /**
@@ -45,11 +45,6 @@ export interface BackupVmOptions extends Omit<BackupImageOptions, 'signal'> {
   onHook?: (result: HostHookResult) => void;
   /** For tests: shorter waits. */
   timeouts?: { qmpGreetingMs?: number; agentSyncMs?: number; freezeMs?: number; thawMs?: number };
-}
-
-export interface LiveDiskReport extends DiskBackupReport {
-  /** Time the disk ran on its overlay: snapshot → the VM back on its base. */
-  overlayMs: number;
 }
 
 export interface VmBackupReport {
@@ -249,25 +244,7 @@ async function sendAndCommit(
     for (const t of snapshot.targets) startCommit(t);
   }
 
-  const reports: LiveDiskReport[] = [];
-  const commitErrors: BlockrepError[] = [];
-  for (const t of snapshot.targets) {
-    try {
-      const result = await commits.get(t)!;
-      if (result.warning) options.onWarning?.(result.warning);
-      const r = done.get(t);
-      if (r) reports.push({ ...r, overlayMs: result.pivotedAt - snapshot.snapshotAt });
-    } catch (err) {
-      commitErrors.push(isBlockrepError(err) ? err : new BlockrepError('COMMIT_FAILED', String(err), { cause: err }));
-    }
-  }
-  if (commitErrors.length > 0) {
-    const first = commitErrors[0]!;
-    throw new BlockrepError('COMMIT_FAILED', commitErrors.map((e) => e.message).join('\n'), {
-      cause: first,
-      details: { recovery: recoveryStep, disks: reports.map((r) => r.disk), failed: commitErrors.map((e) => e.details ?? {}) },
-    });
-  }
+  const reports = await collectCommits(snapshot.targets, commits, done, snapshot.snapshotAt, recoveryStep, options.onWarning);
   return { reports, failures };
 }
 
