@@ -1,10 +1,11 @@
-import { openImage, type ImageFormat } from '../image/index.js';
-import { ManifestWriter, idHex, isZeroId, ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader } from '../manifest/index.js';
+import { openImage, type ImageFormat, type ImageSpec } from '../image/index.js';
+import { ManifestWriter, blockCountFor, idHex, isZeroId, ZERO_CHUNK_ID, type ManifestEntries, type ManifestReader, type TrackingFacts } from '../manifest/index.js';
 import type { Repository } from '../repository/index.js';
-import { scanImage } from '../scan/index.js';
+import { scanImage, type BlockRange } from '../scan/index.js';
 import { BlockrepError, checkBlockSize, assertDiskId, TaskPool, newVersionId } from '../shared/index.js';
 import { ChunkUploader, type UploadTotals } from './chunk-uploader.js';
 import type { ProgressListener } from './progress.js';
+import { dirtyBlockRanges, mergeRanges, sampleCleanBlocks, sampleSize, type DirtyExtent, type ScanDecision, type ScanReason } from './scan-plan.js';
 
 export interface BackupImageRequest {
   path: string;
@@ -13,6 +14,23 @@ export interface BackupImageRequest {
   /** Omitted: the block size of the disk's latest version, or DEFAULT_BLOCK_SIZE for a new disk. */
   blockSize?: number;
   source?: { kind: 'image' | 'live'; vm?: string };
+  /** Read the disk from this NBD export (a live disk's point-in-time view); `path` and `format` are then recorded only. */
+  nbd?: ImageSpec['nbd'];
+  /** Changed-block tracking of a live disk; omitted: every block is read. */
+  tracked?: TrackedRead;
+}
+
+/** What a tracker lets this run skip, decided (decideScan) before the VM was touched. */
+export interface TrackedRead {
+  /** The latest version the decision was made against; undefined: there was none. */
+  basedOn: string | undefined;
+  decision: ScanDecision;
+  /** For a 'bitmap' decision: the byte ranges the tracker calls dirty, ascending. */
+  dirty?: Iterable<DirtyExtent>;
+  /** What the new version records for the next run; undefined: not tracked (the next run reads everything). */
+  record: Omit<TrackingFacts, 'fullScanMs'> | undefined;
+  /** Clean blocks to re-read and compare with the latest version; default sampleSize(). */
+  sampleBlocks?: number;
 }
 
 export interface DiskBackupReport {
@@ -34,6 +52,12 @@ export interface DiskBackupReport {
   /** New chunks that travelled as patches against the block's previous chunk (remote only). */
   patchedChunks: number;
   durationMs: number;
+  /** full: every block was read; bitmap: only those a tracker called dirty, and a sample of the others. */
+  scan: 'full' | 'bitmap';
+  /** Why a tracked (live) disk was read in full. */
+  scanReason?: ScanReason;
+  /** Bitmap scans: clean blocks re-read to check the tracker (all matched, or the run failed). */
+  sampledBlocks?: number;
 }
 
 export interface BackupImageOptions {
@@ -58,13 +82,14 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
   const diskId = assertDiskId(req.diskId);
   if (req.blockSize !== undefined) checkBlockSize(req.blockSize);
 
-  const probe = await openImage({ path: req.path, ...(req.format ? { format: req.format } : {}) });
+  const spec: ImageSpec = { path: req.path, ...(req.format ? { format: req.format } : {}), ...(req.nbd ? { nbd: req.nbd } : {}) };
+  const probe = await openImage(spec);
   const imageBytes = probe.virtualSize;
-  const format = probe.format;
+  const format = req.nbd && req.format ? req.format : probe.format;
   await probe.close();
   // A name that says qcow2 over content that is not: a damaged header, or a misnamed raw image.
   // Backed up as what it is (raw), but said, so that nobody restores a surprise.
-  if (req.format === undefined && format === 'raw' && /\.qcow2$/i.test(req.path)) {
+  if (req.format === undefined && req.nbd === undefined && format === 'raw' && /\.qcow2$/i.test(req.path)) {
     options.onWarning?.(`${req.path} is named .qcow2 but has no qcow2 header: backed up as a raw image (give --format raw, or format: raw in a job, if that is what it is)`);
   }
 
@@ -86,6 +111,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       if (candidate.header.blockSize === blockSize && candidate.header.imageBytes === imageBytes) parent = candidate;
     }
     const versionId = newVersionId(Date.now(), parentVersion);
+    const plan = planTrackedRead(req.tracked, parentVersion, parent, blockCountFor(imageBytes, blockSize), blockSize);
     writer = await ManifestWriter.create({
       blockSize: blockSize,
       imageBytes,
@@ -95,6 +121,8 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
         versionId,
         parentVersionId: parentVersion ?? null,
         source: { kind: req.source?.kind ?? 'image', path: req.path, format, ...(req.source?.vm ? { vm: req.source.vm } : {}) },
+        ...(req.tracked ? { scan: plan.scan } : {}),
+        ...(req.tracked?.record ? { tracking: { ...req.tracked.record, fullScanMs: plan.scan === 'full' ? started : parent!.header.meta.tracking!.fullScanMs } } : {}),
       },
     });
 
@@ -105,16 +133,34 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
     const blocks = writer.blockCount;
 
     const scan = scanImage({
-      image: { path: req.path, format },
+      image: req.nbd ? spec : { path: req.path, format },
       blockSize,
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.compress !== undefined ? { compress: options.compress } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
       ...(parent ? { parentHashes: (start: number, count: number) => parentEntries.hashes(start, count) } : {}),
+      ...(plan.scan === 'bitmap' ? { blocks: plan.read } : {}),
     });
+
+    // A bitmap scan reads only some blocks: the others keep the latest version's entries.
+    let nextBlock = 0;
+    const copyClean = async (until: number): Promise<void> => {
+      for (; nextBlock < until; ) {
+        const n = Math.min(CLEAN_COPY_BLOCKS, until - nextBlock);
+        const e = await parent!.entries(nextBlock, n);
+        for (let i = 0; i < n; i++) if (isZeroId(e.ids, i)) totals.zeroBlocks++;
+        await writer!.append(e.hashes, e.ids);
+        nextBlock += n;
+        totals.blocksDone += n;
+      }
+    };
 
     for await (const batch of scan) {
       lock.throwIfLost(); // taken over: nothing more to send
+      if (plan.scan === 'bitmap') {
+        await copyClean(batch.startBlock);
+        plan.checkSample(batch);
+      }
       const ids = Buffer.alloc(batch.count * 32);
       const prev = parent ? await parentEntries.take(batch.startBlock, batch.count) : undefined;
       for (let i = 0; i < batch.count; i++) {
@@ -130,10 +176,12 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
         await uploader.add(chunk, baseId);
       }
       await writer.append(batch.hashes, ids, batch.changed);
+      nextBlock = batch.startBlock + batch.count;
       totals.bytesRead += batch.bytesRead;
       totals.blocksDone += batch.count;
       options.onProgress?.({ kind: 'scan', disk: diskId, blocksDone: totals.blocksDone, blocks, blockSize, changedBlocks: totals.changedBlocks, bytesRead: totals.bytesRead, bytesSent: uploads.bytesSent });
     }
+    if (plan.scan === 'bitmap') await copyClean(blocks);
     const finishing = uploader.finish();
     finishing.catch(() => undefined); // raced: its failure is reported below, or superseded
     await Promise.race([finishing, lock.whenLost()]);
@@ -159,6 +207,9 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       reusedChunks: uploads.reusedChunks,
       patchedChunks: uploads.patchedChunks,
       durationMs: Date.now() - started,
+      scan: plan.scan,
+      ...(plan.scan === 'full' && plan.reason !== undefined ? { scanReason: plan.reason } : {}),
+      ...(plan.scan === 'bitmap' ? { sampledBlocks: plan.sampled } : {}),
     };
   } finally {
     await uploader?.settle(); // its questions may still be out when the scan failed
@@ -180,6 +231,61 @@ export const DEFAULT_BLOCK_SIZE = 256 * 1024;
 /** Chunk writes in flight: into a folder (the disk's queue) and to a server (round trips to cover). */
 const LOCAL_WRITE_CONCURRENCY = 8;
 export const REMOTE_WRITE_CONCURRENCY = 16;
+
+/** Clean blocks copied from the latest version per append: 40 bytes each. */
+const CLEAN_COPY_BLOCKS = 16384;
+
+type ReadPlan =
+  | { scan: 'full'; reason: ScanReason | undefined }
+  | { scan: 'bitmap'; read: BlockRange[]; sampled: number; checkSample: (batch: { startBlock: number; count: number; changed: Uint8Array }) => void };
+
+/**
+ * Turns a tracker's decision into the blocks to read, once the disk's lock is held and its
+ * latest version known: a bitmap read needs that version to be the one the decision was made
+ * against, and comparable block by block; else the run reads everything, and says why.
+ */
+function planTrackedRead(tracked: TrackedRead | undefined, latest: string | undefined, parent: ManifestReader | undefined, blockCount: number, blockSize: number): ReadPlan {
+  if (tracked === undefined) return { scan: 'full', reason: undefined };
+  const d = tracked.decision;
+  if (d.scan === 'full') return { scan: 'full', reason: d.reason };
+  if (latest !== tracked.basedOn) return { scan: 'full', reason: 'latest-changed' };
+  if (parent === undefined || parent.header.meta.versionId !== latest || parent.header.meta.tracking === undefined) return { scan: 'full', reason: 'disk-resized' };
+  if (tracked.dirty === undefined) throw new BlockrepError('INTERNAL', 'a bitmap scan without dirty extents');
+  const dirty = dirtyBlockRanges(tracked.dirty, blockSize, blockCount);
+  const dirtyCount = dirty.reduce((n, r) => n + r.count, 0);
+  const sample = sampleCleanBlocks(dirty, blockCount, tracked.sampleBlocks ?? sampleSize(blockCount - dirtyCount));
+  const isSample = new Set(sample.map((r) => r.start));
+  return {
+    scan: 'bitmap',
+    read: mergeRanges(dirty, sample),
+    sampled: sample.length,
+    checkSample: (batch) => {
+      for (let i = 0; i < batch.count; i++) {
+        const block = batch.startBlock + i;
+        if (batch.changed[i] && isSample.has(block) && !inRanges(dirty, block)) {
+          throw new BlockrepError(
+            'TRACKING_MISMATCH',
+            `block ${block} (bytes ${block * blockSize}+${blockSize}) changed since version ${latest}, but the changed-block tracker called it clean: nothing was published; the tracking chain is dropped and the next run reads the whole disk`,
+            { details: { block, version: latest } },
+          );
+        }
+      }
+    },
+  };
+}
+
+function inRanges(ranges: readonly BlockRange[], block: number): boolean {
+  let lo = 0;
+  let hi = ranges.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const r = ranges[mid]!;
+    if (block < r.start) hi = mid - 1;
+    else if (block >= r.start + r.count) lo = mid + 1;
+    else return true;
+  }
+  return false;
+}
 
 /**
  * The parent manifest's entries, read once per range: the scan asks for the hashes of a

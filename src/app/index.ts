@@ -4,7 +4,8 @@
  * Invariants: a version is published last and whole; a live VM is thawed and back on its own
  * images on every path.
  */
-export { backupImage, type DiskBackupReport } from './backup-image.js';
+export { backupImage, type DiskBackupReport, type TrackedRead } from './backup-image.js';
+export { DEFAULT_FULL_SCAN_EVERY_MS, scanReasons, type ScanReason } from './scan-plan.js';
 export { DOMAIN_BACKUP_METHODS, backupDomain, resolveDomainMethod, type DomainBackupMethod, type DomainBackupReport, type DomainPhase } from './backup-domain.js';
 export { backupVm, selectDisks, type LivePhase, type VmBackupReport } from './backup-vm.js';
 export { describeHookCommand, runHostHook, HOOK_OUTPUT_BYTES, type HostHookCommand, type HostHookPhase, type HostHookResult, type HostHooks } from './host-hook.js';

@@ -8,9 +8,12 @@ export type ImageFormat = 'raw' | 'qcow2';
 
 /** Where an image is and how to interpret it; plain data so it can cross to a worker thread. */
 export interface ImageSpec {
+  /** The file; for an NBD source, what messages call it. */
   path: string;
-  /** Omitted: detected from the file (qcow2 magic, else raw). */
+  /** Omitted: detected from the file (qcow2 magic, else raw). For an NBD source, what the disk is (recorded, not read). */
   format?: ImageFormat;
+  /** Read the guest-visible bytes from this NBD export instead of the file (a live disk's frozen view). */
+  nbd?: { address: { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number }; exportName: string };
 }
 
 export interface Extent {

@@ -3,6 +3,7 @@ import { BlockrepError } from '../shared/index.js';
 import { detectImageFormat } from './detect-image-format.js';
 import { ImageFile } from './image-file.js';
 import type { ImageFormat, ImageReader, ImageSpec } from './image-reader.js';
+import { NbdImageReader } from './nbd-image-reader.js';
 import { Qcow2Reader } from './qcow2-reader.js';
 import { RawReader } from './raw-reader.js';
 import { backingImageFormat, resolveBackingFile } from './resolve-backing-file.js';
@@ -25,6 +26,7 @@ export const MAX_BACKING_CHAIN_DEPTH = 1000;
  *   readers' IMAGE_CORRUPT / IMAGE_UNSUPPORTED. Whatever was opened is closed on error.
  */
 export async function openImage(spec: ImageSpec, options: OpenImageOptions = {}): Promise<ImageReader> {
+  if (spec.nbd) return NbdImageReader.open(spec.nbd, spec.path);
   return openLayer(spec.path, spec.format, `image ${spec.path}`, [], options);
 }
 

@@ -4,6 +4,6 @@
  * Invariants: a manifest read from storage is checked whole before any entry is used.
  */
 export { composeManifest, decodeDelta, deltaChunkIds, type DecodedDelta } from './manifest-delta.js';
-export { FIXED_HEADER_BYTES, decodeHeader, manifestBytes, peekHeaderBytes, type ManifestHeader } from './manifest-format.js';
+export { FIXED_HEADER_BYTES, blockCountFor, decodeHeader, manifestBytes, peekHeaderBytes, type ManifestHeader, type TrackingFacts } from './manifest-format.js';
 export { ManifestReader, ZERO_CHUNK_ID, idHex, isZeroId, type ManifestEntries } from './manifest-reader.js';
 export { ManifestWriter, type FinishedManifest } from './manifest-writer.js';

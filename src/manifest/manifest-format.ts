@@ -41,12 +41,39 @@ export const sourceFactsSchema = z
   })
   .strict();
 
+/**
+ * Where changed-block tracking stood when a live version was taken: the next run may read only
+ * what the tracker calls dirty if, and only if, its tracker counts writes since exactly this
+ * point (same method, chain and point). Absent: the next run reads everything.
+ */
+export const trackingFactsSchema = z
+  .object({
+    /** qemu-bitmap: blockrep's own dirty bitmaps over QMP; libvirt-checkpoint: libvirt's checkpoints. */
+    method: z.enum(['qemu-bitmap', 'libvirt-checkpoint']),
+    /** Names one line of points: derived from the repository, the disk (and the domain's uuid). */
+    chain: z.string().min(1).max(128),
+    /** The bitmap or checkpoint that counts writes since this version. */
+    point: z.string().min(1).max(256),
+    /** Bytes of disk one bit of the tracker covers. */
+    granularity: z.number().int().positive().optional(),
+    /** false: the tracker lives only as long as the hypervisor process (a raw disk's bitmap). */
+    persistent: z.boolean().optional(),
+    /** When this chain last read the whole disk (ms since the epoch): a bound on what a bug could miss. */
+    fullScanMs: z.number().int().nonnegative(),
+  })
+  .strict();
+
+export type TrackingFacts = z.infer<typeof trackingFactsSchema>;
+
 export const manifestMetaSchema = z
   .object({
     diskId: z.string().min(1).max(200),
     versionId: z.string().min(1).max(64),
     parentVersionId: z.string().max(64).nullable(),
     source: sourceFactsSchema,
+    /** How the blocks were found: all read, or only those the tracker called dirty (live only). */
+    scan: z.enum(['full', 'bitmap']).optional(),
+    tracking: trackingFactsSchema.optional(),
   })
   .strict();
 

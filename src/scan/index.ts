@@ -3,4 +3,4 @@
  * hashes each block with xxHash64, and encodes the blocks that changed against the parent.
  * Invariants: bounded buffers and concurrency; exact results; stops on abort.
  */
-export { scanImage } from './scan-image.js';
+export { scanImage, type BlockRange } from './scan-image.js';

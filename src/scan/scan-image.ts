@@ -6,11 +6,12 @@ import { LocalSegmentScanner } from './local-segment-scanner.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import { ScanGeometry } from './scan-geometry.js';
 import { resolveScanTuning, type ScanTuning } from './scan-tuning.js';
-import { SegmentPlanner } from './segment-planner.js';
+import { SegmentPlanner, type BlockRange } from './segment-planner.js';
 import { workerPoolScan } from './worker-pool-scan.js';
 import { zeroBlockHash } from './zero-block-hash.js';
 
 export type { ScanBatch } from './scan-batch.js';
+export type { BlockRange } from './segment-planner.js';
 export { zeroBlockHash } from './zero-block-hash.js';
 
 export interface ScanOptions {
@@ -30,6 +31,12 @@ export interface ScanOptions {
   compress?: boolean;
   /** Aborting stops the scan and its workers; the iteration throws `signal.reason`. */
   signal?: AbortSignal;
+  /**
+   * Only these blocks (ascending, not overlapping, inside the image): a changed-block-tracked
+   * scan. Batches then cover exactly these ranges, in order; the blocks between are not read.
+   * Omitted: every block.
+   */
+  blocks?: readonly BlockRange[];
 }
 
 const MAX_WORKERS = 64;
@@ -67,7 +74,8 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
   };
   try {
     const geometry = new ScanGeometry(reader.virtualSize, opts.blockSize);
-    if (geometry.blockCount === 0) return;
+    if (opts.blocks) checkRanges(opts.blocks, geometry.blockCount);
+    if (geometry.blockCount === 0 || opts.blocks?.length === 0) return;
     const [zeroHash, lastZeroHash] = await Promise.all([
       zeroBlockHash(geometry.blockSize),
       zeroBlockHash(geometry.lastBlockLength),
@@ -87,7 +95,7 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
       compress: opts.compress !== false,
       zeroHash,
       lastZeroHash,
-      planner: new SegmentPlanner(geometry, tuning, opts.parentHashes !== undefined),
+      planner: new SegmentPlanner(geometry, tuning, opts.parentHashes !== undefined, opts.blocks),
       parentTask,
       signal: opts.signal,
       tuning,
@@ -107,6 +115,16 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
     }
   } finally {
     await closeReader();
+  }
+}
+
+function checkRanges(ranges: readonly BlockRange[], blockCount: number): void {
+  let end = 0;
+  for (const r of ranges) {
+    if (!Number.isSafeInteger(r.start) || !Number.isSafeInteger(r.count) || r.count <= 0 || r.start < end || r.start + r.count > blockCount) {
+      throw new BlockrepError('INTERNAL', `scan ranges must be ascending, non-empty, not overlapping and inside the ${blockCount} blocks of the image; got [${r.start}, +${r.count}) after block ${end}`);
+    }
+    end = r.start + r.count;
   }
 }
 

@@ -2,6 +2,12 @@ import type { ScanBatch } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
 import type { ScanTuning } from './scan-tuning.js';
 
+/** Consecutive blocks [start, start + count). */
+export interface BlockRange {
+  start: number;
+  count: number;
+}
+
 export interface PlannedSegment {
   seq: number;
   startBlock: number;
@@ -17,10 +23,15 @@ export interface PlannedSegment {
  *
  * A scan without parent starts small; with a parent it starts large and turns small as soon
  * as a segment comes back with chunks worth more than a small segment.
+ *
+ * Given `ranges` (a changed-block-tracked scan), only those blocks are cut into segments; a
+ * segment never spans two ranges.
  */
 export class SegmentPlanner {
   private nextBlock = 0;
   private nextSeq = 0;
+  private rangeIndex = 0;
+  private readonly ranges: readonly BlockRange[];
   private dense: boolean;
   private readonly largeBlocks: number;
   private readonly smallBlocks: number;
@@ -29,20 +40,29 @@ export class SegmentPlanner {
     private readonly geometry: ScanGeometry,
     tuning: ScanTuning,
     hasParent: boolean,
+    ranges?: readonly BlockRange[],
   ) {
+    this.ranges = ranges ?? (geometry.blockCount > 0 ? [{ start: 0, count: geometry.blockCount }] : []);
+    this.nextBlock = this.ranges[0]?.start ?? 0;
     this.largeBlocks = blocksIn(tuning.segmentBytes, geometry.blockSize);
     this.smallBlocks = Math.min(this.largeBlocks, blocksIn(tuning.denseSegmentBytes, geometry.blockSize));
     this.dense = !hasParent;
   }
 
   get done(): boolean {
-    return this.nextBlock >= this.geometry.blockCount;
+    return this.rangeIndex >= this.ranges.length;
   }
 
   next(): PlannedSegment {
-    const count = Math.min(this.dense ? this.smallBlocks : this.largeBlocks, this.geometry.blockCount - this.nextBlock);
+    const range = this.ranges[this.rangeIndex]!;
+    const end = range.start + range.count;
+    const count = Math.min(this.dense ? this.smallBlocks : this.largeBlocks, end - this.nextBlock);
     const segment = { seq: this.nextSeq++, startBlock: this.nextBlock, count };
     this.nextBlock += count;
+    if (this.nextBlock >= end) {
+      this.rangeIndex++;
+      this.nextBlock = this.ranges[this.rangeIndex]?.start ?? end;
+    }
     return segment;
   }
 

@@ -63,6 +63,7 @@ export const errorCodes = [
   'NBD_UNAVAILABLE', // no NBD server at the address (missing socket, connection refused)
   'NBD_ERROR', // the NBD server refused an option or a request, closed the connection, or did not answer in time
   'NBD_PROTOCOL', // the NBD server broke the protocol (malformed or hostile reply, closed mid-reply)
+  'TRACKING_MISMATCH', // a block the changed-block tracker called clean had changed: nothing was published, the chain is dropped
   // libvirt domains (virsh)
   'LIBVIRT_UNAVAILABLE', // libvirt cannot be reached (daemon down, wrong --connect URI, virsh missing)
   'LIBVIRT_ERROR', // a virsh command failed or timed out for another reason (the message carries libvirt's)
