@@ -42,6 +42,10 @@ export interface BackupDomainRequest {
   blockSize?: number;
   /** auto: quiesce when an agent answers, else warn and go on; require: fail without one; off: never. */
   quiesce: 'auto' | 'require' | 'off';
+  /** Read every block, whatever changed-block tracking says. */
+  fullScan?: boolean;
+  /** A full read at least this often (ms); default DEFAULT_FULL_SCAN_EVERY_MS, 0: never forced by age. */
+  fullScanEveryMs?: number;
 }
 
 /** Points a caller may observe (and, in tests, hold the run at). */

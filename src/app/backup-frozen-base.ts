@@ -1,6 +1,6 @@
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, toBlockrepError, type ErrorCode } from '../shared/index.js';
-import { backupImage, type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+import { backupImage, type BackupImageOptions, type BackupImageRequest, type DiskBackupReport, type TrackedRead } from './backup-image.js';
 
 /** A disk of a live VM whose backup failed; the others go on (and every overlay is committed). */
 export interface VmBackupFailure {
@@ -17,13 +17,21 @@ export interface VmBackupFailure {
  */
 export async function backupFrozenBase(
   repo: Repository,
-  base: { path: string; format: 'raw' | 'qcow2'; diskId: string; vm: string; blockSize: number | undefined },
+  base: { path: string; format: 'raw' | 'qcow2'; diskId: string; vm: string; blockSize: number | undefined; tracked?: TrackedRead | undefined; nbd?: BackupImageRequest['nbd'] },
   options: Omit<BackupImageOptions, 'signal'> & { signal?: AbortSignal | undefined },
 ): Promise<{ report: DiskBackupReport } | { failure: VmBackupFailure } | undefined> {
   try {
     const report = await backupImage(
       repo,
-      { path: base.path, format: base.format, diskId: base.diskId, ...(base.blockSize !== undefined ? { blockSize: base.blockSize } : {}), source: { kind: 'live', vm: base.vm } },
+      {
+        path: base.path,
+        format: base.format,
+        diskId: base.diskId,
+        ...(base.blockSize !== undefined ? { blockSize: base.blockSize } : {}),
+        source: { kind: 'live', vm: base.vm },
+        ...(base.tracked ? { tracked: base.tracked } : {}),
+        ...(base.nbd ? { nbd: base.nbd } : {}),
+      },
       {
         ...(options.workers !== undefined ? { workers: options.workers } : {}),
         ...(options.compress !== undefined ? { compress: options.compress } : {}),

@@ -32,6 +32,10 @@ export interface BackupVmRequest {
   quiesce: 'auto' | 'require' | 'off';
   /** Commands run on this host before the freeze and after the thaw. */
   hooks?: HostHooks;
+  /** Read every block, whatever changed-block tracking says. */
+  fullScan?: boolean;
+  /** A full read at least this often (ms); default DEFAULT_FULL_SCAN_EVERY_MS, 0: never forced by age. */
+  fullScanEveryMs?: number;
 }
 
 /** Points of the procedure that a caller may observe (and, in tests, hold the run at). */

@@ -36,6 +36,10 @@ interface VmJobBase {
   blockSize?: number;
   compress: boolean;
   retention?: RetentionPolicy;
+  /** Live VMs: read every block this run, whatever changed-block tracking says. */
+  fullScan?: boolean;
+  /** Live VMs: a full read at least this often (ms); 0: never forced by age. */
+  fullScanEveryMs?: number;
   /** `FILE:LINE:COL vms[i].key` for messages about this VM. */
   where: (...path: ConfigPath) => string;
 }
@@ -139,6 +143,8 @@ const HINTS: Record<string, { expected: string; example: string }> = {
   bwlimit: { expected: 'a rate in bytes per second, at least 1K', example: 'bwlimit: 20M' },
   compress: { expected: 'true or false', example: 'compress: true' },
   quiesce: { expected: 'auto, require or off', example: 'quiesce: auto' },
+  fullScan: { expected: 'true or false', example: 'fullScan: true' },
+  fullScanEvery: { expected: 'a duration (0 for never)', example: 'fullScanEvery: 7d' },
   hooks: { expected: 'a mapping with beforeFreeze, afterThaw, timeout, onFailure', example: 'hooks: {beforeFreeze: [/usr/local/bin/app-pause], afterThaw: [/usr/local/bin/app-resume], timeout: 30s}' },
   beforeFreeze: { expected: 'a command: a list (program and arguments, no shell) or a string (run by /bin/sh -c)', example: 'beforeFreeze: [/usr/local/bin/app-pause, --quick]' },
   afterThaw: { expected: 'a command: a list (program and arguments, no shell) or a string (run by /bin/sh -c)', example: 'afterThaw: [/usr/local/bin/app-resume]' },
@@ -192,6 +198,19 @@ const bwlimitField = sizeField((n) => {
   if (n < 1024) throw new Error('below 1K bytes per second');
 });
 const quiesceField = z.enum(['auto', 'require', 'off']);
+const fullScanEveryField = z.unknown().transform((v, ctx) => {
+  let ms: number | undefined;
+  try {
+    ms = v === 0 || v === '0' ? 0 : typeof v === 'string' ? parseDuration(v, 'fullScanEvery') : undefined;
+  } catch {
+    ms = undefined;
+  }
+  if (ms === undefined || ms < 0) {
+    ctx.addIssue({ code: 'custom', message: '', params: { expectedGot: true } });
+    return z.NEVER;
+  }
+  return ms;
+});
 const pathField = z.string().min(1);
 const hookCommandField = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
 const hookTimeoutField = z.unknown().transform((v, ctx) => {
@@ -234,6 +253,8 @@ const vmSchema = z.strictObject({
   disks: z.array(z.string().min(1)).min(1).optional(),
   quiesce: quiesceField.optional(),
   hooks: hooksField.optional(),
+  fullScan: z.boolean().optional(),
+  fullScanEvery: fullScanEveryField.optional(),
   images: z.array(imageSchema).min(1).optional(),
   blockSize: blockSizeField.optional(),
   compress: z.boolean().optional(),
@@ -254,6 +275,8 @@ const jobConfigSchema = z.strictObject({
       compress: z.boolean().optional(),
       quiesce: quiesceField.optional(),
       hooks: hooksField.optional(),
+      fullScan: z.boolean().optional(),
+      fullScanEvery: fullScanEveryField.optional(),
       retention: retentionField.optional(),
     })
     .optional(),
@@ -270,7 +293,7 @@ function knownKeysAt(path: ConfigPath): string[] {
   if (p.length === 0) return Object.keys(jobConfigSchema.shape);
   if (last === 'repository') return ['url', 'tokenFile', 'cacert', 's3'];
   if (last === 's3') return ['endpoint'];
-  if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'hooks', 'retention'];
+  if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'hooks', 'fullScan', 'fullScanEvery', 'retention'];
   if (last === 'hooks') return ['beforeFreeze', 'afterThaw', 'timeout', 'onFailure'];
   if (last === 'retention') return ['keepLast', 'keepHourly', 'keepDaily', 'keepWeekly', 'keepMonthly', 'keepYearly'];
   if (last === 'images') return ['path', 'disk', 'format'];
@@ -426,9 +449,11 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
       where: (...path: ConfigPath) => where(['vms', index, ...path]),
       ...(v.blockSize ?? defaults.blockSize) !== undefined ? { blockSize: (v.blockSize ?? defaults.blockSize)! } : {},
       ...((v.retention ?? defaults.retention) !== undefined ? { retention: (v.retention ?? defaults.retention)! } : {}),
+      ...((v.fullScan ?? defaults.fullScan) !== undefined ? { fullScan: (v.fullScan ?? defaults.fullScan)! } : {}),
+      ...((v.fullScanEvery ?? defaults.fullScanEvery) !== undefined ? { fullScanEveryMs: (v.fullScanEvery ?? defaults.fullScanEvery)! } : {}),
     };
     if (v.images !== undefined) {
-      for (const key of ['qga', 'disks', 'quiesce', 'hooks'] as const) {
+      for (const key of ['qga', 'disks', 'quiesce', 'hooks', 'fullScan', 'fullScanEvery'] as const) {
         if (v[key] !== undefined) problem(['vms', index, key], `${key} is for running VMs (with qmp); an offline VM lists its images`);
       }
       const ids = new Map<string, number>();

@@ -265,6 +265,8 @@ async function backupLiveVm(repo: Repository, vm: LiveVmJob, options: RunJobsOpt
       ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
       quiesce: vm.quiesce,
       ...(vm.hooks ? { hooks: vm.hooks } : {}),
+      ...(vm.fullScan !== undefined ? { fullScan: vm.fullScan } : {}),
+      ...(vm.fullScanEveryMs !== undefined ? { fullScanEveryMs: vm.fullScanEveryMs } : {}),
     },
     {
       compress: vm.compress,
@@ -306,6 +308,8 @@ async function backupLibvirtVm(repo: Repository, vm: LibvirtVmJob, options: RunJ
       ...(vm.disks ? { disks: vm.disks } : {}),
       ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
       quiesce: vm.quiesce,
+      ...(vm.fullScan !== undefined ? { fullScan: vm.fullScan } : {}),
+      ...(vm.fullScanEveryMs !== undefined ? { fullScanEveryMs: vm.fullScanEveryMs } : {}),
     },
     {
       compress: vm.compress,

@@ -21,6 +21,7 @@ interface BackupOptions extends RepositoryCliOptions {
   vm?: string;
   disks?: string;
   quiesce: boolean;
+  fullScan?: boolean;
   requireQuiesce?: boolean;
   domain?: string;
   connect?: string;
@@ -49,14 +50,15 @@ export function registerBackup(program: Command): void {
     .option('--disks <list>', 'live VM: only these disks, comma-separated targets (--domain) or drive or device ids (--qmp) (default: every writable disk)')
     .option('--no-quiesce', 'live VM: do not freeze the guest filesystems (crash-consistent backup)')
     .option('--require-quiesce', 'live VM: fail when no guest agent answers, instead of going on without freezing')
+    .option('--full-scan', 'live VM: read every block, whatever changed-block tracking says')
     .action(async (images: string[], opts: BackupOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         if (opts.domain !== undefined && opts.qmp !== undefined) throw new BlockrepError('USAGE', 'give either --domain (a libvirt domain) or --qmp (a QEMU VM libvirt does not manage), not both');
         if (opts.domain !== undefined) return backupLibvirtDomain(images, opts, ctx);
         if (opts.connect !== undefined || opts.method !== 'auto') throw new BlockrepError('USAGE', '--connect and --method need --domain');
         if (opts.qmp !== undefined) return backupLiveVm(images, opts, ctx);
-        if (opts.qga !== undefined || opts.vm !== undefined || opts.disks !== undefined || opts.requireQuiesce || !opts.quiesce) {
-          throw new BlockrepError('USAGE', '--qga, --vm, --disks, --no-quiesce and --require-quiesce need --domain or --qmp');
+        if (opts.qga !== undefined || opts.vm !== undefined || opts.disks !== undefined || opts.requireQuiesce || !opts.quiesce || opts.fullScan) {
+          throw new BlockrepError('USAGE', '--qga, --vm, --disks, --no-quiesce, --require-quiesce and --full-scan need --domain or --qmp (an image is always read whole)');
         }
         if (images.length === 0) throw new BlockrepError('USAGE', 'give the images to back up, or --domain NAME (libvirt) or --qmp SOCKET for a running VM');
         if (opts.disk !== undefined && images.length !== 1) throw new BlockrepError('USAGE', '--disk can only be given with a single image');
@@ -143,6 +145,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
       ...(disks ? { disks } : {}),
       ...(blockSize !== undefined ? { blockSize } : {}),
       quiesce: !opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto',
+      ...(opts.fullScan ? { fullScan: true } : {}),
     },
     {
       signal: ctx.signal,
@@ -201,6 +204,7 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
       ...(disks ? { disks } : {}),
       ...(blockSize !== undefined ? { blockSize } : {}),
       quiesce: !opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto',
+      ...(opts.fullScan ? { fullScan: true } : {}),
     },
     {
       signal: ctx.signal,

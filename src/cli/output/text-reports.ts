@@ -11,8 +11,9 @@ export function backupText(disks: DiskBackupReport[], failures: Array<{ disk: st
     lines.push(
       `  ${formatBytes(d.imageBytes)} in ${d.blocks} blocks of ${formatBytes(d.blockSize)}: ${d.changedBlocks} changed (${pct.toFixed(1)}%), ${d.zeroBlocks} zero`,
     );
+    const how = d.scan === 'bitmap' ? ` (changed-block tracking: the dirty blocks and ${d.sampledBlocks ?? 0} sampled clean ones)` : d.scanReason !== undefined ? ` (a full read: ${d.scanReason})` : '';
     lines.push(
-      `  read ${formatBytes(d.bytesRead)}, stored ${formatBytes(d.bytesSent)} (${d.newChunks} new chunks, ${d.reusedChunks} already in the repository) in ${(d.durationMs / 1000).toFixed(1)} s`,
+      `  read ${formatBytes(d.bytesRead)}${how}, stored ${formatBytes(d.bytesSent)} (${d.newChunks} new chunks, ${d.reusedChunks} already in the repository) in ${(d.durationMs / 1000).toFixed(1)} s`,
     );
   }
   for (const f of failures) lines.push(`disk ${f.disk}: FAILED: ${f.message}`);
