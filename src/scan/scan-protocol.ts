@@ -15,6 +15,7 @@ export interface ScanWorkerInit {
   lastZeroHash: bigint;
   unitBytes: number;
   readAhead: number;
+  syncReads: boolean;
 }
 
 export type ToScanWorker =

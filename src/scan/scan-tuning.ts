@@ -17,6 +17,11 @@ export interface ScanTuning {
   unitBytes: number;
   /** Reads each scanner keeps in flight while it hashes. */
   readAhead: number;
+  /**
+   * Workers read with blocking pread (no thread-pool hop per read; a worker thread has nothing
+   * else to do meanwhile). The main thread's reads stay asynchronous.
+   */
+  syncReads: boolean;
   /** Segments queued on each worker, so it can read ahead across segment boundaries. */
   segmentsPerWorker: number;
   /** Scan on the main thread until the first worker is ready (tests turn it off to make
@@ -33,6 +38,7 @@ export const defaultScanTuning: ScanTuning = {
   denseSegmentBytes: 4 * MiB,
   unitBytes: 4 * MiB,
   readAhead: 1,
+  syncReads: false,
   segmentsPerWorker: 2,
   scanWhileWorkersStart: true,
 };

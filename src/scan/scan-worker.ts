@@ -32,7 +32,7 @@ function post(message: FromScanWorker, transfer: ArrayBuffer[] = []): void {
 async function main(): Promise<void> {
   let reader: ImageReader | undefined;
   try {
-    reader = await openImage(init.image);
+    reader = await openImage(init.image, { syncReads: init.syncReads });
     if (reader.virtualSize !== init.virtualSize) {
       throw new BlockrepError(
         'IMAGE_UNREADABLE',

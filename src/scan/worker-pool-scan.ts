@@ -87,6 +87,7 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
     lastZeroHash: o.lastZeroHash,
     unitBytes: tuning.unitBytes,
     readAhead: tuning.readAhead,
+    syncReads: tuning.syncReads,
   };
 
   try {
