@@ -74,6 +74,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
   const reports: Array<VmRunReport | undefined> = selected.map(() => undefined);
   const repository: RunReport['repository'] = { location, status: 'ok' };
   let repo: Repository | undefined;
+  let requests: Record<string, number> | undefined;
   const repoOptions: OpenRepositoryOptions = {
     create: !dryRun,
     ...(config.repository.tokenFile !== undefined ? { tokenFile: config.repository.tokenFile } : {}),
@@ -113,6 +114,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
       await Promise.all(Array.from({ length: parallel }, () => worker()));
     }
   } finally {
+    requests = repo?.requestCounts();
     await repo?.backend.close().catch(() => undefined);
   }
 
@@ -145,6 +147,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
     repository,
     vms,
     summary,
+    ...(requests ? { requests } : {}),
   };
   emit({
     level: report.ok ? 'info' : 'error',

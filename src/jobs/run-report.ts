@@ -92,4 +92,6 @@ export interface RunReport {
   repository: { location: string; status: 'ok' | 'failed'; code?: ErrorCode; message?: string; note?: string };
   vms: VmRunReport[];
   summary: { vms: number; ok: number; failed: number; notStarted: number; disks: number; changedBlocks: number; bytesSent: number };
+  /** Object storage: the requests the whole run made, by kind, every retry counted. */
+  requests?: Record<string, number>;
 }

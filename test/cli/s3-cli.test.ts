@@ -159,6 +159,9 @@ describe.skipIf(skipS3)('blockrep with an s3:// repository (BLOCKREP_SKIP_S3_TES
     await writeFile(config, `repository:\n  url: s3://${server.bucket}/job\n  s3: {endpoint: ${endpoint}}\nvms:\n  - name: offline\n    images: [${image}]\n`);
     const job = await runCli(['run', '--config', config, '--json'], { env: { ...withoutEndpoint, AWS_ENDPOINT_URL: '' } });
     expect(job.code, job.stderr).toBe(0);
+    // The run report counts the whole run's requests, as backup --json does.
+    expect(job.json.requests.PUT).toBeGreaterThanOrEqual(2);
+    expect(job.json.requests).toMatchObject({ GET: expect.any(Number), LIST: expect.any(Number) });
     const listed = await runCli(['list', '--repo', `s3://${server.bucket}/job`, '--json'], { env });
     expect(JSON.stringify(listed.json)).toContain('offline/job');
     const bad = await runCli(['list', '--repo', `s3://${server.bucket}/job`, '--s3-endpoint', 'ftp://x'], { env });

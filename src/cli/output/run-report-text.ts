@@ -19,6 +19,7 @@ export function runReportText(r: RunReport): string {
   lines.push(`  config ${r.config}; repository ${r.repository.location}${r.repository.note ? ` (${r.repository.note})` : ''}`);
   if (r.repository.status === 'failed') lines.push(`  REPOSITORY FAILED [${r.repository.code}]: ${r.repository.message}`);
   for (const vm of r.vms) lines.push(...vmLines(vm));
+  if (r.requests) lines.push(`  requests: ${Object.entries(r.requests).map(([k, n]) => `${k} ${n}`).join(', ')}`);
   return lines.join('\n');
 }
 
