@@ -255,18 +255,9 @@ async function sendAndCommit(
   };
   const done = new Map<OverlayTarget, DiskBackupReport>();
   const failures: VmBackupFailure[] = [];
-  const finished = new Set<OverlayTarget>();
-  const finishChain = async (t: OverlayTarget, outcome: ChainOutcome): Promise<void> => {
-    const plan = plans.get(t);
-    if (!plan || finished.has(t)) return;
-    finished.add(t);
-    try {
-      await finishBitmapChain(qmp, plan, outcome);
-    } catch (err) {
-      // The next run cleans the chain with the repository known: only a delay, never a wrong read.
-      options.onWarning?.(`disk ${plan.diskId}: its tracking bitmaps could not be put in order (${err instanceof Error ? err.message : String(err)}); the next run does it`);
-    }
-  };
+  // Each disk's chain is put in order once its base is writable again (after its commit): QEMU
+  // cannot remove a persistent bitmap from the read-only base.
+  const outcomes = new Map<OverlayTarget, ChainOutcome>();
   try {
     await options.onPhase?.('snapshot-taken');
     for (const t of snapshot.targets) {
@@ -276,17 +267,29 @@ async function sendAndCommit(
       const r = await backupFrozenBase(repo, { path: t.baseFile, format: t.baseFormat, diskId: `${vm}/${t.disk.id}`, vm, blockSize: request.blockSize, tracked }, options);
       if (r && 'report' in r) done.set(t, r.report);
       else if (r) failures.push(r.failure);
-      await finishChain(t, r && 'report' in r ? 'published' : r && r.failure.code === 'TRACKING_MISMATCH' ? 'mismatch' : 'failed');
+      outcomes.set(t, r && 'report' in r ? 'published' : r && r.failure.code === 'TRACKING_MISMATCH' ? 'mismatch' : 'failed');
       startCommit(t);
       await options.onPhase?.('disk-scanned', t.label);
     }
   } finally {
     for (const t of snapshot.targets) startCommit(t);
-    for (const t of snapshot.targets) await finishChain(t, 'failed');
   }
 
-  const reports = await collectCommits(snapshot.targets, commits, done, snapshot.snapshotAt, recoveryStep, options.onWarning);
-  return { reports, failures };
+  try {
+    const reports = await collectCommits(snapshot.targets, commits, done, snapshot.snapshotAt, recoveryStep, options.onWarning);
+    return { reports, failures };
+  } finally {
+    for (const t of snapshot.targets) {
+      const plan = plans.get(t);
+      if (!plan) continue;
+      try {
+        await finishBitmapChain(qmp, plan, outcomes.get(t) ?? 'failed');
+      } catch (err) {
+        // The next run cleans the chain with the repository known: a delay, never a wrong read.
+        options.onWarning?.(`disk ${plan.diskId}: its tracking bitmaps could not be put in order (${err instanceof Error ? err.message : String(err)}); the next run does it`);
+      }
+    }
+  }
 }
 
 /**

@@ -43,8 +43,9 @@ export function parseBitmapName(name: string): { chain: string; generation: numb
   return m[3] !== undefined ? { chain: m[1]!, generation, readCopy: true } : { chain: m[1]!, generation };
 }
 
+// A job's own bitmaps (a block commit's, a mirror's) have no name: they are nobody's to touch.
 const bitmapInfoSchema = z.object({
-  name: z.string(),
+  name: z.string().optional(),
   granularity: z.number().int().positive(),
   count: z.number().int().nonnegative(),
   recording: z.boolean(),
@@ -52,7 +53,11 @@ const bitmapInfoSchema = z.object({
   persistent: z.boolean(),
   inconsistent: z.boolean().optional(),
 });
-export type DirtyBitmap = z.infer<typeof bitmapInfoSchema>;
+export type DirtyBitmap = z.infer<typeof bitmapInfoSchema> & { name: string };
+
+function named(list: Array<z.infer<typeof bitmapInfoSchema>> | undefined): DirtyBitmap[] {
+  return (list ?? []).filter((b): b is DirtyBitmap => b.name !== undefined);
+}
 
 const nodesWithBitmapsSchema = z.array(z.object({ 'node-name': z.string(), 'dirty-bitmaps': z.array(bitmapInfoSchema).optional() }).loose());
 
@@ -61,13 +66,13 @@ export async function listDirtyBitmaps(qmp: QmpClient, node: string): Promise<Di
   const nodes = await qmp.execute('query-named-block-nodes', { flat: true }, nodesWithBitmapsSchema);
   const found = nodes.find((n) => n['node-name'] === node);
   if (!found) throw new BlockrepError('NOT_FOUND', `QEMU has no block node ${node}`);
-  return found['dirty-bitmaps'] ?? [];
+  return named(found['dirty-bitmaps']);
 }
 
 /** Every dirty bitmap of every block node, with its node. */
 export async function listAllDirtyBitmaps(qmp: QmpClient): Promise<Array<{ node: string; bitmap: DirtyBitmap }>> {
   const nodes = await qmp.execute('query-named-block-nodes', { flat: true }, nodesWithBitmapsSchema);
-  return nodes.flatMap((n) => (n['dirty-bitmaps'] ?? []).map((bitmap) => ({ node: n['node-name'], bitmap })));
+  return nodes.flatMap((n) => named(n['dirty-bitmaps']).map((bitmap) => ({ node: n['node-name'], bitmap })));
 }
 
 export interface BitmapRef {
