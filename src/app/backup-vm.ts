@@ -1,8 +1,10 @@
 import { z } from 'zod';
-import { commitOverlay, queryJobs, type CommitResult, openGuestAgent, type GuestAgentClient, planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget, isCommitJob, isOverlayFile, isOverlayNode, QmpClient, listVmDisks, type VmDisk, VmLock } from '../hypervisor/index.js';
+import { listBlockExports, listDirtyBitmaps, nbdSocketFor, EXPORT_ID_PREFIX, commitOverlay, queryJobs, type CommitResult, openGuestAgent, type GuestAgentClient, planOverlays, takeLiveSnapshot, type LiveSnapshot, type OverlayTarget, isCommitJob, isOverlayFile, isOverlayNode, QmpClient, listVmDisks, type VmDisk, VmLock } from '../hypervisor/index.js';
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, type ErrorCode, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
-import { type BackupImageOptions, type DiskBackupReport } from './backup-image.js';
+import { DEFAULT_BLOCK_SIZE, type BackupImageOptions, type DiskBackupReport, type TrackedRead } from './backup-image.js';
+import { finishBitmapChain, planBitmapChain, readDirtyExtents, trackedReadOf, type BitmapChainPlan, type ChainOutcome } from './qmp-bitmap-chain.js';
+import { DEFAULT_FULL_SCAN_EVERY_MS, type DirtyExtent, type ScanDecision } from './scan-plan.js';
 import { backupFrozenBase, collectCommits, type LiveDiskReport, type VmBackupFailure } from './backup-frozen-base.js';
 
 export type { LiveDiskReport, VmBackupFailure } from './backup-frozen-base.js';
@@ -39,7 +41,7 @@ export interface BackupVmRequest {
 }
 
 /** Points of the procedure that a caller may observe (and, in tests, hold the run at). */
-export type LivePhase = 'frozen' | 'snapshot-taken' | 'disk-scanned' | 'commit-ready';
+export type LivePhase = 'frozen' | 'snapshot-taken' | 'bitmap-exported' | 'disk-scanned' | 'commit-ready';
 
 export interface BackupVmOptions extends Omit<BackupImageOptions, 'signal'> {
   signal?: AbortSignal;
@@ -105,6 +107,12 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
         details: { job: leftJob.id, recovery: recoveryStep },
       });
     }
+    const leftExport = (await listBlockExports(qmp)).find((e) => e.id.startsWith(EXPORT_ID_PREFIX));
+    if (leftExport) {
+      throw new BlockrepError('RECOVERY_NEEDED', `QEMU still exports ${leftExport.node} for an earlier blockrep run (${leftExport.id}). Run first: ${recoveryStep}`, {
+        details: { export: leftExport.id, recovery: recoveryStep },
+      });
+    }
     const selected = selectDisks(all, vm, request.disks);
     const targets = planOverlays(selected);
     for (const t of targets) assertDiskId(`${vm}/${t.disk.id}`);
@@ -124,12 +132,24 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
     }
     if (signal?.aborted) throw new BlockrepError('INTERRUPTED', 'interrupted before the snapshot; nothing was changed');
 
+    // Changed-block tracking: each disk's chain cleaned and its read decided before the freeze.
+    const plans = new Map<OverlayTarget, BitmapChainPlan>();
+    const policy = { fullScan: request.fullScan === true, fullScanEveryMs: request.fullScanEveryMs ?? DEFAULT_FULL_SCAN_EVERY_MS, nowMs: Date.now() };
+    for (const t of targets) {
+      try {
+        plans.set(t, await planBitmapChain(qmp, repo, { diskId: `${vm}/${t.disk.id}`, node: t.baseNode, baseFile: t.baseFile, format: t.baseFormat, blockSize: request.blockSize }, policy, DEFAULT_BLOCK_SIZE));
+      } catch (err) {
+        warn(`disk ${vm}/${t.disk.id}: changed-block tracking could not start (${err instanceof Error ? err.message : String(err)}); the disk is read in full and the next run too`);
+      }
+    }
+
     const snapshotOptions = {
       recoveryStep,
       ...(signal ? { signal } : {}),
       onFrozen: async () => options.onPhase?.('frozen'),
       ...(options.timeouts?.freezeMs !== undefined ? { freezeTimeoutMs: options.timeouts.freezeMs } : {}),
       ...(options.timeouts?.thawMs !== undefined ? { thawTimeoutMs: options.timeouts.thawMs } : {}),
+      extraActions: [...plans.values()].flatMap((p) => p.actions),
     };
     const hooks = request.hooks;
     const hookResults: HostHookResult[] = [];
@@ -186,7 +206,7 @@ export async function backupVm(repo: Repository, request: BackupVmRequest, optio
       // a warning printer or a closing socket must not keep the overlays in place
     }
 
-    const { reports, failures } = await sendAndCommit(repo, qmp, vm, snapshot, request, options, recoveryStep);
+    const { reports, failures } = await sendAndCommit(repo, qmp, vm, snapshot, request, { ...options, onWarning: warn }, recoveryStep, plans);
     if (snapshot.thawError) throw snapshot.thawError;
     if (signal?.aborted && reports.length + failures.length < snapshot.targets.length) {
       throw new BlockrepError('INTERRUPTED', `interrupted; no half-done version was published and every disk of VM ${vm} runs on its own image again`);
@@ -224,6 +244,7 @@ async function sendAndCommit(
   request: BackupVmRequest,
   options: BackupVmOptions,
   recoveryStep: string,
+  plans: ReadonlyMap<OverlayTarget, BitmapChainPlan>,
 ): Promise<{ reports: LiveDiskReport[]; failures: VmBackupFailure[] }> {
   const commits = new Map<OverlayTarget, Promise<CommitResult>>();
   const startCommit = (t: OverlayTarget): void => {
@@ -234,13 +255,19 @@ async function sendAndCommit(
   };
   const done = new Map<OverlayTarget, DiskBackupReport>();
   const failures: VmBackupFailure[] = [];
+  // Each disk's chain is put in order once its base is writable again (after its commit): QEMU
+  // cannot remove a persistent bitmap from the read-only base.
+  const outcomes = new Map<OverlayTarget, ChainOutcome>();
   try {
     await options.onPhase?.('snapshot-taken');
     for (const t of snapshot.targets) {
       if (options.signal?.aborted || snapshot.thawError) break;
-      const r = await backupFrozenBase(repo, { path: t.baseFile, format: t.baseFormat, diskId: `${vm}/${t.disk.id}`, vm, blockSize: request.blockSize }, options);
+      const plan = plans.get(t);
+      const tracked = plan ? await trackedReadFor(qmp, plan, t, request.qmpSocket, options) : undefined;
+      const r = await backupFrozenBase(repo, { path: t.baseFile, format: t.baseFormat, diskId: `${vm}/${t.disk.id}`, vm, blockSize: request.blockSize, tracked }, options);
       if (r && 'report' in r) done.set(t, r.report);
       else if (r) failures.push(r.failure);
+      outcomes.set(t, r && 'report' in r ? 'published' : r && r.failure.code === 'TRACKING_MISMATCH' ? 'mismatch' : 'failed');
       startCommit(t);
       await options.onPhase?.('disk-scanned', t.label);
     }
@@ -248,8 +275,45 @@ async function sendAndCommit(
     for (const t of snapshot.targets) startCommit(t);
   }
 
-  const reports = await collectCommits(snapshot.targets, commits, done, snapshot.snapshotAt, recoveryStep, options.onWarning);
-  return { reports, failures };
+  try {
+    const reports = await collectCommits(snapshot.targets, commits, done, snapshot.snapshotAt, recoveryStep, options.onWarning);
+    return { reports, failures };
+  } finally {
+    for (const t of snapshot.targets) {
+      const plan = plans.get(t);
+      if (!plan) continue;
+      try {
+        await finishBitmapChain(qmp, plan, outcomes.get(t) ?? 'failed');
+      } catch (err) {
+        // The next run cleans the chain with the repository known: a delay, never a wrong read.
+        options.onWarning?.(`disk ${plan.diskId}: its tracking bitmaps could not be put in order (${err instanceof Error ? err.message : String(err)}); the next run does it`);
+      }
+    }
+  }
+}
+
+/**
+ * The tracked read of one disk, once the snapshot's transaction ran: the read copy's dirty map
+ * for a bitmap decision (the export is gone again when this returns), else a full read. Never
+ * throws: a tracker that cannot be read means a full read, with a warning.
+ */
+async function trackedReadFor(qmp: QmpClient, plan: BitmapChainPlan, t: OverlayTarget, qmpSocket: string, options: BackupVmOptions): Promise<TrackedRead> {
+  let decision: ScanDecision = plan.decision;
+  let dirty: DirtyExtent[] | undefined;
+  let nextExists = false;
+  try {
+    const present = new Set((await listDirtyBitmaps(qmp, plan.node)).map((b) => b.name));
+    nextExists = present.has(plan.next);
+    if (decision.scan === 'bitmap') {
+      if (plan.copy === undefined || !present.has(plan.copy)) throw new Error(`its read copy ${plan.copy ?? ''} is not there after the snapshot`);
+      dirty = await readDirtyExtents(qmp, plan, nbdSocketFor(qmpSocket), async () => options.onPhase?.('bitmap-exported', t.label));
+    }
+  } catch (err) {
+    if (decision.scan === 'bitmap') decision = { scan: 'full', reason: 'bitmap-unusable' };
+    dirty = undefined;
+    options.onWarning?.(`disk ${plan.diskId}: its dirty bitmap could not be read (${err instanceof Error ? err.message : String(err)}); the disk is read in full`);
+  }
+  return trackedReadOf(plan, decision, dirty, nextExists);
 }
 
 async function vmNameOf(qmp: QmpClient, given: string | undefined): Promise<string> {

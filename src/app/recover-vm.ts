@@ -1,4 +1,4 @@
-import { openGuestAgent, type GuestAgentClient, QmpClient, recoverVmState, type RecoveryReport, VmLock } from '../hypervisor/index.js';
+import { nbdSocketFor, openGuestAgent, type GuestAgentClient, QmpClient, recoverVmState, type RecoveryReport, VmLock } from '../hypervisor/index.js';
 import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { recoveryCommand } from './backup-vm.js';
 
@@ -42,7 +42,7 @@ export async function recoverVm(request: RecoverVmRequest, options: { onWarning?
       // does not answer is worth a warning all the same.
       warn(`${err.message}; the guest's freeze state was not checked`);
     }
-    const report = await recoverVmState(qmp, agent, { recoveryStep: recoveryCommand(request.qmpSocket, request.qgaSocket), onWarning: warn });
+    const report = await recoverVmState(qmp, agent, { recoveryStep: recoveryCommand(request.qmpSocket, request.qgaSocket), nbdSocket: nbdSocketFor(request.qmpSocket), onWarning: warn });
     if (report.agentError) {
       throw new BlockrepError(
         'THAW_FAILED',

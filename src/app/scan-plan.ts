@@ -26,6 +26,8 @@ export const scanReasons = [
   'qemu-restarted',
   /** QEMU marked the bitmap inconsistent: it was not closed cleanly (QEMU crashed or was killed). */
   'bitmap-inconsistent',
+  /** The bitmap exists but cannot be used: it does not record (disabled by someone), is busy, or its dirty map could not be read (a warning says why). */
+  'bitmap-unusable',
   /** The bitmap's granularity is not the one the latest version recorded. */
   'granularity-changed',
   /** libvirt has no checkpoint for the latest version (deleted, or the domain was redefined or migrated). */

@@ -13,7 +13,7 @@ import type { QmpClient } from './qmp-client.js';
  * same instant as the snapshot.
  */
 
-const NAME_PATTERN = /^blockrep-([0-9a-f]{16})-g(\d{1,15})$/;
+const NAME_PATTERN = /^blockrep-([0-9a-f]{16})-g(\d{1,15})(-read)?$/;
 
 /** A chain id: 16 hex digits of SHA-256 over the repository's id and the disk id. */
 export function bitmapChainId(repositoryId: string, diskId: string): string {
@@ -26,16 +26,26 @@ export function bitmapName(chain: string, generation: number): string {
   return `blockrep-${chain}-g${generation}`;
 }
 
-/** The chain and generation of one of blockrep's bitmap names; undefined for anyone else's. */
-export function parseBitmapName(name: string): { chain: string; generation: number } | undefined {
+/**
+ * The disabled copy of generation `generation` that one run exports and reads
+ * (`blockrep-<chain>-g<gen>-read`): transient, never a reference; `recover` removes leftovers.
+ */
+export function readCopyName(chain: string, generation: number): string {
+  return `${bitmapName(chain, generation)}-read`;
+}
+
+/** The chain and generation of one of blockrep's bitmap names (and whether it is a read copy); undefined for anyone else's. */
+export function parseBitmapName(name: string): { chain: string; generation: number; readCopy?: true } | undefined {
   const m = NAME_PATTERN.exec(name);
   if (!m) return undefined;
   const generation = Number(m[2]);
-  return Number.isSafeInteger(generation) ? { chain: m[1]!, generation } : undefined;
+  if (!Number.isSafeInteger(generation)) return undefined;
+  return m[3] !== undefined ? { chain: m[1]!, generation, readCopy: true } : { chain: m[1]!, generation };
 }
 
+// A job's own bitmaps (a block commit's, a mirror's) have no name: they are nobody's to touch.
 const bitmapInfoSchema = z.object({
-  name: z.string(),
+  name: z.string().optional(),
   granularity: z.number().int().positive(),
   count: z.number().int().nonnegative(),
   recording: z.boolean(),
@@ -43,7 +53,11 @@ const bitmapInfoSchema = z.object({
   persistent: z.boolean(),
   inconsistent: z.boolean().optional(),
 });
-export type DirtyBitmap = z.infer<typeof bitmapInfoSchema>;
+export type DirtyBitmap = z.infer<typeof bitmapInfoSchema> & { name: string };
+
+function named(list: Array<z.infer<typeof bitmapInfoSchema>> | undefined): DirtyBitmap[] {
+  return (list ?? []).filter((b): b is DirtyBitmap => b.name !== undefined);
+}
 
 const nodesWithBitmapsSchema = z.array(z.object({ 'node-name': z.string(), 'dirty-bitmaps': z.array(bitmapInfoSchema).optional() }).loose());
 
@@ -52,7 +66,13 @@ export async function listDirtyBitmaps(qmp: QmpClient, node: string): Promise<Di
   const nodes = await qmp.execute('query-named-block-nodes', { flat: true }, nodesWithBitmapsSchema);
   const found = nodes.find((n) => n['node-name'] === node);
   if (!found) throw new BlockrepError('NOT_FOUND', `QEMU has no block node ${node}`);
-  return found['dirty-bitmaps'] ?? [];
+  return named(found['dirty-bitmaps']);
+}
+
+/** Every dirty bitmap of every block node, with its node. */
+export async function listAllDirtyBitmaps(qmp: QmpClient): Promise<Array<{ node: string; bitmap: DirtyBitmap }>> {
+  const nodes = await qmp.execute('query-named-block-nodes', { flat: true }, nodesWithBitmapsSchema);
+  return nodes.flatMap((n) => named(n['dirty-bitmaps']).map((bitmap) => ({ node: n['node-name'], bitmap })));
 }
 
 export interface BitmapRef {

@@ -31,6 +31,8 @@ export interface LiveSnapshotOptions {
   transactionTimeoutMs?: number;
   /** The command that recovers this VM, quoted in messages. */
   recoveryStep: string;
+  /** More actions for the same transaction (the bitmaps of changed-block tracking, on base nodes). */
+  extraActions?: Array<{ type: string; data: Record<string, unknown> }>;
 }
 
 export interface LiveSnapshot {
@@ -86,7 +88,7 @@ export async function takeLiveSnapshot(qmp: QmpClient, agent: GuestAgentClient |
   const warnings: string[] = [];
   if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', 'interrupted before the snapshot');
   await removeUnusedOverlayFiles(qmp, targets);
-  const transaction = { actions: targets.map(snapshotAction) };
+  const transaction = { actions: [...targets.map(snapshotAction), ...(options.extraActions ?? [])] };
 
   let freezeSentAt: number | undefined;
   let freezeMs: number | undefined;

@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /**
  * How blockrep names what it creates in a VM, so that a leftover is always recognisable:
@@ -34,4 +36,15 @@ export function commitJobFor(overlayNode: string): string {
 
 export function isCommitJob(jobId: string): boolean {
   return jobId.startsWith(COMMIT_JOB_PREFIX);
+}
+
+/**
+ * The unix socket blockrep asks QEMU's NBD server to listen on for one VM: next to its QMP
+ * socket (a folder QEMU can write), or in the temporary folder when that path would be too long
+ * for a unix socket. `recover` stops a server listening there: blockrep started it.
+ */
+export function nbdSocketFor(qmpSocket: string): string {
+  const beside = `${qmpSocket}.blockrep-nbd`;
+  if (Buffer.byteLength(beside) <= 100) return beside;
+  return join(tmpdir(), `blockrep-nbd-${createHash('sha256').update(qmpSocket).digest('hex').slice(0, 16)}.sock`);
 }

@@ -198,7 +198,7 @@ async function runOne(repo: Repository | undefined, vm: VmJob, options: RunJobsO
             vm: vm.name,
             disk: d.disk,
             message: `${d.disk}: version ${d.version}, ${d.changedBlocks} of ${d.blocks} blocks changed, ${d.bytesSent} bytes sent, ${d.durationMs} ms`,
-            data: { version: d.version, changedBlocks: d.changedBlocks, blocks: d.blocks, bytesSent: d.bytesSent, durationMs: d.durationMs, ...(d.overlayMs !== undefined ? { overlayMs: d.overlayMs } : {}) },
+            data: { version: d.version, changedBlocks: d.changedBlocks, blocks: d.blocks, bytesRead: d.bytesRead, bytesSent: d.bytesSent, durationMs: d.durationMs, scan: d.scan, ...(d.scanReason !== undefined ? { scanReason: d.scanReason } : {}), ...(d.overlayMs !== undefined ? { overlayMs: d.overlayMs } : {}) },
           });
         } else {
           emit({ level: 'error', event: 'disk-failed', vm: vm.name, disk: d.disk, code: d.code, message: `${d.disk}: ${d.code}: ${d.message}` });

@@ -10,6 +10,7 @@ import {
   listDirtyBitmaps,
   mergeBitmapsAction,
   parseBitmapName,
+  readCopyName,
   removeBitmapAction,
   runBitmapTransaction,
 } from '../../src/hypervisor/dirty-bitmaps.js';
@@ -82,6 +83,8 @@ describe.skipIf(skipQemuTests)('dirty bitmaps and NBD exports (real QEMU)', () =
     expect(bitmapChainId('repo-2', 'web/vda')).not.toBe(a);
     expect(bitmapChainId('repo-1', 'web/vdb')).not.toBe(a);
     expect(parseBitmapName(bitmapName(a, 7))).toEqual({ chain: a, generation: 7 });
+    expect(parseBitmapName(readCopyName(a, 7))).toEqual({ chain: a, generation: 7, readCopy: true });
+    expect(parseBitmapName(`${bitmapName(a, 7)}-copy`)).toBeUndefined();
     for (const foreign of ['backup-vda', 'libvirt-tmp', `blockrep-${a}`, `blockrep-${a}-gx`, `blockrep-XYZ-g1`]) expect(parseBitmapName(foreign)).toBeUndefined();
   });
 

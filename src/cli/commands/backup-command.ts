@@ -121,7 +121,7 @@ export function registerBackup(program: Command): void {
 }
 
 /** Phases a test can hold a live run at (BLOCKREP_TEST_HOLD=phase): it waits there until a signal. */
-const HOLD_PHASES: readonly LivePhase[] = ['frozen', 'snapshot-taken', 'disk-scanned', 'commit-ready'];
+const HOLD_PHASES: readonly LivePhase[] = ['frozen', 'snapshot-taken', 'bitmap-exported', 'disk-scanned', 'commit-ready'];
 
 async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandContext): Promise<CommandResult> {
   if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --qmp, not both');

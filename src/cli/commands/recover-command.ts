@@ -59,8 +59,12 @@ function recoverText(r: RecoverVmReport): string {
   else lines.push(r.thawed ? 'guest: was frozen, now thawed' : 'guest: not frozen');
   for (const j of r.jobs) lines.push(`commit job ${j.job}: finished (${j.status}${j.error ? `, error: ${j.error}` : ''})`);
   for (const c of r.committed) lines.push(`disk ${c.disk}: overlay ${c.overlay} committed back; the disk runs on its own image again`);
+  for (const e of r.removedExports) lines.push(`removed leftover NBD export ${e}`);
+  if (r.stoppedNbdServer) lines.push(`stopped QEMU's NBD server (blockrep had started it)`);
+  for (const b of r.removedBitmaps) lines.push(`removed leftover tracking read copy ${b.name} on node ${b.node}`);
   for (const f of r.removedFiles) lines.push(`removed leftover overlay file ${f}`);
-  const nothing = !r.thawed && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0;
+  const nothing =
+    !r.thawed && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0 && r.removedExports.length === 0 && !r.stoppedNbdServer && r.removedBitmaps.length === 0;
   if (r.warnings.length > 0) lines.push(`recovered what could be recovered; ${r.warnings.length} warning(s) above say what was left alone`);
   else lines.push(nothing ? 'nothing to recover: the VM runs on its own images' : 'recovered: the VM runs on its own images');
   return lines.join('\n');
