@@ -137,6 +137,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       blockSize,
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.compress !== undefined ? { compress: options.compress } : {}),
+      keys: repo.chunkKeys(),
       ...(options.signal ? { signal: options.signal } : {}),
       ...(parent ? { parentHashes: (start: number, count: number) => parentEntries.hashes(start, count) } : {}),
       ...(plan.scan === 'bitmap' ? { blocks: plan.read } : {}),
