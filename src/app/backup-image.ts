@@ -101,7 +101,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
   let uploader: ChunkUploader | undefined;
   try {
     const parentVersion = await repo.latestVersion(diskId);
-    let blockSize = req.blockSize ?? DEFAULT_BLOCK_SIZE;
+    let blockSize = req.blockSize ?? (repo.encrypted ? DEFAULT_ENCRYPTED_BLOCK_SIZE : DEFAULT_BLOCK_SIZE);
     if (parentVersion !== undefined) {
       const candidate = await repo.openManifest(diskId, parentVersion);
       // Keep the disk's block size unless told otherwise, so versions stay comparable.
@@ -137,6 +137,7 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
       blockSize,
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.compress !== undefined ? { compress: options.compress } : {}),
+      keys: repo.chunkKeys(),
       ...(options.signal ? { signal: options.signal } : {}),
       ...(parent ? { parentHashes: (start: number, count: number) => parentEntries.hashes(start, count) } : {}),
       ...(plan.scan === 'bitmap' ? { blocks: plan.read } : {}),
@@ -228,6 +229,12 @@ export async function backupImage(repo: Repository, req: BackupImageRequest, opt
  * (2.9× more at 1 MiB than at 256 KiB).
  */
 export const DEFAULT_BLOCK_SIZE = 256 * 1024;
+/**
+ * A new disk of an encrypted repository: changed blocks travel whole (no slice patches), so a
+ * smaller block keeps a nightly change's bytes near rsync's (bench/results/crypt.md: 1 % change,
+ * 2.12× rsync's literal bytes at 256 KiB, 1.16× at 64 KiB, 1.04× at 16 KiB with 2.7× the blocks).
+ */
+export const DEFAULT_ENCRYPTED_BLOCK_SIZE = 64 * 1024;
 /** Chunk writes in flight: into a folder (the disk's queue) and to a server (round trips to cover). */
 const LOCAL_WRITE_CONCURRENCY = 8;
 export const REMOTE_WRITE_CONCURRENCY = 16;

@@ -16,4 +16,5 @@ export { pruneVersions, type PruneReport } from './prune-versions.js';
 export { recoverDomain, type RecoverDomainReport } from './recover-domain.js';
 export { recoverVm, type RecoverVmReport } from './recover-vm.js';
 export { restoreVersion, type RestoreReport } from './restore-version.js';
+export { verifyEnvelopes } from './verify-envelopes.js';
 export { verifyRepository, type VerifyReport } from './verify-repository.js';

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, open, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { decodeChunk } from '../chunk/index.js';
 import { Qcow2Writer } from '../image/index.js';
 import { idHex, isZeroId } from '../manifest/index.js';
 import type { Repository } from '../repository/index.js';
@@ -86,7 +85,7 @@ export async function restoreVersion(repo: Repository, req: RestoreRequest, opti
       const fetch = async (id: string): Promise<Buffer> => {
         const blob = await repo.readChunkBlob(id);
         bytesFetched += blob.length;
-        return decodeChunk(blob, id, blockSize); // never decodes past one block
+        return repo.decodeChunkBlob(blob, id, blockSize); // never decodes past one block
       };
       fill();
       for (let i = 0; i < n; i++) {

@@ -1,4 +1,3 @@
-import { decodeChunk } from '../chunk/index.js';
 import { idHex, isZeroId } from '../manifest/index.js';
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, assertDiskId, TaskPool } from '../shared/index.js';
@@ -28,6 +27,12 @@ export interface Damage {
 
 export interface VerifyReport {
   ok: boolean;
+  /**
+   * What was checked: `content` (every chunk opened, decoded and checked against its id; every
+   * manifest against its digest), or `envelopes` (an encrypted repository without its key: only
+   * the form and sizes of the sealed objects, verify-envelopes.ts).
+   */
+  scope: 'content' | 'envelopes';
   disks: number;
   versions: number;
   chunksChecked: number;
@@ -86,7 +91,7 @@ export async function verifyRepository(
   }
   // id → problem (undefined = good). Bounded by the number of distinct chunks in the selection.
   const checked = new Map<string, { code: string; problem: string } | undefined>();
-  const report: VerifyReport = { ok: true, disks: disks.length, versions: 0, chunksChecked: 0, bytesChecked: 0, damage: [], damageNotListed: 0, durationMs: 0 };
+  const report: VerifyReport = { ok: true, scope: 'content', disks: disks.length, versions: 0, chunksChecked: 0, bytesChecked: 0, damage: [], damageNotListed: 0, durationMs: 0 };
   if (sample) report.sample = sample;
   const addDamage = (d: Damage): void => {
     report.ok = false;
@@ -130,7 +135,7 @@ export async function verifyRepository(
             try {
               const blob = await repo.readChunkBlob(id);
               report.bytesChecked += blob.length;
-              decodeChunk(blob, id, manifest.header.blockSize); // never decodes past one block
+              repo.decodeChunkBlob(blob, id, manifest.header.blockSize); // never decodes past one block; opened with the key if encrypted
               checked.set(id, undefined);
             } catch (err) {
               if (!isBlockrepError(err)) throw err;

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
 import zstd from 'zstd-napi/binding.js';
 import { BlockrepError, MAX_BLOCK_SIZE } from '../shared/index.js';
+import { CHUNK_ENVELOPE_OVERHEAD, keyedChunkId, openChunkBlob, sealChunkBlob, type RepositoryKeys } from '../crypto/index.js';
 
 /**
  * A chunk is the content of one block, named by the SHA-256 of its uncompressed bytes and
@@ -17,6 +18,9 @@ import { BlockrepError, MAX_BLOCK_SIZE } from '../shared/index.js';
  * | 12     | ...  | payload                                 |
  *
  * Incompressible blocks are stored as they are rather than grown by the codec.
+ *
+ * In an encrypted repository (given its `keys`) a chunk is named by the keyed HMAC-SHA-256 of
+ * its plaintext instead, and the blob above is stored sealed (crypto/chunk-envelope.ts).
  */
 export const CHUNK_MAGIC = 0x4252434b; // "BRCK"
 export const CHUNK_BLOB_VERSION = 1;
@@ -36,7 +40,7 @@ const ZSTD_LEVEL = 1;
 let dctx: zstd.DCtx | undefined;
 
 export interface EncodedChunk {
-  /** Lower-case hex SHA-256 of the uncompressed bytes. */
+  /** Lower-case hex SHA-256 of the uncompressed bytes (keyed HMAC-SHA-256 when sealed). */
   id: string;
   blob: Uint8Array;
   rawLength: number;
@@ -46,8 +50,8 @@ export function chunkId(raw: Uint8Array): string {
   return createHash('sha256').update(raw).digest('hex');
 }
 
-export function encodeChunk(raw: Uint8Array, options: { compress?: boolean } = {}): EncodedChunk {
-  const id = chunkId(raw);
+export function encodeChunk(raw: Uint8Array, options: { compress?: boolean; keys?: RepositoryKeys | undefined } = {}): EncodedChunk {
+  const id = options.keys ? keyedChunkId(options.keys.chunkIdKey, raw) : chunkId(raw);
   let codec = CODEC_STORED;
   let payload: Uint8Array = raw;
   if (options.compress !== false) {
@@ -64,7 +68,12 @@ export function encodeChunk(raw: Uint8Array, options: { compress?: boolean } = {
   blob.writeUInt16BE(0, 6);
   blob.writeUInt32BE(raw.byteLength, 8);
   blob.set(payload, CHUNK_HEADER_BYTES);
-  return { id, blob, rawLength: raw.byteLength };
+  return { id, blob: options.keys ? sealChunkBlob(options.keys.sealKey, id, blob) : blob, rawLength: raw.byteLength };
+}
+
+/** The largest stored chunk for a block of `blockSize` bytes (a sealed one is a little larger). */
+export function maxStoredChunkBytes(blockSize: number, sealed: boolean): number {
+  return CHUNK_HEADER_BYTES + blockSize + (sealed ? CHUNK_ENVELOPE_OVERHEAD : 0);
 }
 
 /** The codec byte of a chunk blob's header (CODEC_STORED or CODEC_ZSTD); the blob is not checked. */
@@ -76,9 +85,16 @@ export function blobCodec(blob: Uint8Array): number {
  * Decodes a stored blob and checks that its content still hashes to `expectedId`.
  * Any mismatch is CHUNK_CORRUPT: damaged data is never handed on.
  */
-export function decodeChunk(blob: Uint8Array, expectedId: string, maxRawBytes = MAX_BLOCK_SIZE): Buffer {
+export function decodeChunk(blob: Uint8Array, expectedId: string, maxRawBytes = MAX_BLOCK_SIZE, keys?: RepositoryKeys): Buffer {
+  if (keys) {
+    const opened = openChunkBlob(keys.sealKey, expectedId, blob);
+    if (opened === undefined) {
+      throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId} does not open with this repository's key: it was damaged, stored under another chunk's name, or not sealed for this repository`);
+    }
+    blob = opened;
+  }
   const raw = unpackChunk(blob, expectedId, maxRawBytes);
-  const actual = chunkId(raw);
+  const actual = keys ? keyedChunkId(keys.chunkIdKey, raw) : chunkId(raw);
   if (actual !== expectedId) {
     throw new BlockrepError('CHUNK_CORRUPT', `chunk ${expectedId}: content hashes to ${actual}`);
   }

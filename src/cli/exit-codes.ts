@@ -19,6 +19,10 @@ export const EXIT_ACCESS_DENIED = 11;
 export const EXIT_UNAVAILABLE = 12;
 /** blockrep run: at least one VM was backed up and at least one failed. */
 export const EXIT_PARTIAL_FAILURE = 13;
+/** An encrypted repository: the passphrase given opens none of its keys. */
+export const EXIT_WRONG_PASSWORD = 14;
+/** An encrypted repository, and no passphrase was given. */
+export const EXIT_KEY_REQUIRED = 15;
 export const EXIT_INTERRUPTED = 130;
 
 const table = {
@@ -35,6 +39,9 @@ const table = {
   IMAGE_NOT_FOUND: EXIT_NOT_FOUND,
   VERIFY_FAILED: EXIT_DAMAGED,
   CHUNK_CORRUPT: EXIT_DAMAGED,
+  WRONG_PASSWORD: EXIT_WRONG_PASSWORD,
+  KEY_REQUIRED: EXIT_KEY_REQUIRED,
+  KEY_NOT_FOUND: EXIT_NOT_FOUND,
   TRACKING_MISMATCH: EXIT_DAMAGED,
   CHUNK_MISSING: EXIT_DAMAGED,
   REPO_CORRUPT: EXIT_DAMAGED,
@@ -95,7 +102,7 @@ Exit codes:
   1    failure (the message says what went wrong); blockrep run: no VM could be backed up
   2    usage error: bad arguments, disk id, version id or size, or a mistake in a job
        configuration (the message names the file, line and path)
-  3    not found: repository, disk, version, image or libvirt domain
+  3    not found: repository, disk, version, image, libvirt domain or key file
   4    damage: verify found damaged or missing data, or stored data failed its checks
   5    locked: another blockrep process is writing the same disk or working on the same VM,
        or took over this run's disk lock after it expired (nothing was published), a
@@ -114,4 +121,7 @@ Exit codes:
        the right for this disk or operation; or by S3: no, wrong or expired credentials
   12   the repository server or S3 endpoint cannot be reached or stays unavailable (after retries)
   13   blockrep run: some VMs were backed up and some failed (the report names each failure)
+  14   wrong passphrase: none of the encrypted repository's keys opens with it
+  15   the repository is encrypted and no passphrase was given ($BLOCKREP_PASSWORD,
+       --password-file FILE, or a terminal)
   130  interrupted by a signal (nothing half-done was published)`;

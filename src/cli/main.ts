@@ -3,6 +3,8 @@ import { createRequire } from 'node:module';
 import { BlockrepError } from '../shared/index.js';
 import { registerBackup } from './commands/backup-command.js';
 import { registerGc } from './commands/gc-command.js';
+import { registerInit } from './commands/init-command.js';
+import { registerKey } from './commands/key-command.js';
 import { registerList } from './commands/list-command.js';
 import { registerPrune } from './commands/prune-command.js';
 import { registerRecover } from './commands/recover-command.js';
@@ -24,6 +26,7 @@ function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .addHelpText('after', exitCodeHelp);
+  registerInit(program);
   registerBackup(program);
   registerRestore(program);
   registerVerify(program);
@@ -34,6 +37,7 @@ function buildProgram(): Command {
   registerRun(program);
   registerServe(program);
   registerToken(program);
+  registerKey(program);
   for (const cmd of program.commands) cmd.exitOverride().addHelpText('after', exitCodeHelp);
   return program;
 }

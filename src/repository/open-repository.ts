@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import { type Backend, LocalBackend, RateLimitedBackend } from '../backend/index.js';
 import { RateLimiter, BlockrepError } from '../shared/index.js';
+import { unlockWithPassphrase } from './repository-key-store.js';
 import { Repository } from './repository.js';
 
 export interface OpenRepositoryOptions {
@@ -14,6 +15,24 @@ export interface OpenRepositoryOptions {
   bwlimit?: number;
   /** For s3:// repositories: the endpoint of a non-AWS server (else AWS_ENDPOINT_URL(_S3), else AWS). */
   s3Endpoint?: string;
+  /**
+   * For an encrypted repository: where its passphrase comes from (asked only if it is
+   * encrypted). Without it an encrypted repository opens locked: listing only (KEY_REQUIRED).
+   */
+  passphrase?: () => Promise<string>;
+}
+
+/** Unlocks an encrypted repository with the passphrase the options name, if any. */
+async function unlocked(repo: Repository, options: OpenRepositoryOptions): Promise<Repository> {
+  if (repo.encrypted && options.passphrase !== undefined) {
+    try {
+      await unlockWithPassphrase(repo, await options.passphrase());
+    } catch (err) {
+      await repo.backend.close().catch(() => undefined);
+      throw err;
+    }
+  }
+  return repo;
 }
 
 function limited(backend: Backend, bwlimit: number | undefined): Backend {
@@ -23,6 +42,11 @@ function limited(backend: Backend, bwlimit: number | undefined): Backend {
 
 /** REPO is a directory (the embedded default), an http(s):// URL of a `blockrep serve`, or s3://BUCKET[/PREFIX]. */
 export async function openRepository(location: string, options: OpenRepositoryOptions = {}): Promise<Repository> {
+  return unlocked(await openRepositoryLocked(location, options), options);
+}
+
+/** The backend REPO names (rate-limited as asked), without opening a repository in it (`blockrep init`). */
+export async function openBackend(location: string, options: OpenRepositoryOptions = {}): Promise<Backend> {
   // An empty path would resolve to the working directory and make a repository there.
   if (location.trim() === '') throw new BlockrepError('USAGE', '--repo needs a repository: a directory or an http(s):// URL, not an empty string');
   if (options.s3Endpoint !== undefined && !/^s3:\/\//i.test(location)) throw new BlockrepError('USAGE', '--s3-endpoint applies to s3:// repositories only');
@@ -34,30 +58,15 @@ export async function openRepository(location: string, options: OpenRepositoryOp
     const { S3Backend, parseS3Location } = await import('../backend/s3/index.js');
     const where = parseS3Location(location);
     const endpoint = s3EndpointFrom(options.s3Endpoint);
-    const backend = new S3Backend({ ...where, endpoint });
-    try {
-      return await Repository.open(limited(backend, options.bwlimit), { create: options.create ?? false });
-    } catch (err) {
-      await backend.close().catch(() => undefined);
-      throw err;
-    }
+    return limited(new S3Backend({ ...where, endpoint }), options.bwlimit);
   }
   if (/^https?:\/\//i.test(location)) {
     // Loaded only for a server: undici and the HTTP client cost every local run ~0.2 s of start-up.
-    const [{ HttpBackend }, { loadAccessToken, readCaFile }] = await Promise.all([
-      import('../backend/http/index.js'),
-      import('../backend/http/index.js'),
-    ]);
+    const { HttpBackend, loadAccessToken, readCaFile } = await import('../backend/http/index.js');
     const token = await loadAccessToken(options.tokenFile === undefined ? {} : { tokenFile: options.tokenFile });
     const ca = options.cacert === undefined ? undefined : await readCaFile(options.cacert);
     if (ca !== undefined && !/^https:/i.test(location)) throw new BlockrepError('USAGE', '--cacert applies to https:// repositories only');
-    const backend = new HttpBackend({ url: location, ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}) });
-    try {
-      return await Repository.open(limited(backend, options.bwlimit), { create: options.create ?? false });
-    } catch (err) {
-      await backend.close().catch(() => undefined);
-      throw err;
-    }
+    return limited(new HttpBackend({ url: location, ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}) }), options.bwlimit);
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {
     throw new BlockrepError('USAGE', `repository URLs are http://, https:// or s3://, not ${location.split('://')[0]}://`);
@@ -65,7 +74,17 @@ export async function openRepository(location: string, options: OpenRepositoryOp
   if (options.tokenFile !== undefined || options.cacert !== undefined) {
     throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories only');
   }
-  return Repository.open(limited(new LocalBackend(resolve(location)), options.bwlimit), options.create ? { create: true } : {});
+  return limited(new LocalBackend(resolve(location)), options.bwlimit);
+}
+
+async function openRepositoryLocked(location: string, options: OpenRepositoryOptions): Promise<Repository> {
+  const backend = await openBackend(location, options);
+  try {
+    return await Repository.open(backend, { create: options.create ?? false });
+  } catch (err) {
+    await backend.close().catch(() => undefined);
+    throw err;
+  }
 }
 
 /** `--s3-endpoint`, else the AWS SDK's own variables; checked here so a typo is a usage error. */

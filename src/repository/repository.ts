@@ -1,11 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import type { Backend, ConditionalRemoval, TempSweep } from '../backend/index.js';
-import { decodeChunk, isChunkId, type EncodedChunk } from '../chunk/index.js';
+import { CHUNK_HEADER_BYTES, decodeChunk, isChunkId, type EncodedChunk } from '../chunk/index.js';
+import { chunkEnvelopeProblem, deriveRepositoryKeys, type RepositoryKeys } from '../crypto/index.js';
 import { type ManifestHeader, ManifestReader, type FinishedManifest } from '../manifest/index.js';
 import { ManifestCache } from './manifest-cache.js';
-import { BlockrepError, isBlockrepError, assertDiskId, diskIdFromPathComponent, diskIdToPathComponent, lockHolderSchema, type LockHolder, isVersionId, systemClock, type Clock } from '../shared/index.js';
+import { BlockrepError, MAX_BLOCK_SIZE, isBlockrepError, assertDiskId, diskIdFromPathComponent, diskIdToPathComponent, lockHolderSchema, type LockHolder, isVersionId, systemClock, type Clock } from '../shared/index.js';
 import { DiskLock } from './disk-lock.js';
-import { CONFIG_KEY, REPOSITORY_FORMAT, REPOSITORY_FORMAT_VERSION, repositoryConfigSchema, type RepositoryConfig } from './repository-config.js';
+import { CONFIG_KEY, NEWEST_FORMAT_VERSION, REPOSITORY_FORMAT, REPOSITORY_FORMAT_VERSION, repositoryConfigSchema, type RepositoryConfig } from './repository-config.js';
+import { SealedManifestBackend } from './sealed-manifest-backend.js';
 
 const MANIFEST_SUFFIX = '.manifest';
 
@@ -16,16 +18,79 @@ const MANIFEST_SUFFIX = '.manifest';
  *   chunks/<first 2 hex>/<sha256 hex>     chunk blobs (chunk-codec)
  *   disks/<disk id, / as %2F>/<version>.manifest
  *   locks/<disk id>.lock
+ *   keys/<16 hex>                          key files (encrypted repositories: repository-key-store.ts)
+ *
+ * An encrypted repository (config.encryption) is opened locked: listing works, but every read
+ * or write of content throws KEY_REQUIRED until unlock() is given its master key. Chunks then
+ * travel sealed and manifests are sealed in pages (SealedManifestBackend).
  */
 export class Repository {
   private cache: ManifestCache | undefined;
+  private keys: RepositoryKeys | undefined;
+  private masterKey: Uint8Array | undefined;
+  /** Where manifests are read and written: the backend itself, or its sealed view once unlocked. */
+  private manifests: Backend;
 
   private constructor(
     readonly backend: Backend,
-    readonly config: RepositoryConfig,
+    private currentConfig: RepositoryConfig,
     /** What disk locks renew by (tests pass a ManualClock). */
     readonly clock: Clock,
-  ) {}
+  ) {
+    this.manifests = backend;
+  }
+
+  /** A repository object for a config not yet stored (init writes its first key file through it). */
+  static draft(backend: Backend, config: RepositoryConfig, clock: Clock): Repository {
+    return new Repository(backend, config, clock);
+  }
+
+  get config(): RepositoryConfig {
+    return this.currentConfig;
+  }
+
+  // ---- encryption
+
+  get encrypted(): boolean {
+    return this.currentConfig.encryption !== undefined;
+  }
+
+  get unlocked(): boolean {
+    return this.keys !== undefined;
+  }
+
+  /** Opens an encrypted repository with its master key (from a key file or an export). */
+  unlock(masterKey: Uint8Array): void {
+    if (!this.encrypted) throw new BlockrepError('INTERNAL', 'unlock of a repository that is not encrypted');
+    this.masterKey = masterKey;
+    this.keys = deriveRepositoryKeys(masterKey, this.currentConfig.id);
+    this.manifests = new SealedManifestBackend(this.backend, this.keys.sealKey);
+  }
+
+  /**
+   * The keys chunks are named and sealed with (for the scan workers), or undefined for a plain
+   * repository. KEY_REQUIRED for an encrypted one not unlocked: nothing is written without its key.
+   */
+  chunkKeys(): RepositoryKeys | undefined {
+    if (!this.encrypted) return undefined;
+    if (this.keys === undefined) throw this.keyRequired();
+    return this.keys;
+  }
+
+  /** The master key of an unlocked repository (`key add`, `key export`). */
+  unlockedMasterKey(): Uint8Array {
+    if (this.masterKey === undefined) throw this.keyRequired();
+    return this.masterKey;
+  }
+
+  private keyRequired(): BlockrepError {
+    return new BlockrepError('KEY_REQUIRED', `repository ${this.location} is encrypted: give its passphrase (BLOCKREP_PASSWORD, --password-file FILE, or on a terminal)`);
+  }
+
+  /** Re-reads blockrep.json (a server whose empty repository a client turned encrypted). */
+  async reloadConfig(): Promise<void> {
+    this.currentConfig = (await Repository.open(this.backend, { clock: this.clock })).config;
+  }
 
   get location(): string {
     return this.backend.location;
@@ -68,10 +133,10 @@ export class Repository {
       throw new BlockrepError('REPO_CORRUPT', `${backend.location}/${CONFIG_KEY} is not valid JSON`, { cause: err });
     }
     const version = (parsed as { version?: unknown } | null)?.version;
-    if ((parsed as { format?: unknown } | null)?.format === REPOSITORY_FORMAT && typeof version === 'number' && version !== REPOSITORY_FORMAT_VERSION) {
+    if ((parsed as { format?: unknown } | null)?.format === REPOSITORY_FORMAT && typeof version === 'number' && (version < REPOSITORY_FORMAT_VERSION || version > NEWEST_FORMAT_VERSION)) {
       throw new BlockrepError(
         'REPO_FORMAT',
-        `repository ${backend.location} has format version ${version}, this blockrep uses version ${REPOSITORY_FORMAT_VERSION}: ` +
+        `repository ${backend.location} has format version ${version}, this blockrep reads versions ${REPOSITORY_FORMAT_VERSION} to ${NEWEST_FORMAT_VERSION}: ` +
           (version < REPOSITORY_FORMAT_VERSION ? 'it was made by an older blockrep and cannot be read by this one' : 'upgrade blockrep to read it'),
       );
     }
@@ -107,14 +172,22 @@ export class Repository {
     return sizes.map((size) => size !== undefined);
   }
 
-  /** Stores a chunk (idempotent). Durable once flush() resolves. Returns bytes stored. */
+  /**
+   * Stores a chunk (idempotent). Durable once flush() resolves. Returns bytes stored. In an
+   * encrypted repository only a sealed chunk is accepted (by its form: a server holds no key).
+   */
   async putChunk(chunk: EncodedChunk): Promise<number> {
+    if (this.encrypted) {
+      const problem = chunkEnvelopeProblem(chunk.blob, MAX_BLOCK_SIZE + CHUNK_HEADER_BYTES);
+      if (problem !== undefined) throw new BlockrepError('CHUNK_CORRUPT', `chunk ${chunk.id}: ${problem}; an encrypted repository stores sealed chunks only`);
+    }
     return this.backend.write(Repository.chunkKey(chunk.id), chunk.blob, { deferSync: true });
   }
 
   /** Whether a changed block can travel as a patch against its base chunk (chunk-patch.ts). */
   get patchesChunks(): boolean {
-    return this.backend.planChunkPatches !== undefined && this.backend.writeChunkPatch !== undefined;
+    // Patches need the holder to read the base chunk: never in an encrypted repository.
+    return !this.encrypted && this.backend.planChunkPatches !== undefined && this.backend.writeChunkPatch !== undefined;
   }
 
   async planChunkPatches(sliceBytes: number, items: Array<{ baseId: string; hashes: Buffer }>): Promise<Array<Buffer | undefined>> {
@@ -139,7 +212,12 @@ export class Repository {
 
   /** The chunk's content, checked against its SHA-256; a chunk over `maxRawBytes` (its block size) is CHUNK_CORRUPT. */
   async getChunk(id: string, maxRawBytes?: number): Promise<Buffer> {
-    return decodeChunk(await this.readChunkBlob(id), id, maxRawBytes);
+    return this.decodeChunkBlob(await this.readChunkBlob(id), id, maxRawBytes);
+  }
+
+  /** A stored blob's content, opened with the repository's key if it is encrypted and checked against its id. */
+  decodeChunkBlob(blob: Uint8Array, id: string, maxRawBytes?: number): Buffer {
+    return decodeChunk(blob, id, maxRawBytes, this.chunkKeys());
   }
 
   /** Every stored chunk, with its modification time when the backend lists it. */
@@ -229,7 +307,14 @@ export class Repository {
     const key = Repository.manifestKey(diskId, versionId);
     // cache: false for a pass over every version (gc), which must not fill the client's cache.
     const cache = options.cache === false ? undefined : this.manifestCache();
-    return cache ? cache.open(this.backend, key) : ManifestReader.open(this.backend, key);
+    const store = this.manifestStore();
+    return cache ? cache.open(store, key) : ManifestReader.open(store, key);
+  }
+
+  /** Where manifests are read and written; KEY_REQUIRED for an encrypted repository not unlocked. */
+  private manifestStore(): Backend {
+    if (this.encrypted && !this.unlocked) throw this.keyRequired();
+    return this.manifests;
   }
 
   private manifestCache(): ManifestCache | undefined {
@@ -238,8 +323,16 @@ export class Repository {
     return this.cache;
   }
 
+  /** The first bytes of a stored manifest as stored (sealed or not) and its stored size: `verify --without-key`. */
+  async sealedManifestHead(diskId: string, versionId: string, bytes: number): Promise<{ head: Buffer; size: number }> {
+    const key = Repository.manifestKey(diskId, versionId);
+    const size = await this.backend.size(key);
+    if (size === undefined) throw new BlockrepError('VERSION_NOT_FOUND', `manifest ${key} does not exist`);
+    return { head: await this.backend.read(key, 0, Math.min(bytes, size)), size };
+  }
+
   async versionHeader(diskId: string, versionId: string): Promise<ManifestHeader> {
-    return ManifestReader.readHeader(this.backend, Repository.manifestKey(diskId, versionId));
+    return ManifestReader.readHeader(this.manifestStore(), Repository.manifestKey(diskId, versionId));
   }
 
   /**
@@ -247,13 +340,16 @@ export class Repository {
    * stored exclusively (a second writer of the same version id fails). Returns bytes stored.
    */
   async publishVersion(diskId: string, versionId: string, manifest: FinishedManifest): Promise<number> {
+    const store = this.manifestStore();
     await this.backend.flush();
     const key = Repository.manifestKey(diskId, versionId);
-    const delta = this.backend.writeManifestDelta ? manifest.delta() : undefined;
+    // A sealed manifest travels whole: the holder cannot compose it from a delta.
+    const deltas = !this.encrypted && this.backend.writeManifestDelta;
+    const delta = deltas ? manifest.delta() : undefined;
     const sent =
       delta && delta.length < manifest.bytes && this.backend.writeManifestDelta
         ? await this.backend.writeManifestDelta(key, delta)
-        : await this.backend.write(key, manifest.stream(), { exclusive: true });
+        : await store.write(key, manifest.stream(), { exclusive: true });
     // Only once it is the published version: the next run compares against it without a download.
     await this.manifestCache()?.store(key, manifest);
     return sent;

@@ -1,3 +1,4 @@
+import type { RepositoryKeys } from '../crypto/index.js';
 import type { ImageReader } from '../image/index.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
@@ -10,6 +11,8 @@ export interface InThreadScanOptions {
   reader: ImageReader;
   geometry: ScanGeometry;
   compress: boolean;
+  /** An encrypted repository's keys: chunks are then named by keyed hash and sealed. */
+  keys: RepositoryKeys | undefined;
   zeroHash: bigint;
   lastZeroHash: bigint;
   planner: SegmentPlanner;
@@ -35,6 +38,7 @@ export async function* inThreadScan(o: InThreadScanOptions): AsyncGenerator<Scan
     zeroHash: o.zeroHash,
     lastZeroHash: o.lastZeroHash,
     compress: o.compress,
+    keys: o.keys,
     signal: o.signal,
   });
   const { planner } = o;

@@ -1,3 +1,4 @@
+import type { RepositoryKeys } from '../crypto/index.js';
 import type { ImageReader } from '../image/index.js';
 import type { SegmentResult, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
@@ -9,6 +10,8 @@ export interface LocalSegmentScannerOptions {
   reader: ImageReader;
   geometry: ScanGeometry;
   compress: boolean;
+  /** An encrypted repository's keys: chunks are then named by keyed hash and sealed. */
+  keys: RepositoryKeys | undefined;
   zeroHash: bigint;
   lastZeroHash: bigint;
   signal: AbortSignal | undefined;
@@ -35,6 +38,7 @@ export class LocalSegmentScanner {
       zeroHash: this.o.zeroHash,
       lastZeroHash: this.o.lastZeroHash,
       compress: this.o.compress,
+      keys: this.o.keys,
       signal: this.o.signal,
     });
     for await (const result of this.scanner.run([task])) return result;

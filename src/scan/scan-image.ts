@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os';
+import type { RepositoryKeys } from '../crypto/index.js';
 import { type ImageSpec, openImage } from '../image/index.js';
 import { BlockrepError } from '../shared/index.js';
 import { inThreadScan } from './in-thread-scan.js';
@@ -29,6 +30,8 @@ export interface ScanOptions {
   parentHashes?: (startBlock: number, count: number) => Promise<BigUint64Array>;
   /** Passed to encodeChunk; default true. */
   compress?: boolean;
+  /** An encrypted repository's keys (Repository.chunkKeys()): chunks are named by keyed hash and sealed where they are encoded, in the workers. */
+  keys?: RepositoryKeys | undefined;
   /** Aborting stops the scan and its workers; the iteration throws `signal.reason`. */
   signal?: AbortSignal;
   /**
@@ -93,6 +96,7 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
     const common = {
       geometry,
       compress: opts.compress !== false,
+      keys: opts.keys,
       zeroHash,
       lastZeroHash,
       planner: new SegmentPlanner(geometry, tuning, opts.parentHashes !== undefined, opts.blocks),

@@ -1,3 +1,4 @@
+import type { RepositoryKeys } from '../crypto/index.js';
 import type { ImageSpec } from '../image/index.js';
 import type { SegmentResult, SegmentTask } from './scan-batch.js';
 
@@ -11,6 +12,8 @@ export interface ScanWorkerInit {
   /** Size the main thread saw; a worker whose reader disagrees refuses to scan. */
   virtualSize: number;
   compress: boolean;
+  /** An encrypted repository's keys: chunks are then named by keyed hash and sealed. */
+  keys: RepositoryKeys | undefined;
   zeroHash: bigint;
   lastZeroHash: bigint;
   unitBytes: number;

@@ -50,6 +50,7 @@ async function main(): Promise<void> {
       zeroHash: init.zeroHash,
       lastZeroHash: init.lastZeroHash,
       compress: init.compress,
+      keys: init.keys,
     });
     post({ type: 'ready', inPlaceHash: hasher.inPlace });
     for await (const result of scanner.run(tasks)) {

@@ -1,3 +1,4 @@
+import type { RepositoryKeys } from '../crypto/index.js';
 import { encodeChunk } from '../chunk/index.js';
 import type { Extent, ImageReader } from '../image/index.js';
 import { isAllZero } from './all-zero.js';
@@ -18,6 +19,8 @@ export interface SegmentScannerOptions {
   zeroHash: bigint;
   lastZeroHash: bigint;
   compress: boolean;
+  /** An encrypted repository's keys: chunks are then named by keyed hash and sealed. */
+  keys?: RepositoryKeys | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -160,7 +163,7 @@ export class SegmentScanner {
 
   /** Hashes the unit's blocks, flags zeros and changes, encodes changed non-zero blocks. */
   private process(unit: Unit, result: SegmentResult): void {
-    const { geometry, hasher, zeroHash, lastZeroHash, compress } = this.o;
+    const { geometry, hasher, zeroHash, lastZeroHash, compress, keys } = this.o;
     const parent = unit.task.parent;
     const lastBlock = geometry.blockCount - 1;
     for (let i = unit.first; i < unit.first + unit.count; i++) {
@@ -185,7 +188,7 @@ export class SegmentScanner {
       if (zero) result.zero[i] = 1;
       if (changed) {
         result.changed[i] = 1;
-        if (!zero) result.chunks.push({ index: block, chunk: encodeChunk(hasher.view(offset, length), { compress }) });
+        if (!zero) result.chunks.push({ index: block, chunk: encodeChunk(hasher.view(offset, length), { compress, keys }) });
       }
     }
   }

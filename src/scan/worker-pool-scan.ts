@@ -1,3 +1,4 @@
+import type { RepositoryKeys } from '../crypto/index.js';
 import { Worker } from 'node:worker_threads';
 import type { ImageSpec } from '../image/index.js';
 import { BlockrepError, errorCodes, type ErrorCode } from '../shared/index.js';
@@ -14,6 +15,8 @@ export interface WorkerPoolScanOptions {
   geometry: ScanGeometry;
   workers: number;
   compress: boolean;
+  /** An encrypted repository's keys: chunks are then named by keyed hash and sealed. */
+  keys: RepositoryKeys | undefined;
   zeroHash: bigint;
   lastZeroHash: bigint;
   planner: SegmentPlanner;
@@ -83,6 +86,7 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
     blockSize: geometry.blockSize,
     virtualSize: geometry.virtualSize,
     compress: o.compress,
+    keys: o.keys,
     zeroHash: o.zeroHash,
     lastZeroHash: o.lastZeroHash,
     unitBytes: tuning.unitBytes,

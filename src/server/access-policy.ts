@@ -46,7 +46,14 @@ export function authorizeObject(p: Principal, method: Method, ref: ObjectRef): v
   };
   switch (ref.kind) {
     case 'config':
-      if (method !== 'HEAD' && method !== 'GET') throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json is read-only over the network');
+      // Written only to turn an empty repository encrypted (blockrep init --encrypt; config-upload.ts).
+      if (method === 'DELETE') throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json cannot be removed over the network');
+      if (method === 'PUT' && !mayOnAllDisks(p, 'admin')) deny('blockrep.json (needs admin on "*")');
+      return;
+    case 'key':
+      // Every client of an encrypted repository unlocks it (a backup seals with its key): any
+      // token reads key files; adding or removing a passphrase concerns every disk.
+      if ((method === 'PUT' || method === 'DELETE') && !mayOnAllDisks(p, 'admin')) deny('key files (needs admin on "*")');
       return;
     case 'chunk':
       if (method === 'DELETE') {
@@ -79,6 +86,8 @@ export function authorizeList(p: Principal, scope: ListScope): void {
     case 'disks':
     case 'locks':
       return; // filtered entry by entry (listedKeyVisible)
+    case 'keys':
+      return; // any token: key files are what every client unlocks with
   }
 }
 

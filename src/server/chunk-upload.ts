@@ -2,6 +2,7 @@ import { MAX_BLOCK_SIZE, BlockrepError } from '../shared/index.js';
 import zstd from 'zstd-napi/binding.js';
 import { blobCodec, CHUNK_HEADER_BYTES, CHUNK_MAGIC, CODEC_ZSTD, decodeChunk, type EncodedChunk } from '../chunk/index.js';
 import type { Repository } from '../repository/index.js';
+import { CHUNK_ENVELOPE_OVERHEAD, chunkEnvelopeProblem } from '../crypto/index.js';
 import { isBlockrepError } from '../shared/index.js';
 import { readBody } from './http-io.js';
 import type { RequestContext } from './request-context.js';
@@ -10,6 +11,8 @@ import type { RequestContext } from './request-context.js';
 export const MAX_CHUNK_RAW_BYTES = MAX_BLOCK_SIZE;
 /** A chunk blob: its header and at most the raw block (incompressible blocks are stored). */
 export const MAX_CHUNK_BLOB_BYTES = CHUNK_HEADER_BYTES + MAX_CHUNK_RAW_BYTES;
+/** A sealed chunk (encrypted repository): the blob and its envelope. */
+export const MAX_SEALED_CHUNK_BYTES = MAX_CHUNK_BLOB_BYTES + CHUNK_ENVELOPE_OVERHEAD;
 
 /**
  * PUT of a chunk: the server trusts no digest the client claims. The blob is read (bounded),
@@ -17,6 +20,13 @@ export const MAX_CHUNK_BLOB_BYTES = CHUNK_HEADER_BYTES + MAX_CHUNK_RAW_BYTES;
  * Returns the bytes stored.
  */
 export async function receiveChunk(repo: Repository, chunkId: string, ctx: RequestContext): Promise<number> {
+  if (repo.encrypted) {
+    // No key here: the content cannot be re-hashed, only the envelope's form and size checked.
+    const sealed = await readBody(ctx, MAX_SEALED_CHUNK_BYTES, 'a sealed chunk');
+    const problem = chunkEnvelopeProblem(sealed, MAX_CHUNK_BLOB_BYTES);
+    if (problem !== undefined) throw new BlockrepError('CHUNK_CORRUPT', `chunk ${chunkId}: ${problem}`);
+    return storeChunk(repo, { id: chunkId, blob: sealed, rawLength: 0 }, ctx);
+  }
   const blob = await readBody(ctx, MAX_CHUNK_BLOB_BYTES, 'a chunk');
   checkDecodedSize(blob, chunkId);
   const raw = decodeChunk(blob, chunkId); // CHUNK_CORRUPT on any mismatch
@@ -36,7 +46,9 @@ export async function storeChunk(repo: Repository, chunk: EncodedChunk, ctx: Req
     try {
       const stored = await repo.readChunkBlob(chunk.id);
       await ctx.lease.ensure(ctx.lease.heldBytes + stored.length);
-      if (Buffer.from(chunk.blob).equals(stored) || decodeChunk(stored, chunk.id).length === chunk.rawLength) return stored.length;
+      if (Buffer.from(chunk.blob).equals(stored)) return stored.length;
+      // A sealed copy cannot be opened here: kept if it is well formed (verify with the key says more).
+      if (repo.encrypted ? chunkEnvelopeProblem(stored, MAX_CHUNK_BLOB_BYTES) === undefined : decodeChunk(stored, chunk.id).length === chunk.rawLength) return stored.length;
     } catch (err) {
       // Gone meanwhile (gc moved it aside) or damaged: written anew below.
       if (!isBlockrepError(err) || (err.code !== 'CHUNK_MISSING' && err.code !== 'CHUNK_CORRUPT')) throw err;

@@ -18,6 +18,7 @@ const table = {
   DISK_NOT_FOUND: 404,
   VERSION_NOT_FOUND: 404,
   TOKEN_NOT_FOUND: 404,
+  KEY_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
   // A manifest that refers to a chunk the repository lacks: upload the chunk, then retry.
   CHUNK_MISSING: 409,
@@ -67,6 +68,9 @@ const table = {
   DOMAIN_NOT_RUNNING: 500,
   BLOCK_JOB_ACTIVE: 500,
   TOKENS_LOCKED: 500,
+  // Raised on the client only (the server never holds a key).
+  KEY_REQUIRED: 500,
+  WRONG_PASSWORD: 500,
   INTERNAL: 500,
 } as const satisfies Record<ErrorCode, number>;
 

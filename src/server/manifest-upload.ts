@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, open, rm, stat } from 'node:fs/promises';
+import { MANIFEST_ENVELOPE_HEADER_BYTES, manifestEnvelopeProblem } from '../crypto/index.js';
 import { dirname, join } from 'node:path';
 import { LocalBackend, type Backend } from '../backend/index.js';
 import { decodeHeader, FIXED_HEADER_BYTES, manifestBytes, peekHeaderBytes, composeManifest, decodeDelta, deltaChunkIds, type DecodedDelta, idHex, isZeroId, ManifestReader } from '../manifest/index.js';
@@ -16,6 +17,8 @@ const MAX_HEADER_BYTES = FIXED_HEADER_BYTES + 64 * 1024 + 8;
 const CHECK_BATCH = 4096;
 /** Chunk ids remembered as present while checking one manifest (many blocks share chunks). */
 const MAX_REMEMBERED = 256 * 1024;
+/** A sealed manifest (encrypted repository), whose header the server cannot read: 16 GiB (400 million blocks). */
+const MAX_SEALED_MANIFEST_BYTES = 16 * 1024 ** 3;
 
 /**
  * PUT of a manifest, the commit of a version. The body is spooled to a temporary file (never
@@ -39,6 +42,7 @@ export async function receiveManifest(
   const spoolRoot = join(spoolDir, randomBytes(12).toString('hex'));
   const spoolPath = join(spoolRoot, ...ref.key.split('/'));
   try {
+    if (repo.encrypted) return await receiveSealedManifest(store, spoolPath, ref, ctx, declared, where);
     let delta: DecodedDelta | undefined;
     if (ctx.req.headers['content-type'] === MANIFEST_DELTA_TYPE) {
       delta = await composeFromDelta(store, ref, ctx, spoolRoot, where);
@@ -63,6 +67,57 @@ export async function receiveManifest(
     }
   } finally {
     await rm(spoolRoot, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/**
+ * A sealed manifest (crypto/manifest-pages.ts): the server holds no key, so it checks the
+ * envelope's form and that its length is a whole number of pages; which chunks it names, and
+ * whether it belongs to this disk and version, only a client with the key can check (the key is
+ * part of every page's associated data, so a mislabelled one never opens). The client flushed
+ * its chunks before sending it. Stored exclusively, like any version.
+ */
+async function receiveSealedManifest(store: Backend, spoolPath: string, ref: { key: string; diskId: string; versionId: string }, ctx: RequestContext, declared: number | undefined, where: string): Promise<number> {
+  if (ctx.req.headers['content-type'] === MANIFEST_DELTA_TYPE) throw new BlockrepError('BAD_REQUEST', `${where}: the repository is encrypted; send the whole sealed manifest, not a delta`);
+  if (declared !== undefined && declared > MAX_SEALED_MANIFEST_BYTES) throw tooLarge(where, MAX_SEALED_MANIFEST_BYTES);
+  await spoolRaw(ctx, spoolPath, declared ?? MAX_SEALED_MANIFEST_BYTES, where);
+  const size = (await stat(spoolPath)).size;
+  const fh = await open(spoolPath, 'r');
+  const head = Buffer.alloc(MANIFEST_ENVELOPE_HEADER_BYTES);
+  try {
+    await fh.read(head, 0, head.length, 0);
+  } finally {
+    await fh.close();
+  }
+  const problem = manifestEnvelopeProblem(head, size);
+  if (problem !== undefined) throw new BlockrepError('REPO_CORRUPT', `${where}: ${problem}`);
+  try {
+    return await store.write(ref.key, createReadStream(spoolPath), { exclusive: true });
+  } catch (err) {
+    if (isBlockrepError(err) && err.code === 'EXISTS') throw new BlockrepError('EXISTS', `version ${ref.versionId} of disk ${ref.diskId} already exists`);
+    throw err;
+  }
+}
+
+/** Writes the body to `path`, refusing it past `limit` bytes (or short of what was declared). */
+async function spoolRaw(ctx: RequestContext, path: string, limit: number, where: string): Promise<void> {
+  let fh;
+  try {
+    await mkdir(dirname(path), { recursive: true });
+    fh = await open(path, 'wx', 0o600);
+  } catch (err) {
+    throw wrapSystemError(err, 'creating an upload spool file');
+  }
+  try {
+    let written = 0;
+    for await (const piece of requestPieces(ctx)) {
+      ctx.bytesIn += piece.length;
+      if (ctx.bytesIn > limit) throw tooLarge(where, limit);
+      await fh.write(piece, 0, piece.length, written);
+      written += piece.length;
+    }
+  } finally {
+    await fh.close();
   }
 }
 

@@ -1,5 +1,5 @@
 import { isChunkId } from '../chunk/index.js';
-import { Repository, CONFIG_KEY } from '../repository/index.js';
+import { Repository, CONFIG_KEY, KEYS_PREFIX, keyFileKey } from '../repository/index.js';
 import { BlockrepError, diskIdFromPathComponent, diskIdToPathComponent, isVersionId } from '../shared/index.js';
 
 /**
@@ -11,13 +11,16 @@ export type ObjectRef =
   | { kind: 'config'; key: string }
   | { kind: 'chunk'; key: string; chunkId: string }
   | { kind: 'manifest'; key: string; diskId: string; versionId: string }
-  | { kind: 'lock'; key: string; diskId: string };
+  | { kind: 'lock'; key: string; diskId: string }
+  /** A key file of an encrypted repository (the master key wrapped under a passphrase). */
+  | { kind: 'key'; key: string; keyId: string };
 
 export type ObjectKind = ObjectRef['kind'];
 
 const CHUNK = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{64})$/;
 const MANIFEST = /^disks\/([^/]+)\/([^/]+)\.manifest$/;
 const LOCK = /^locks\/([^/]+)\.lock$/;
+const KEY_FILE = /^keys\/([0-9a-f]{16})$/;
 
 export function parseObjectKey(key: string): ObjectRef {
   if (key === CONFIG_KEY) return { kind: 'config', key };
@@ -34,6 +37,8 @@ export function parseObjectKey(key: string): ObjectRef {
     const diskId = diskIdOf(lock[1]!);
     if (diskId !== undefined) return { kind: 'lock', key, diskId };
   }
+  const keyFile = KEY_FILE.exec(key);
+  if (keyFile && keyFileKey(keyFile[1]!) === key) return { kind: 'key', key, keyId: keyFile[1]! };
   throw new BlockrepError('BAD_REQUEST', `${JSON.stringify(key.slice(0, 300))} is not a key of a blockrep repository`);
 }
 
@@ -49,13 +54,15 @@ export type ListScope =
   | { kind: 'chunks' }
   | { kind: 'disks' }
   | { kind: 'disk'; diskId: string }
-  | { kind: 'locks' };
+  | { kind: 'locks' }
+  | { kind: 'keys' };
 
 export function parseListPrefix(prefix: string): ListScope {
   if (prefix === '') return { kind: 'root' };
   if (prefix === 'chunks/' || /^chunks\/[0-9a-f]{2}\/$/.test(prefix)) return { kind: 'chunks' };
   if (prefix === 'disks/') return { kind: 'disks' };
   if (prefix === 'locks/') return { kind: 'locks' };
+  if (prefix === KEYS_PREFIX) return { kind: 'keys' };
   const disk = /^disks\/([^/]+)\/$/.exec(prefix);
   if (disk) {
     const diskId = diskIdOf(disk[1]!);

@@ -27,6 +27,7 @@ import { ByteBudget } from './byte-budget.js';
 import { DEFAULT_SERVER_LIMITS, type ServerLimits } from './server-limits.js';
 import { receiveChunk } from './chunk-upload.js';
 import { declaredLength, readJson, sendEmpty, sendError, sendJson, writePiece } from './http-io.js';
+import { receiveConfig, receiveKeyFile } from './config-upload.js';
 import { receiveLock } from './lock-upload.js';
 import { receiveManifest } from './manifest-upload.js';
 import { diskOfListedKey, keyFromPath, parseListPrefix, parseObjectKey, type ListScope, type ObjectRef } from './object-key.js';
@@ -175,6 +176,7 @@ async function handle(options: RepositoryServerOptions, limits: ServerLimits, ba
       ctx.kind = 'patch-plans';
       requireMethod(method, 'POST', query);
       authorizePatching(principal);
+      refuseIfEncrypted(options.repo, 'chunk patches');
       return sendJson(ctx, 200, await planPatches(bases, ctx, limits.planBaseBytes));
     case SWEEP_TEMPS_PATH: {
       ctx.kind = 'sweep-temps';
@@ -194,6 +196,11 @@ async function handle(options: RepositoryServerOptions, limits: ServerLimits, ba
     default:
       throw new BlockrepError('BAD_REQUEST', 'no such endpoint (this is a blockrep repository server, API /v1)');
   }
+}
+
+/** Patches and manifest deltas need the plaintext: an encrypted repository takes whole sealed objects. */
+function refuseIfEncrypted(repo: Repository, what: string): void {
+  if (repo.encrypted) throw new BlockrepError('BAD_REQUEST', `the repository is encrypted: the server cannot read ${what}; send whole sealed objects`);
 }
 
 function requireMethod(method: string, allowed: string, query: string): void {
@@ -252,6 +259,7 @@ async function handleObject(options: RepositoryServerOptions, bases: PatchBaseCa
         case 'chunk':
           if (ctx.req.headers['content-type'] === CHUNK_PATCH_TYPE) {
             authorizePatching(principal);
+            refuseIfEncrypted(repo, 'chunk patches');
             stored = await receiveChunkPatch(repo, bases, ref.chunkId, ctx);
           } else {
             stored = await receiveChunk(repo, ref.chunkId, ctx);
@@ -269,7 +277,11 @@ async function handleObject(options: RepositoryServerOptions, bases: PatchBaseCa
           stored = await receiveLock(store, ref, ctx, ifNoneMatch === '*', ifMatch);
           break;
         case 'config':
-          throw new BlockrepError('METHOD_NOT_ALLOWED', 'blockrep.json is read-only over the network');
+          stored = await receiveConfig(repo, store, ctx);
+          break;
+        case 'key':
+          stored = await receiveKeyFile(repo, store, ref, ctx);
+          break;
       }
       return sendEmpty(ctx, 201, { 'x-blockrep-stored-bytes': stored });
     }

@@ -29,6 +29,9 @@ export const errorCodes = [
   'VERSION_NOT_FOUND',
   'CHUNK_MISSING',
   'CHUNK_CORRUPT',
+  'KEY_REQUIRED', // an encrypted repository, and no passphrase was given (BLOCKREP_PASSWORD, --password-file, a terminal)
+  'WRONG_PASSWORD', // no key file of the encrypted repository opens with the passphrase (or master key) given
+  'KEY_NOT_FOUND', // no key file of that id in the repository
   'VERIFY_FAILED',
   'RESTORE_TARGET', // the restore target cannot be written as asked
   'NOT_FOUND', // a backend object that does not exist

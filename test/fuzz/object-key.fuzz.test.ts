@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Repository } from '../../src/repository/repository.js';
+import { keyFileKey } from '../../src/repository/repository-key-store.js';
 import { diskIdToPathComponent } from '../../src/shared/disk-id.js';
 import { diskOfListedKey, keyFromPath, parseListPrefix, parseObjectKey, type ObjectRef } from '../../src/server/object-key.js';
 import { checkProperty, replayCorpus, underContract, type DecoderContract } from './fuzz-kit.js';
@@ -52,6 +53,8 @@ function rebuilt(ref: ObjectRef): string {
       return Repository.manifestKey(ref.diskId, ref.versionId);
     case 'lock':
       return `locks/${diskIdToPathComponent(ref.diskId)}.lock`;
+    case 'key':
+      return keyFileKey(ref.keyId);
   }
 }
 

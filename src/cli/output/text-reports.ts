@@ -40,6 +40,9 @@ export function verifyText(r: VerifyReport): string {
       ` in ${(r.durationMs / 1000).toFixed(1)} s` +
       (r.ok ? '' : `; ${r.damage.length + r.damageNotListed} damaged block(s) or manifest(s)`),
   );
+  if (r.scope === 'envelopes') {
+    lines.push('checked without the key: only the form and size of each sealed manifest and chunk; not their content, nor that each version has the chunks it needs (verify with the passphrase for that)');
+  }
   return lines.join('\n');
 }
 
