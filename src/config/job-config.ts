@@ -23,6 +23,8 @@ export interface JobRepository {
   location: string;
   tokenFile?: string;
   cacert?: string;
+  /** Encrypted repositories: the file whose first line is the passphrase. */
+  passwordFile?: string;
   /** s3:// repositories: the endpoint of a non-AWS server. */
   s3Endpoint?: string;
   /** Bytes per second for the whole run (one limit shared by every VM: they share the link). */
@@ -125,6 +127,7 @@ const HINTS: Record<string, { expected: string; example: string }> = {
   s3: { expected: 'a mapping with the endpoint of an S3 server other than AWS', example: 's3: {endpoint: http://127.0.0.1:7480}' },
   endpoint: { expected: 'the http(s):// URL of the S3 server', example: 'endpoint: https://s3.example.net' },
   tokenFile: { expected: 'the path of a file holding the access token', example: 'tokenFile: /etc/blockrep/token' },
+  passwordFile: { expected: "the path of a file whose first line is an encrypted repository's passphrase", example: 'passwordFile: /etc/blockrep/passphrase' },
   cacert: { expected: 'the path of a PEM CA certificate', example: 'cacert: /etc/blockrep/ca.pem' },
   defaults: { expected: 'a mapping of settings for every VM', example: 'defaults: {blockSize: 256K, bwlimit: 20M}' },
   parallel: { expected: `a whole number of VMs backed up at once, 1 to ${MAX_PARALLEL}`, example: 'parallel: 2' },
@@ -265,6 +268,7 @@ const jobConfigSchema = z.strictObject({
   repository: z.strictObject({
     url: z.string().min(1),
     tokenFile: pathField.optional(),
+    passwordFile: pathField.optional(),
     cacert: pathField.optional(),
     s3: z.strictObject({ endpoint: z.url({ protocol: /^https?$/ }) }).optional(),
   }),
@@ -291,7 +295,7 @@ function knownKeysAt(path: ConfigPath): string[] {
   const p = path.filter((s) => typeof s === 'string');
   const last = p[p.length - 1];
   if (p.length === 0) return Object.keys(jobConfigSchema.shape);
-  if (last === 'repository') return ['url', 'tokenFile', 'cacert', 's3'];
+  if (last === 'repository') return ['url', 'tokenFile', 'cacert', 'passwordFile', 's3'];
   if (last === 's3') return ['endpoint'];
   if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'hooks', 'fullScan', 'fullScanEvery', 'retention'];
   if (last === 'hooks') return ['beforeFreeze', 'afterThaw', 'timeout', 'onFailure'];
@@ -502,6 +506,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
       ...(raw.repository.s3 !== undefined ? { s3Endpoint: raw.repository.s3.endpoint } : {}),
       ...(raw.repository.tokenFile !== undefined ? { tokenFile: resolve(base, raw.repository.tokenFile) } : {}),
       ...(raw.repository.cacert !== undefined ? { cacert: resolve(base, raw.repository.cacert) } : {}),
+      ...(raw.repository.passwordFile !== undefined ? { passwordFile: resolve(base, raw.repository.passwordFile) } : {}),
       ...(defaults.bwlimit !== undefined ? { bwlimit: defaults.bwlimit } : {}),
     },
     vms,

@@ -26,6 +26,8 @@ export interface RunJobsOptions {
   /** For tests: shorter waits on QMP and the agent. */
   timeouts?: CheckTimeouts;
   now?: () => Date;
+  /** An encrypted repository's passphrase, asked only if it is encrypted. */
+  passphrase?: () => Promise<string>;
 }
 
 /** A URL without user:password@, query or fragment, for logs and reports. */
@@ -81,6 +83,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
     ...(config.repository.cacert !== undefined ? { cacert: config.repository.cacert } : {}),
     ...(config.repository.s3Endpoint !== undefined ? { s3Endpoint: config.repository.s3Endpoint } : {}),
     ...(config.repository.bwlimit !== undefined ? { bwlimit: config.repository.bwlimit } : {}),
+    ...(options.passphrase ? { passphrase: options.passphrase } : {}),
   };
   try {
     // One repository for the whole run: one connection pool and one bandwidth limit shared by

@@ -223,3 +223,26 @@ proof('server', async () => {
   server = await startServer({ root });
   return { repo: server.url, root };
 });
+
+it('blockrep run backs up into an encrypted repository with the passphrase file its config names, and fails without it', async () => {
+  const repo = join(dir, 'run-repo');
+  expect((await runCli(['init', '--repo', repo, '--encrypt', '--json'], { env: withPass() })).code).toBe(0);
+  const passFile = join(dir, 'passphrase');
+  await writeFile(passFile, `${PASS}\n`, { mode: 0o600 });
+  const config = join(dir, 'job.yaml');
+  await writeFile(config, `repository:\n  url: ${repo}\n  passwordFile: ${passFile}\nvms:\n  - name: offline\n    images: [${image}]\n`);
+  const ok = await runCli(['run', '--config', config, '--json'], { env: noPass });
+  expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+  const restored = join(dir, 'run-restored.raw');
+  const r = await runCli(['restore', '--repo', repo, '--disk', 'offline/disk', '--to', restored, '--json'], { env: withPass() });
+  expect(r.code, r.stdout + r.stderr).toBe(0);
+  expect((await readFile(restored)).equals(await readFile(image))).toBe(true);
+  await expectNothingLeaks(repo);
+  // Without a passphrase anywhere the run fails before it writes anything.
+  await writeFile(config, `repository:\n  url: ${repo}\nvms:\n  - name: offline\n    images: [${image}]\n`);
+  const without = await runCli(['run', '--config', config, '--json'], { env: noPass });
+  expect(without.code).toBe(1);
+  expect(JSON.stringify(without.json)).toContain('KEY_REQUIRED');
+  const wrong = await runCli(['run', '--config', config, '--password-file', config, '--json'], { env: noPass });
+  expect(JSON.stringify(wrong.json)).toContain('WRONG_PASSWORD');
+});

@@ -7,6 +7,7 @@ import { eventLogger, LOG_FORMATS, type LogFormat } from '../output/event-log.js
 import { writeReportFile } from '../output/run-report-file.js';
 import { runReportText } from '../output/run-report-text.js';
 import { parseIntOption } from '../parse-options.js';
+import { passphraseSource } from '../repository-options.js';
 
 interface RunOptions {
   config: string;
@@ -16,6 +17,7 @@ interface RunOptions {
   report?: string;
   logFormat: string;
   parallel?: string;
+  passwordFile?: string;
 }
 
 export function registerRun(program: Command): void {
@@ -32,6 +34,7 @@ export function registerRun(program: Command): void {
     .option('--report <file>', 'also write the JSON run report to this file (atomically)')
     .option('--log-format <format>', 'the event log on stderr, one line per event: text or json', 'text')
     .option('--parallel <n>', "VMs backed up at once (default: the config's parallel, else 2)")
+    .option('--password-file <file>', "encrypted repository: file whose first line is the passphrase (default: the config's repository.passwordFile, else $BLOCKREP_PASSWORD, else asked on the terminal)")
     .action(async (opts: RunOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         if (!LOG_FORMATS.includes(opts.logFormat as LogFormat)) throw new BlockrepError('USAGE', `--log-format must be text or json, not ${JSON.stringify(opts.logFormat)}`);
@@ -47,6 +50,7 @@ export function registerRun(program: Command): void {
             ...(opts.only ? { only: opts.only } : {}),
             ...(opts.dryRun ? { dryRun: true } : {}),
             ...(parallel !== undefined ? { parallel } : {}),
+            passphrase: passphraseSource({ passwordFile: opts.passwordFile ?? config.repository.passwordFile }, `passphrase for ${config.repository.location}: `),
           });
           const outcome = runOutcome(report);
           const json = { ...report, ok: outcome === undefined, ...(outcome ?? {}) };
