@@ -43,7 +43,11 @@ export function registerBackup(program: Command): void {
     .option('--json', 'print one JSON object as the report')
     .option('--domain <name>', 'live VM: the name of a running libvirt domain; its disks are <domain>/<target> (vda, …)')
     .option('--connect <uri>', 'live VM: libvirt URI for --domain (default: libvirt\'s default, qemu:///system for root)')
-    .option('--method <method>', 'live VM: how to back up a libvirt domain: snapshot (external snapshot, then block commit) or auto (snapshot for now); backup-api is planned', 'auto')
+    .option(
+      '--method <method>',
+      'live VM: how to back up a libvirt domain: backup-api (libvirt\'s pull-mode backup, changed blocks through checkpoints of qcow2 disks, no overlay; libvirt 7.6+), snapshot (external snapshot, then block commit), or auto (backup-api when libvirt has it and a chosen disk is qcow2, else snapshot)',
+      'auto',
+    )
     .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP), for a VM libvirt does not manage")
     .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
     .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: the domain's name, or QEMU's -name)")
@@ -179,7 +183,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
 }
 
 /** Phases a test can hold a libvirt run at (BLOCKREP_TEST_HOLD=phase). */
-const DOMAIN_HOLD_PHASES: readonly DomainPhase[] = ['snapshot-taken', 'disk-scanned'];
+const DOMAIN_HOLD_PHASES: readonly DomainPhase[] = ['snapshot-taken', 'backup-begun', 'disk-scanned'];
 
 async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: CommandContext): Promise<CommandResult> {
   if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --domain, not both');
@@ -224,10 +228,14 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
       ok: report.failures.length === 0,
       durationMs: report.durationMs,
       method: report.method,
+      methodReason: report.methodReason,
       domain: report.domain,
       vm: report.vm,
       quiesced: report.quiesced,
-      snapshot: report.snapshot,
+      ...(report.snapshot ? { snapshot: report.snapshot } : {}),
+      ...(report.frozenMs !== undefined ? { frozenMs: report.frozenMs } : {}),
+      ...(report.backupJob ? { backupJob: report.backupJob } : {}),
+      ...(report.checkpoints ? { checkpoints: report.checkpoints } : {}),
       ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
       ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
       ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
@@ -239,12 +247,15 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
 
 function domainBackupText(r: DomainBackupReport): string {
   const lines = [backupText(r.disks, r.failures, r.durationMs)];
-  lines.push(
-    r.quiesced
-      ? `domain ${r.domain}: quiesced snapshot (method snapshot; the snapshot call took ${r.snapshot.snapshotMs} ms, the guest was frozen within it)`
-      : `domain ${r.domain}: not quiesced (crash-consistent snapshot, method snapshot)`,
-  );
-  for (const d of r.disks) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
+  lines.push(`domain ${r.domain}: method ${r.method} (${r.methodReason})`);
+  if (r.method === 'snapshot') {
+    lines.push(r.quiesced ? `  quiesced snapshot: the snapshot call took ${r.snapshot?.snapshotMs ?? 0} ms, the guest was frozen within it` : '  not quiesced (crash-consistent snapshot)');
+    for (const d of r.disks) if ('overlayMs' in d) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
+  } else {
+    lines.push(r.quiesced && r.frozenMs !== undefined ? `  guest frozen for ${r.frozenMs} ms around backup-begin (${r.backupJob?.beginMs ?? 0} ms)` : '  not quiesced (crash-consistent backup job)');
+    for (const d of r.disks) lines.push(`  ${d.disk}: ${d.scan === 'bitmap' ? 'changed blocks from the checkpoint' : `read in full (${d.scanReason ?? 'full'})`}`);
+    if (r.checkpoints?.created !== undefined) lines.push(`  checkpoint ${r.checkpoints.created}${r.checkpoints.deleted.length > 0 ? `; deleted ${r.checkpoints.deleted.join(', ')}` : ''}`);
+  }
   return lines.join('\n');
 }
 
