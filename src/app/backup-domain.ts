@@ -146,17 +146,7 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
         });
       }
     }
-    const { disks: candidates, skipped } = snapshotCandidates(live);
-    const selected = selectDomainDisks(candidates, vm, request.disks);
-    for (const d of selected) {
-      assertDiskId(`${vm}/${d.target}`);
-      const job = d.mirror ? { type: d.mirror.job ?? 'block job' } : await domain.blockJob(d.target);
-      if (job) {
-        throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${job.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
-          details: { disk: d.target, job: job.type },
-        });
-      }
-    }
+    // A pull-mode backup job shows as a block job on each of its disks: tell blockrep's own (recover) from another tool's first.
     const workDir = await backupWorkDir(request.connect, request.domain);
     const job = await domainJob(domain);
     if (job.type !== 'None' && job.operation === 'Backup') {
@@ -167,6 +157,17 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
       throw new BlockrepError('BLOCK_JOB_ACTIVE', `domain ${request.domain} is in a backup job that is not blockrep's (NBD socket ${backup?.socket ?? 'unknown'}); wait for it to end (${domain.command(['domjobinfo', request.domain])})`, {
         details: { job: 'backup' },
       });
+    }
+    const { disks: candidates, skipped } = snapshotCandidates(live);
+    const selected = selectDomainDisks(candidates, vm, request.disks);
+    for (const d of selected) {
+      assertDiskId(`${vm}/${d.target}`);
+      const job = d.mirror ? { type: d.mirror.job ?? 'block job' } : await domain.blockJob(d.target);
+      if (job) {
+        throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${job.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
+          details: { disk: d.target, job: job.type },
+        });
+      }
     }
     const chosen = await resolveDomainMethod(request.method, selected, virsh);
 
