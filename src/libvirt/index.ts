@@ -40,4 +40,5 @@ export { commitDomainDisk, planDomainOverlays, removeUnusedOverlays, snapshotCan
 export { parseDomainXml, type BackingLayer, type DomainDefinition, type DomainDisk } from './domain-xml.js';
 export { LibvirtDomain, type BlockJobInfo } from './libvirt-domain.js';
 export { BACKUP_API_MIN_VERSION, libvirtVersion, parseVirshVersion, versionAtLeast } from './libvirt-version.js';
+export { runningDomains } from './running-domains.js';
 export { Virsh, virshError, type VirshOptions } from './virsh.js';

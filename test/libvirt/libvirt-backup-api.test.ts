@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -155,6 +156,20 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method backup-api', () => {
     // Both older checkpoints covered only vda, which has a newer version now.
     expect(r.json.vms[0].checkpoints.deleted).toHaveLength(2);
     expect(await guest.checkpoints()).toEqual([r.json.vms[0].checkpoints.created]);
+  });
+
+  it('--all-running backs up each running domain as --domain would (the listing narrowed to this file\'s domain: other test files run theirs)', async () => {
+    // A `virsh` first on the PATH that answers `list` with this domain only and runs the real virsh for the rest.
+    const bin = join(dir, 'bin');
+    await mkdir(bin, { recursive: true });
+    const real = execFileSync('sh', ['-c', 'command -v virsh'], { encoding: 'utf8' }).trim();
+    await writeFile(join(bin, 'virsh'), `#!/bin/sh\nfor a in "$@"; do [ "$a" = list ] && { echo ${guest.name}; exit 0; }; done\nexec ${real} "$@"\n`, { mode: 0o755 });
+    const r = await runCli(['backup', '--all-running', '--repo', repo, '--block-size', '256K', '--json'], { env: { PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json).toMatchObject({ ok: true, domains: [{ ok: true, domain: guest.name, method: 'backup-api' }] });
+    expect(r.json.domains[0].disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vda`, `${guest.name}/vdb`]);
+    const usage = await runCli(['backup', '--all-running', '--domain', guest.name, '--repo', repo, '--json']);
+    expect(usage.code).toBe(2);
   });
 
   it("a block job that is not blockrep's: BLOCK_JOB_ACTIVE, no job started, no checkpoint made", async () => {
