@@ -54,7 +54,8 @@ const pct = (xs, p) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
 };
-const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), p90: pct(xs, 90), max: Math.max(...xs), runs: xs });
+const round = (x) => Number(x.toFixed(2));
+const stats = (xs) => ({ median: round(median(xs)), min: Math.min(...xs), p90: pct(xs, 90), max: Math.max(...xs), runs: xs });
 
 const virsh = (a, check = true) => {
   const r = spawnSync('virsh', ['-c', URI, ...a], { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' } });
@@ -167,7 +168,8 @@ async function main() {
   virsh(['destroy', NAME], false);
   virsh(['undefine', NAME, '--checkpoints-metadata'], false);
   defineDomain(vm);
-  const libvirtVersion = /Running against daemon:\s*(\S+)/.exec(virsh(['version']).stdout)?.[1] ?? '?';
+  const versionText = virsh(['version']).stdout;
+  const libvirtVersion = (/Running against daemon:\s*(\S+)/.exec(versionText) ?? /Using library:\s*libvirt\s+(\S+)/.exec(versionText))?.[1] ?? '?';
   const qemuVersion = /Running hypervisor:\s*QEMU\s*(\S+)/.exec(virsh(['version']).stdout)?.[1] ?? '?';
   try {
     await waitForGuest(vm);
@@ -183,11 +185,15 @@ async function main() {
       for (const m of ['backup-api', 'snapshot']) {
         await sleep(3000); // the writer writes something to back up
         const quiet = await waitForQuiet(pids, QUIET_WAIT);
+        // What one virsh process costs right now (start, connect, one call, exit): part of every bound below.
+        const t0 = Date.now();
+        virsh(['domstate', NAME]);
+        const virshCallMs = Date.now() - t0;
         const { report, blockrepCpu, other } = backup(repos[m], m, pids);
         const frozen = m === 'backup-api' ? report.frozenMs : report.snapshot.snapshotMs;
         const vda = report.disks.find((d) => d.disk.endsWith('/vda'));
-        runs[m].push({ frozen, durationMs: report.durationMs, quiesced: report.quiesced, vdaScan: vda.scan, vdaBytesRead: vda.bytesRead, beginMs: report.backupJob?.beginMs, blockrepCpu, loadBefore: quiet, loadDuring: other });
-        process.stderr.write(`${m} ${i + 1}/${RUNS}: frozen ${frozen} ms, total ${report.durationMs} ms, vda ${vda.scan} ${vda.bytesRead} bytes read; other load before ${quiet}, during ${other} cores\n`);
+        runs[m].push({ frozen, durationMs: report.durationMs, quiesced: report.quiesced, vdaScan: vda.scan, vdaBytesRead: vda.bytesRead, beginMs: report.backupJob?.beginMs, freezeMs: report.backupJob?.freezeMs, virshCallMs, blockrepCpu, loadBefore: quiet, loadDuring: other });
+        process.stderr.write(`${m} ${i + 1}/${RUNS}: virsh call ${virshCallMs} ms, frozen ${frozen} ms, total ${report.durationMs} ms, vda ${vda.scan} ${vda.bytesRead} bytes read; other load before ${quiet}, during ${other} cores\n`);
       }
     }
     const sum = (m) => ({
@@ -195,6 +201,8 @@ async function main() {
       total: stats(runs[m].map((r) => r.durationMs)),
       vdaBytesRead: stats(runs[m].map((r) => r.vdaBytesRead)),
       blockrepCpuSeconds: stats(runs[m].map((r) => Number(r.blockrepCpu.toFixed(2)))),
+      virshCallMs: stats(runs[m].map((r) => r.virshCallMs)),
+      ...(m === 'backup-api' ? { freezeCallMs: stats(runs[m].map((r) => r.freezeMs)), beginAndThawMs: stats(runs[m].map((r) => r.beginMs)) } : {}),
       loadBefore: stats(runs[m].map((r) => r.loadBefore)),
       loadDuring: stats(runs[m].map((r) => r.loadDuring)),
       allQuiesced: runs[m].every((r) => r.quiesced),
@@ -238,12 +246,15 @@ function markdown(o) {
     `Domain: the test guest (scripts/build-test-guest.sh), 1 vCPU, 256 MiB, two 64 MiB ext4 data disks (vda: qcow2 over a raw backing file; vdb: raw), a writer appending records to both all the time.`,
     `${o.runsPerMethod} nightly (incremental) backups per method, alternating api/snapshot, each a fresh \`blockrep backup --domain … --method M --block-size ${o.blockSize} --json\` into a repository of its own, after one full backup per method as warm-up (${o.warmUp['backup-api']} / ${o.warmUp.snapshot} ms). Guest quiesced in every run: backup-api ${a.allQuiesced ? 'yes' : 'NO'}, snapshot ${s.allQuiesced ? 'yes' : 'NO'}.`,
     '',
-    'Frozen window: backup-api `frozenMs` = `domfsfreeze` sent → `domfsthaw` returned, around `backup-begin`; snapshot `snapshot.snapshotMs` = the whole quiesced `snapshot-create-as` call (libvirt freezes and thaws inside it and does not say for how long: an upper bound).',
+    'Frozen window, both upper bounds: backup-api `frozenMs` = the `domfsfreeze` call started → `backup-begin` and `domfsthaw` (one virsh process) returned; snapshot `snapshot.snapshotMs` = the whole quiesced `snapshot-create-as` call (libvirt freezes and thaws inside it and does not say for how long). Each bound includes the start of virsh processes and their connections to libvirtd (two for backup-api, one for snapshot), during which the guest is not frozen yet: the row "one virsh call" shows what one costs on this machine at the time.',
     '',
     '| measurement (ms unless said) | median | min | p90 | max | runs |',
     '|---|---|---|---|---|---|',
     row('backup-api: frozen window', a.frozen),
     row('snapshot: frozen window (upper bound: the snapshot call)', s.frozen),
+    row('backup-api: of which the domfsfreeze call', a.freezeCallMs),
+    row('backup-api: of which backup-begin + domfsthaw (one virsh process)', a.beginAndThawMs),
+    row('one virsh call on this machine (domstate, timed before each run)', stats([...a.virshCallMs.runs, ...s.virshCallMs.runs])),
     row('backup-api: whole run (durationMs)', a.total),
     row('snapshot: whole run (durationMs)', s.total),
     row('backup-api: vda read through its checkpoint (MiB)', MiB(a.vdaBytesRead)),

@@ -3,6 +3,7 @@ import {
   backupWorkDir,
   backupXml,
   beginBackup,
+  beginBackupAndThaw,
   checkpointChain,
   checkpointPrefix,
   checkpointXml,
@@ -79,9 +80,9 @@ interface DiskPlan {
 export async function backupDomainThroughApi(repo: Repository, ctx: ApiBackupContext): Promise<ApiBackupResult> {
   const { domain } = ctx;
   const repositoryId = repo.config.id;
-  const uuid = await domain.uuid();
   const prefix = checkpointPrefix(repositoryId);
-  const ours = (await listCheckpoints(domain)).filter((n) => n.startsWith(prefix)).sort();
+  const [uuid, all] = await Promise.all([domain.uuid(), listCheckpoints(domain)]);
+  const ours = all.filter((n) => n.startsWith(prefix)).sort();
   const infos = new Map<string, CheckpointInfo>();
   const info = async (name: string): Promise<CheckpointInfo> => {
     let i = infos.get(name);
@@ -286,20 +287,31 @@ async function startJob(
   const beginStart = Date.now();
   let beginMs = 0;
   let thawMs: number | undefined;
-  try {
+  if (!frozen) {
     await beginBackup(domain, workDir, backup, checkpoint);
     beginMs = Date.now() - beginStart;
-  } finally {
-    if (frozen) {
+  } else {
+    // Begin and thaw in one virsh process: no process start inside the frozen window.
+    let r: Awaited<ReturnType<typeof beginBackupAndThaw>> | undefined;
+    let batchError: unknown;
+    try {
+      r = await beginBackupAndThaw(domain, workDir, backup, checkpoint);
+    } catch (err) {
+      batchError = err;
+    }
+    beginMs = Date.now() - beginStart;
+    if (r?.thawed === undefined) {
+      // virsh did not say it thawed (it failed, or timed out): thaw on its own, and say so if that fails too.
       const thawStart = Date.now();
       try {
         await domain.thaw();
       } catch (err) {
-        // eslint-disable-next-line no-unsafe-finally
         throw new BlockrepError('THAW_FAILED', `the guest of domain ${domain.name} could not be thawed (${err instanceof Error ? err.message : String(err)}); it may still be frozen. Run: ${ctx.recoveryStep}`, { cause: err, details: { recovery: ctx.recoveryStep } });
       }
       thawMs = Date.now() - thawStart;
     }
+    if (batchError !== undefined) throw batchError;
+    if (!r!.begun) throw r!.beginError!;
   }
   return {
     quiesced: frozen,

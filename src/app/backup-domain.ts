@@ -136,8 +136,8 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
     if (state !== 'running' && state !== 'paused') {
       throw new BlockrepError('DOMAIN_NOT_RUNNING', `domain ${request.domain} is ${state || 'not running'}; a live backup needs a running domain (back up a shut-off domain's image files as images)`, { details: { state } });
     }
-    const live = await domain.definition();
-    const persistent = await domain.definition(true);
+    // Independent questions, asked at once (each is a virsh process and a connection).
+    const [live, persistent, job] = await Promise.all([domain.definition(), domain.definition(true), domainJob(domain)]);
     for (const [which, def] of [['live', live], ['persistent', persistent]] as const) {
       const left = def.disks.find((d) => d.source !== undefined && isOverlayFile(d.source));
       if (left) {
@@ -148,7 +148,6 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
     }
     // A pull-mode backup job shows as a block job on each of its disks: tell blockrep's own (recover) from another tool's first.
     const workDir = await backupWorkDir(request.connect, request.domain);
-    const job = await domainJob(domain);
     if (job.type !== 'None' && job.operation === 'Backup') {
       const backup = await readBackupJob(domain);
       if (backup?.socket !== undefined && backup.socket.startsWith(`${workDir}/`)) {
@@ -160,12 +159,13 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
     }
     const { disks: candidates, skipped } = snapshotCandidates(live);
     const selected = selectDomainDisks(candidates, vm, request.disks);
-    for (const d of selected) {
-      assertDiskId(`${vm}/${d.target}`);
-      const job = d.mirror ? { type: d.mirror.job ?? 'block job' } : await domain.blockJob(d.target);
-      if (job) {
-        throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${job.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
-          details: { disk: d.target, job: job.type },
+    for (const d of selected) assertDiskId(`${vm}/${d.target}`);
+    const diskJobs = await Promise.all(selected.map((d) => (d.mirror ? Promise.resolve({ type: d.mirror.job ?? 'block job' }) : domain.blockJob(d.target))));
+    for (const [i, d] of selected.entries()) {
+      const diskJob = diskJobs[i];
+      if (diskJob) {
+        throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${diskJob.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
+          details: { disk: d.target, job: diskJob.type },
         });
       }
     }

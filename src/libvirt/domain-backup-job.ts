@@ -8,6 +8,7 @@ import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { xmlAttr } from './domain-checkpoints.js';
 import { blockrepStateDir } from './domain-lock.js';
 import type { LibvirtDomain } from './libvirt-domain.js';
+import { virshError } from './virsh.js';
 
 /**
  * libvirt's pull-mode backup as blockrep drives it: a work folder of blockrep's (the NBD socket
@@ -75,14 +76,41 @@ export function backupXml(socket: string, workDir: string, disks: BackupJobDisk[
   return `<domainbackup mode='pull'>\n  <server transport='unix' socket='${xmlAttr(socket)}'/>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
 
-/** Starts the job (and, atomically with it, the checkpoint). */
-export async function beginBackup(domain: LibvirtDomain, workDir: string, backup: string, checkpoint: string | undefined): Promise<void> {
+async function beginArgs(domain: LibvirtDomain, workDir: string, backup: string, checkpoint: string | undefined): Promise<string[]> {
   const backupFile = join(workDir, 'backup.xml');
   const checkpointFile = join(workDir, 'checkpoint.xml');
   await writeFile(backupFile, backup, { mode: 0o600 });
   if (checkpoint !== undefined) await writeFile(checkpointFile, checkpoint, { mode: 0o600 });
-  const args = ['backup-begin', '--domain', domain.name, '--backupxml', backupFile, ...(checkpoint !== undefined ? ['--checkpointxml', checkpointFile] : [])];
-  await domain.virsh.run(args, { domain: domain.name, timeoutMs: 120_000 });
+  return ['backup-begin', '--domain', domain.name, '--backupxml', backupFile, ...(checkpoint !== undefined ? ['--checkpointxml', checkpointFile] : [])];
+}
+
+/** Starts the job (and, atomically with it, the checkpoint). */
+export async function beginBackup(domain: LibvirtDomain, workDir: string, backup: string, checkpoint: string | undefined): Promise<void> {
+  await domain.virsh.run(await beginArgs(domain, workDir, backup, checkpoint), { domain: domain.name, timeoutMs: 120_000 });
+}
+
+/**
+ * For a frozen guest: `backup-begin` and then `domfsthaw` in one virsh process and connection,
+ * so that no process start lies between them; the thaw runs whether the begin worked or not.
+ * Resolves with what happened (from virsh's output); never leaves it to the caller to guess
+ * whether the guest was thawed: `thawed` is undefined only when virsh did not say so.
+ */
+export async function beginBackupAndThaw(
+  domain: LibvirtDomain,
+  workDir: string,
+  backup: string,
+  checkpoint: string | undefined,
+): Promise<{ begun: boolean; beginError: BlockrepError | undefined; thawed: number | undefined; stderr: string }> {
+  const args = await beginArgs(domain, workDir, backup, checkpoint);
+  const r = await domain.virsh.runBatch([args, ['domfsthaw', '--domain', domain.name]], { domain: domain.name, timeoutMs: 180_000 });
+  const begun = /^Backup started\s*$/m.test(r.stdout);
+  const thawed = /Thawed (\d+) filesystem/.exec(r.stdout);
+  return {
+    begun,
+    beginError: begun ? undefined : virshError(r.stderr, args, domain.name, domain.virsh.connect),
+    thawed: thawed ? Number(thawed[1]) : undefined,
+    stderr: r.stderr,
+  };
 }
 
 export interface BackupJobView {

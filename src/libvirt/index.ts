@@ -11,6 +11,7 @@ export {
   backupWorkDir,
   backupXml,
   beginBackup,
+  beginBackupAndThaw,
   domainJob,
   endBackupJob,
   isBlockrepBackupPath,
