@@ -2,7 +2,7 @@
 /**
  * Benchmark of a nightly backup of a libvirt domain by both methods, run against the compiled
  * dist/ by `npm run bench:libvirt` (as root: it starts virtlogd and libvirtd when they are not
- * running, and stops them again only then).
+ * running, and stops them again only then, and only when no libvirt test still uses them).
  *
  * Defines the tiny test guest (scripts/build-test-guest.sh) as a `<domain type='qemu'>` (TCG)
  * with two 64 MiB ext4 data disks — vda qcow2 over a raw backing file, vdb raw — and its writer
@@ -23,7 +23,7 @@
  * than a quarter of a core), --keep (keep bench/work/libvirt).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cpuSample, machineFacts, otherCores, waitForQuiet } from './lib/machine-load.mjs';
@@ -72,18 +72,47 @@ const pidOf = (file) => {
   }
 };
 
+/**
+ * The daemons are shared with the libvirt tests (test/libvirt/support/libvirt-guest.ts), which may
+ * run at the same time: every user registers under USERS, and the daemons the tests or the
+ * bench started are stopped only by the last user to leave.
+ */
+const USERS = '/run/blockrep-test-libvirtd';
+const STARTED = join(USERS, 'started.json');
+
 function ensureLibvirtd() {
-  const started = [];
+  mkdirSync(USERS, { recursive: true });
+  writeFileSync(join(USERS, `user-${process.pid}`), '');
+  const started = existsSync(STARTED) ? JSON.parse(readFileSync(STARTED, 'utf8')) : [];
   for (const [name, pidFile] of [
     ['virtlogd', '/run/virtlogd.pid'],
     ['libvirtd', '/run/libvirtd.pid'],
   ]) {
     if (pidOf(pidFile) !== undefined) continue;
     execFileSync(name, ['-d']);
-    started.push(pidFile);
+    if (!started.some((d) => d.name === name)) started.push({ name, pidFile });
   }
+  writeFileSync(STARTED, JSON.stringify(started));
   for (let i = 0; i < 450 && virsh(['version'], false).status !== 0; i++) execFileSync('sleep', ['0.2']);
-  return started;
+}
+
+function releaseLibvirtd() {
+  rmSync(join(USERS, `user-${process.pid}`), { force: true });
+  const alive = (pid) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (readdirSync(USERS).some((n) => n.startsWith('user-') && alive(Number(n.slice(5))))) return;
+  const started = existsSync(STARTED) ? JSON.parse(readFileSync(STARTED, 'utf8')) : [];
+  rmSync(STARTED, { force: true });
+  for (const d of started.reverse()) {
+    const pid = pidOf(d.pidFile);
+    if (pid !== undefined) process.kill(pid, 'SIGTERM');
+  }
 }
 
 function makeExt4(image, label) {
@@ -163,7 +192,7 @@ async function main() {
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
   mkdirSync(results, { recursive: true });
-  const started = ensureLibvirtd();
+  ensureLibvirtd();
   const vm = join(work, 'vm');
   virsh(['destroy', NAME], false);
   virsh(['undefine', NAME, '--checkpoints-metadata'], false);
@@ -225,10 +254,7 @@ async function main() {
   } finally {
     virsh(['destroy', NAME], false);
     virsh(['undefine', NAME, '--checkpoints-metadata'], false);
-    for (const pidFile of started.reverse()) {
-      const pid = pidOf(pidFile);
-      if (pid !== undefined) process.kill(pid, 'SIGTERM');
-    }
+    releaseLibvirtd();
     if (!KEEP) rmSync(work, { recursive: true, force: true });
   }
 }
