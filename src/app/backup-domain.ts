@@ -1,12 +1,18 @@
 import { isOverlayFile, VmLock } from '../hypervisor/index.js';
 import {
+  BACKUP_API_MIN_VERSION,
+  backupWorkDir,
   commitDomainDisk,
+  domainJob,
   domainLockPath,
+  libvirtVersion,
   LibvirtDomain,
   planDomainOverlays,
   removeUnusedOverlays,
   snapshotCandidates,
+  readBackupJob,
   takeDomainSnapshot,
+  versionAtLeast,
   Virsh,
   type DomainDisk,
   type DomainOverlayTarget,
@@ -15,6 +21,7 @@ import {
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
 import type { BackupImageOptions, DiskBackupReport } from './backup-image.js';
+import { backupDomainThroughApi, type ApiBackupResult } from './backup-domain-api.js';
 import { backupFrozenBase, collectCommits, type LiveDiskReport, type VmBackupFailure } from './backup-frozen-base.js';
 
 /**
@@ -22,9 +29,10 @@ import { backupFrozenBase, collectCommits, type LiveDiskReport, type VmBackupFai
  * of the chosen disks through virsh (quiesced by libvirt when the agent answers), each frozen
  * base backed up exactly as an offline image, each overlay committed back with a shallow active
  * commit and pivot (always, even when the send failed or the run was interrupted), both
- * definitions checked, overlays deleted. Never prints.
- * Method `backup-api` (libvirt's pull-mode backup with checkpoints) is planned; `auto` means
- * `snapshot` until it exists.
+ * definitions checked, overlays deleted. Method `backup-api`: libvirt's pull-mode backup with
+ * checkpoints (backup-domain-api.ts), no overlay. `auto` picks backup-api when libvirt has it
+ * (7.6 or later) and a chosen disk is qcow2 (only those can be tracked), else snapshot; the
+ * report says which ran and why. Never prints.
  */
 
 export const DOMAIN_BACKUP_METHODS = ['snapshot', 'backup-api', 'auto'] as const;
@@ -49,7 +57,7 @@ export interface BackupDomainRequest {
 }
 
 /** Points a caller may observe (and, in tests, hold the run at). */
-export type DomainPhase = 'snapshot-taken' | 'disk-scanned';
+export type DomainPhase = 'snapshot-taken' | 'backup-begun' | 'disk-scanned';
 
 export interface BackupDomainOptions extends Omit<BackupImageOptions, 'signal'> {
   signal?: AbortSignal;
@@ -63,12 +71,21 @@ export interface DomainBackupReport {
   domain: string;
   /** The first part of its disk ids. */
   vm: string;
-  method: 'snapshot';
-  /** The guest's filesystems were frozen (inside libvirt's snapshot call). */
+  method: 'snapshot' | 'backup-api';
+  /** Why this method ran (what --method asked, or what auto found). */
+  methodReason: string;
+  /** The guest's filesystems were frozen (inside libvirt's snapshot call, or around backup-begin). */
   quiesced: boolean;
-  /** The snapshot call: an upper bound of the time the guest was frozen, when quiesced. */
-  snapshot: { snapshotMs: number };
-  disks: LiveDiskReport[];
+  /** Method snapshot: the snapshot call, an upper bound of the time the guest was frozen, when quiesced. */
+  snapshot?: { snapshotMs: number };
+  /** Method backup-api: freeze sent → thaw returned (absent when the guest was not frozen). */
+  frozenMs?: number;
+  /** Method backup-api: the job's steps, and how long it ran (begin → ended). */
+  backupJob?: ApiBackupResult['backupJob'];
+  /** Method backup-api: the checkpoint this run made, and the older ones of this repository it deleted or kept. */
+  checkpoints?: ApiBackupResult['checkpoints'];
+  /** Method snapshot: with overlayMs; method backup-api: as an image backup. */
+  disks: Array<LiveDiskReport | DiskBackupReport>;
   failures: VmBackupFailure[];
   skippedDisks: Array<{ id: string; reason: string }>;
   warnings: string[];
@@ -80,15 +97,24 @@ export function domainRecoveryCommand(domain: string, connect: string | undefine
   return `blockrep recover --domain ${q(domain)}${connect !== undefined ? ` --connect ${q(connect)}` : ''}`;
 }
 
-/** `auto` is `snapshot` until the backup-api method exists. */
-export function resolveDomainMethod(method: DomainBackupMethod | undefined): 'snapshot' {
-  if (method === undefined || method === 'snapshot' || method === 'auto') return 'snapshot';
-  throw new BlockrepError('USAGE', `method ${method} is not available yet (it needs the NBD client); use --method snapshot (or auto, which means snapshot for now)`);
+/** The method that runs, and why: `auto` takes backup-api where libvirt has it and a chosen disk can be tracked. */
+export async function resolveDomainMethod(method: DomainBackupMethod | undefined, selected: DomainDisk[], virsh: Virsh): Promise<{ method: 'snapshot' | 'backup-api'; reason: string }> {
+  if (method === 'snapshot') return { method, reason: 'asked for (method snapshot)' };
+  const v = await libvirtVersion(virsh);
+  const version = v.join('.');
+  const hasApi = versionAtLeast(v, BACKUP_API_MIN_VERSION);
+  if (method === 'backup-api') {
+    if (!hasApi) throw new BlockrepError('LIBVIRT_ERROR', `libvirt ${version} is older than ${BACKUP_API_MIN_VERSION.join('.')}, which the backup-api method needs (per-disk incremental backups); use --method snapshot`, { details: { libvirt: version } });
+    return { method, reason: `asked for (method backup-api; libvirt ${version})` };
+  }
+  if (!hasApi) return { method: 'snapshot', reason: `auto: libvirt ${version} is older than ${BACKUP_API_MIN_VERSION.join('.')} (no backup API with per-disk incremental backups)` };
+  const qcow2 = selected.filter((d) => d.format === 'qcow2').map((d) => d.target);
+  if (qcow2.length === 0) return { method: 'snapshot', reason: `auto: no chosen disk is qcow2, and only qcow2 disks can hold a checkpoint (libvirt ${version})` };
+  return { method: 'backup-api', reason: `auto: libvirt ${version} has the backup API and ${qcow2.join(', ')} ${qcow2.length === 1 ? 'is' : 'are'} qcow2 (changed blocks through checkpoints, no overlay)` };
 }
 
 export async function backupDomain(repo: Repository, request: BackupDomainRequest, options: BackupDomainOptions = {}): Promise<DomainBackupReport> {
   const started = Date.now();
-  resolveDomainMethod(request.method);
   if (request.blockSize !== undefined) checkBlockSize(request.blockSize);
   const vm = request.vmName ?? request.domain;
   const problem = vmNameProblem(vm);
@@ -108,10 +134,10 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
   try {
     const state = await domain.state();
     if (state !== 'running' && state !== 'paused') {
-      throw new BlockrepError('DOMAIN_NOT_RUNNING', `domain ${request.domain} is ${state || 'not running'}; the snapshot method backs up a running domain (back up a shut-off domain's image files as images)`, { details: { state } });
+      throw new BlockrepError('DOMAIN_NOT_RUNNING', `domain ${request.domain} is ${state || 'not running'}; a live backup needs a running domain (back up a shut-off domain's image files as images)`, { details: { state } });
     }
-    const live = await domain.definition();
-    const persistent = await domain.definition(true);
+    // Independent questions, asked at once (each is a virsh process and a connection).
+    const [live, persistent, job] = await Promise.all([domain.definition(), domain.definition(true), domainJob(domain)]);
     for (const [which, def] of [['live', live], ['persistent', persistent]] as const) {
       const left = def.disks.find((d) => d.source !== undefined && isOverlayFile(d.source));
       if (left) {
@@ -120,21 +146,30 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
         });
       }
     }
+    // A pull-mode backup job shows as a block job on each of its disks: tell blockrep's own (recover) from another tool's first.
+    const workDir = await backupWorkDir(request.connect, request.domain);
+    if (job.type !== 'None' && job.operation === 'Backup') {
+      const backup = await readBackupJob(domain);
+      if (backup?.socket !== undefined && backup.socket.startsWith(`${workDir}/`)) {
+        throw new BlockrepError('RECOVERY_NEEDED', `a backup job of an earlier blockrep run is still active on domain ${request.domain}. Run first: ${recoveryStep}`, { details: { recovery: recoveryStep } });
+      }
+      throw new BlockrepError('BLOCK_JOB_ACTIVE', `domain ${request.domain} is in a backup job that is not blockrep's (NBD socket ${backup?.socket ?? 'unknown'}); wait for it to end (${domain.command(['domjobinfo', request.domain])})`, {
+        details: { job: 'backup' },
+      });
+    }
     const { disks: candidates, skipped } = snapshotCandidates(live);
     const selected = selectDomainDisks(candidates, vm, request.disks);
-    for (const d of selected) {
-      assertDiskId(`${vm}/${d.target}`);
-      const job = d.mirror ? { type: d.mirror.job ?? 'block job' } : await domain.blockJob(d.target);
-      if (job) {
-        throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${job.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
-          details: { disk: d.target, job: job.type },
+    for (const d of selected) assertDiskId(`${vm}/${d.target}`);
+    const diskJobs = await Promise.all(selected.map((d) => (d.mirror ? Promise.resolve({ type: d.mirror.job ?? 'block job' }) : domain.blockJob(d.target))));
+    for (const [i, d] of selected.entries()) {
+      const diskJob = diskJobs[i];
+      if (diskJob) {
+        throw new BlockrepError('BLOCK_JOB_ACTIVE', `disk ${d.target} of domain ${request.domain} is in a block job (${diskJob.type}) that is not blockrep's; wait for it to end (${domain.command(['blockjob', request.domain, d.target, '--info'])})`, {
+          details: { disk: d.target, job: diskJob.type },
         });
       }
     }
-    const targets = planDomainOverlays(selected, persistent);
-    // An overlay file nobody uses is a leftover of a killed run; libvirt would refuse to overwrite it.
-    const stale = await removeUnusedOverlays(domain, targets.map((t) => t.overlayFile));
-    for (const f of stale) warn(`removed ${f}, an overlay file an earlier run left behind (the domain did not use it)`);
+    const chosen = await resolveDomainMethod(request.method, selected, virsh);
 
     let quiesce = request.quiesce !== 'off';
     if (quiesce && (live.agent?.state !== 'connected' || state === 'paused')) {
@@ -150,6 +185,48 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
       quiesce = false;
     }
     if (options.signal?.aborted) throw new BlockrepError('INTERRUPTED', 'interrupted before the snapshot; nothing was changed');
+
+    if (chosen.method === 'backup-api') {
+      const r = await backupDomainThroughApi(repo, {
+        domain,
+        connect: request.connect,
+        vm,
+        allDisks: live.disks,
+        selected,
+        blockSize: request.blockSize,
+        quiesce: { wanted: quiesce, mode: request.quiesce },
+        fullScan: request.fullScan === true,
+        fullScanEveryMs: request.fullScanEveryMs,
+        recoveryStep,
+        warn,
+        signal: options.signal,
+        onPhase: options.onPhase,
+        backupOptions: options,
+      });
+      if (options.signal?.aborted && r.disks.length + r.failures.length < selected.length) {
+        throw new BlockrepError('INTERRUPTED', `interrupted; no half-done version was published, the backup job on domain ${request.domain} was ended`);
+      }
+      return {
+        domain: request.domain,
+        vm,
+        method: 'backup-api',
+        methodReason: chosen.reason,
+        quiesced: r.quiesced,
+        ...(r.frozenMs !== undefined ? { frozenMs: r.frozenMs } : {}),
+        backupJob: r.backupJob,
+        checkpoints: r.checkpoints,
+        disks: r.disks,
+        failures: r.failures,
+        skippedDisks: skipped,
+        warnings,
+        durationMs: Date.now() - started,
+      };
+    }
+
+    const targets = planDomainOverlays(selected, persistent);
+    // An overlay file nobody uses is a leftover of a killed run; libvirt would refuse to overwrite it.
+    const stale = await removeUnusedOverlays(domain, targets.map((t) => t.overlayFile));
+    for (const f of stale) warn(`removed ${f}, an overlay file an earlier run left behind (the domain did not use it)`);
 
     let snapshot: DomainSnapshot;
     try {
@@ -167,6 +244,7 @@ export async function backupDomain(repo: Repository, request: BackupDomainReques
       domain: request.domain,
       vm,
       method: 'snapshot',
+      methodReason: chosen.reason,
       quiesced: snapshot.quiesced,
       snapshot: { snapshotMs: snapshot.snapshotMs },
       disks: reports,

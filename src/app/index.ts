@@ -7,6 +7,7 @@
 export { backupImage, type DiskBackupReport, type TrackedRead } from './backup-image.js';
 export { DEFAULT_FULL_SCAN_EVERY_MS, scanReasons, type ScanReason } from './scan-plan.js';
 export { DOMAIN_BACKUP_METHODS, backupDomain, resolveDomainMethod, type DomainBackupMethod, type DomainBackupReport, type DomainPhase } from './backup-domain.js';
+export { backupRunningDomains, type RunningDomainResult, type RunningDomainsReport } from './backup-running-domains.js';
 export { backupVm, selectDisks, type LivePhase, type VmBackupReport } from './backup-vm.js';
 export { describeHookCommand, runHostHook, HOOK_OUTPUT_BYTES, type HostHookCommand, type HostHookPhase, type HostHookResult, type HostHooks } from './host-hook.js';
 export { DEFAULT_GC_GRACE_MS, collectGarbage, type GcReport } from './collect-garbage.js';

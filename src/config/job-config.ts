@@ -70,10 +70,12 @@ export interface LiveVmJob extends VmJobBase {
   hooks?: JobHooks;
 }
 
-/** A running libvirt domain, backed up through virsh (method snapshot). */
+/** A running libvirt domain, backed up through virsh. */
 export interface LibvirtVmJob extends VmJobBase {
   kind: 'libvirt';
   domain: string;
+  /** snapshot | backup-api | auto (default: auto, backup-api where libvirt and the disks allow it). */
+  method?: 'snapshot' | 'backup-api' | 'auto';
   /** libvirt URI; default: libvirt's default. */
   connect?: string;
   /** Targets (vda); default every writable file disk. */
@@ -136,6 +138,7 @@ const HINTS: Record<string, { expected: string; example: string }> = {
   qmp: { expected: 'a path to a QMP socket', example: 'qmp: /run/qemu/web01.qmp' },
   domain: { expected: 'the name of a libvirt domain', example: 'domain: web01' },
   connect: { expected: 'a libvirt URI', example: 'connect: qemu:///system' },
+  method: { expected: 'snapshot, backup-api or auto: how a libvirt domain is backed up', example: 'method: auto' },
   qga: { expected: "a path to the guest agent's socket", example: 'qga: /run/qemu/web01.qga' },
   disks: { expected: 'a list of drive or device ids', example: 'disks: [virtio0, virtio1]' },
   images: { expected: 'a list of image files (or mappings with path, disk, format)', example: 'images: [/var/lib/images/archive.qcow2]' },
@@ -252,6 +255,7 @@ const vmSchema = z.strictObject({
   qmp: pathField.optional(),
   domain: z.string().min(1).optional(),
   connect: z.string().min(1).optional(),
+  method: z.enum(['snapshot', 'backup-api', 'auto']).optional(),
   qga: pathField.optional(),
   disks: z.array(z.string().min(1)).min(1).optional(),
   quiesce: quiesceField.optional(),
@@ -446,6 +450,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
       problem(['vms', index], 'give domain (a running libvirt domain), qmp (the socket of a running QEMU VM) or images (the disk images of a shut-down VM) — write e.g. domain: web01');
     }
     if (v.connect !== undefined && v.domain === undefined) problem(['vms', index, 'connect'], 'connect is the libvirt URI of a domain; give domain too, or remove it');
+    if (v.method !== undefined && v.domain === undefined) problem(['vms', index, 'method'], 'method is how a libvirt domain is backed up; give domain too, or remove it');
     const common = {
       name,
       index,
@@ -485,6 +490,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
         domain: v.domain,
         quiesce: v.quiesce ?? defaults.quiesce ?? 'auto',
         ...(v.connect !== undefined ? { connect: v.connect } : {}),
+        ...(v.method !== undefined ? { method: v.method } : {}),
         ...(v.disks !== undefined ? { disks: v.disks } : {}),
       };
     }

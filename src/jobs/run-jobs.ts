@@ -314,6 +314,7 @@ async function backupLibvirtVm(repo: Repository, vm: LibvirtVmJob, options: RunJ
       ...(vm.disks ? { disks: vm.disks } : {}),
       ...(vm.blockSize !== undefined ? { blockSize: vm.blockSize } : {}),
       quiesce: vm.quiesce,
+      ...(vm.method !== undefined ? { method: vm.method } : {}),
       ...(vm.fullScan !== undefined ? { fullScan: vm.fullScan } : {}),
       ...(vm.fullScanEveryMs !== undefined ? { fullScanEveryMs: vm.fullScanEveryMs } : {}),
     },
@@ -325,8 +326,11 @@ async function backupLibvirtVm(repo: Repository, vm: LibvirtVmJob, options: RunJ
     },
   );
   report.method = r.method;
+  report.methodReason = r.methodReason;
   report.quiesced = r.quiesced;
-  report.snapshot = r.snapshot;
+  if (r.snapshot) report.snapshot = r.snapshot;
+  if (r.frozenMs !== undefined) report.frozenMs = r.frozenMs;
+  if (r.checkpoints) report.checkpoints = r.checkpoints;
   if (r.skippedDisks.length > 0) report.skippedDisks = r.skippedDisks;
   report.disks = [
     ...r.disks.map((d): OkDiskReport => ({ status: 'ok', ...d })),

@@ -54,8 +54,11 @@ export type VmStatus = 'ok' | 'failed' | 'not-started';
 export interface VmRunReport {
   vm: string;
   kind: 'live' | 'libvirt' | 'image';
-  /** libvirt domains: how they were backed up. */
-  method?: 'snapshot';
+  /** libvirt domains: how they were backed up, and why that method. */
+  method?: 'snapshot' | 'backup-api';
+  methodReason?: string;
+  /** libvirt domains, method backup-api: the checkpoint made, and this repository's older ones deleted or kept. */
+  checkpoints?: { created: string | undefined; deleted: string[]; kept: string[] };
   status: VmStatus;
   /** Where the VM is in the config (`FILE:LINE:COL vms[i]`). */
   where: string;

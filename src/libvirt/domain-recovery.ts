@@ -1,13 +1,17 @@
 import { isOverlayFile, overlayFileFor } from '../hypervisor/index.js';
 import { BlockrepError, isBlockrepError } from '../shared/index.js';
+import { domainJob, endBackupJob, readBackupJob, removeBackupWorkDir } from './domain-backup-job.js';
 import { filesInUse, removeUnusedOverlays } from './domain-snapshot.js';
 import type { LibvirtDomain } from './libvirt-domain.js';
 
 /**
  * Puts a libvirt domain back the way blockrep found it, whatever moment an earlier run was
- * killed at: thaws the guest (`domfsthaw`), aborts a block job left on a blockrep overlay,
+ * killed at: thaws the guest (`domfsthaw`), aborts a backup job of blockrep's (its NBD socket is in
+ * blockrep's work folder) and removes that folder (socket, scratch files), aborts a block job left on a blockrep overlay,
  * commits every disk that runs on a blockrep overlay back into its base (shallow, with pivot),
  * and deletes overlay files neither definition uses. Safe to run again (it then does nothing).
+ * Checkpoints are left alone: without the repository, recover cannot tell which one a published
+ * version needs; the next backup prunes blockrep's old ones.
  */
 
 export interface DomainRecoveryReport {
@@ -20,7 +24,7 @@ export interface DomainRecoveryReport {
   warnings: string[];
 }
 
-export async function recoverDomainState(domain: LibvirtDomain, options: { recoveryStep: string; onWarning?: (m: string) => void }): Promise<DomainRecoveryReport> {
+export async function recoverDomainState(domain: LibvirtDomain, options: { recoveryStep: string; workDir: string; onWarning?: (m: string) => void }): Promise<DomainRecoveryReport> {
   const report: DomainRecoveryReport = { thawedFilesystems: undefined, agent: 'ok', jobs: [], committed: [], removedFiles: [], warnings: [] };
   const warn = (m: string): void => {
     report.warnings.push(m);
@@ -42,7 +46,22 @@ export async function recoverDomainState(domain: LibvirtDomain, options: { recov
       warn(`${err.message}; the guest's freeze state was not checked`);
     }
 
-    // 2. Disks on a blockrep overlay: end a job left on them, then commit them back.
+    // 2. A pull-mode backup job of blockrep's: end it (the checkpoint it made stays; the next backup judges it).
+    let foreignBackup = false;
+    const job = await domainJob(domain);
+    if (job.type !== 'None' && job.operation === 'Backup') {
+      const backup = await readBackupJob(domain);
+      if (backup?.socket !== undefined && backup.socket.startsWith(`${options.workDir}/`)) {
+        await endBackupJob(domain);
+        for (const d of backup.disks) report.jobs.push({ disk: d.target, type: 'Backup', action: 'aborted' });
+      } else {
+        foreignBackup = true;
+        warn(`a backup job that is not blockrep's runs on domain ${domain.name} (${backup?.socket ?? 'no socket'}); left alone`);
+      }
+    }
+    if (!foreignBackup && (await removeBackupWorkDir(options.workDir))) report.removedFiles.push(options.workDir);
+
+    // 3. Disks on a blockrep overlay: end a job left on them, then commit them back.
     for (const disk of (await domain.definition()).disks) {
       const onOverlay = disk.source !== undefined && isOverlayFile(disk.source);
       const job = disk.source !== undefined ? await domain.blockJob(disk.target) : undefined;
@@ -74,7 +93,7 @@ export async function recoverDomainState(domain: LibvirtDomain, options: { recov
     }
   }
 
-  // 3. Check both definitions: no disk may be left on an overlay.
+  // 4. Check both definitions: no disk may be left on an overlay.
   const live = await domain.definition();
   const persistent = await domain.definition(true);
   for (const [which, def] of [['live', live], ['persistent', persistent]] as const) {
@@ -88,8 +107,9 @@ export async function recoverDomainState(domain: LibvirtDomain, options: { recov
     }
   }
 
-  // 4. Leftover overlay files next to any image the domain uses.
+  // 5. Leftover overlay files next to any image the domain uses; a work folder of a shut-off domain.
   const candidates = [...filesInUse([live, persistent])].filter((f) => !isOverlayFile(f)).map(overlayFileFor);
-  report.removedFiles = await removeUnusedOverlays(domain, candidates);
+  report.removedFiles.push(...(await removeUnusedOverlays(domain, candidates)));
+  if (!running && (await removeBackupWorkDir(options.workDir))) report.removedFiles.push(options.workDir);
   return report;
 }

@@ -55,6 +55,21 @@ export class LibvirtDomain {
     return Number(m[1]);
   }
 
+  /** Freezes the guest's filesystems through its agent (`virsh domfsfreeze`); returns how many. */
+  async freeze(): Promise<number> {
+    const out = await this.virsh.run(['domfsfreeze', '--', this.name], { domain: this.name, timeoutMs: 60_000 });
+    const m = /Froze (\d+) filesystem/.exec(out);
+    if (!m) throw new BlockrepError('LIBVIRT_ERROR', `virsh domfsfreeze on domain ${this.name} gave an answer blockrep does not understand: ${JSON.stringify(out.trim().slice(0, 200))}`);
+    return Number(m[1]);
+  }
+
+  /** The domain's uuid (`virsh domuuid`): a redefined or migrated domain has another. */
+  async uuid(): Promise<string> {
+    const out = (await this.virsh.run(['domuuid', '--', this.name], { domain: this.name, timeoutMs: 30_000 })).trim();
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(out)) throw new BlockrepError('LIBVIRT_ERROR', `virsh domuuid on domain ${this.name} gave no uuid: ${JSON.stringify(out.slice(0, 200))}`);
+    return out.toLowerCase();
+  }
+
   /** `virsh …` as the user would type it, for messages. */
   command(args: string[]): string {
     const q = (s: string): string => (/^[A-Za-z0-9_./:@%+=,-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);

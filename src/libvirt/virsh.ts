@@ -45,7 +45,25 @@ export class Virsh {
   }
 
   /** Runs one virsh command; resolves with its stdout, or throws a BlockrepError. */
-  run(args: string[], call: VirshCall = {}): Promise<string> {
+  async run(args: string[], call: VirshCall = {}): Promise<string> {
+    const r = await this.runRaw(args, call);
+    if (r.code !== 0) throw virshError(r.stderr, args, call.domain, this.connect);
+    return r.stdout;
+  }
+
+  /**
+   * Several virsh commands in one process and one connection (virsh's own command-string
+   * syntax, each argument single-quoted), run in order whatever each returns. Resolves with the
+   * exit code (the last command's), stdout and stderr; the caller tells what succeeded from
+   * stdout. Throws only when virsh could not run or timed out.
+   */
+  runBatch(commands: string[][], call: VirshCall = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+    const q = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
+    const line = commands.map((c) => c.map(q).join(' ')).join(' ; ');
+    return this.runRaw([line], call, commands.map((c) => c[0] ?? '').join('+'));
+  }
+
+  private runRaw(args: string[], call: VirshCall, name = args[0] ?? ''): Promise<{ code: number; stdout: string; stderr: string }> {
     const argv = [...this.connectArgs, ...args];
     const timeoutMs = call.timeoutMs ?? this.timeoutMs;
     return new Promise((resolve, reject) => {
@@ -83,7 +101,7 @@ export class Virsh {
       });
       child.on('close', (code) => {
         clearTimeout(timer);
-        const command = `virsh ${args[0] ?? ''}`;
+        const command = `virsh ${name}`;
         if (timedOut) {
           reject(new BlockrepError('LIBVIRT_ERROR', `${command}${call.domain !== undefined ? ` on domain ${call.domain}` : ''} did not finish within ${Math.round(timeoutMs / 1000)} s`, { details: { args } }));
           return;
@@ -92,11 +110,7 @@ export class Virsh {
           reject(new BlockrepError('LIBVIRT_ERROR', `${command} printed more than ${MAX_STDOUT_BYTES} bytes; that is not an answer blockrep understands`, { details: { args } }));
           return;
         }
-        if (code !== 0) {
-          reject(virshError(err, args, call.domain, this.connect));
-          return;
-        }
-        resolve(Buffer.concat(out).toString('utf8'));
+        resolve({ code: code ?? 1, stdout: Buffer.concat(out).toString('utf8'), stderr: err });
       });
     });
   }

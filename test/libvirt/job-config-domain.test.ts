@@ -19,9 +19,10 @@ async function load(yaml: string): Promise<Awaited<ReturnType<typeof loadJobConf
 
 describe('job configuration: libvirt domains', () => {
   it('a domain entry: its name is the domain, connect and disks are kept', async () => {
-    const config = await load(`repository: {url: ./repo}\nvms:\n  - domain: mail01\n    connect: qemu:///system\n    disks: [vda]\n  - name: other\n    domain: web01\n`);
+    const config = await load(`repository: {url: ./repo}\nvms:\n  - domain: mail01\n    connect: qemu:///system\n    disks: [vda]\n  - name: other\n    domain: web01\n    method: backup-api\n`);
     expect(config.vms[0]).toMatchObject({ kind: 'libvirt', name: 'mail01', domain: 'mail01', connect: 'qemu:///system', disks: ['vda'], quiesce: 'auto' });
-    expect(config.vms[1]).toMatchObject({ kind: 'libvirt', name: 'other', domain: 'web01' });
+    expect(config.vms[0]).not.toHaveProperty('method');
+    expect(config.vms[1]).toMatchObject({ kind: 'libvirt', name: 'other', domain: 'web01', method: 'backup-api' });
   });
 
   it('refuses a domain with qmp or images, connect without domain, qga with domain, and an entry with no kind', async () => {
@@ -30,6 +31,8 @@ describe('job configuration: libvirt domains', () => {
       ['  - domain: a\n    images: [/a.raw]\n', 'vms[0].images'],
       ['  - name: a\n    qmp: /run/a.qmp\n    connect: qemu:///system\n', 'vms[0].connect'],
       ['  - domain: a\n    qga: /run/a.qga\n', 'vms[0].qga'],
+      ['  - domain: a\n    method: copy\n', 'vms[0].method'],
+      ['  - name: a\n    qmp: /run/a.qmp\n    method: snapshot\n', 'vms[0].method'],
       ['  - name: a\n', 'vms[0]'],
       ['  - domain: a/b\n', 'vms[0].domain'],
       // Host hooks do not run around a libvirt snapshot yet: refused, never silently skipped.

@@ -52,7 +52,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
 
     it('backs up both disks through a quiesced snapshot; the restores are clean and consistent; an incremental run sends little', async () => {
       const before = await guest.writerCount();
-      const r = await runCli(['backup', '--domain', guest.name, '--connect', 'qemu:///system', '--repo', repo, '--block-size', '256K', '--json']);
+      const r = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--connect', 'qemu:///system', '--repo', repo, '--block-size', '256K', '--json']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.json).toMatchObject({ ok: true, method: 'snapshot', domain: guest.name, quiesced: true });
       expect(r.json.disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vda`, `${guest.name}/vdb`]);
@@ -67,7 +67,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       expect(Math.abs(d1.lastRecord - d2.lastRecord)).toBeLessThanOrEqual(1);
 
       await guest.waitForWriter(40);
-      const again = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--block-size', '256K', '--json'], { env: { LIBVIRT_DEFAULT_URI: 'qemu:///system' } });
+      const again = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--block-size', '256K', '--json'], { env: { LIBVIRT_DEFAULT_URI: 'qemu:///system' } });
       expect(again.code, again.stderr).toBe(0);
       for (const d of again.json.disks) {
         expect(d.parentVersion).not.toBeNull();
@@ -80,14 +80,14 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
 
     it('--disks picks one disk; the other gets no snapshot; a stale overlay file of a killed run is removed first', async () => {
       await writeFile(`${guest.images.disk2}.blockrep-overlay.qcow2`, 'left by a run killed long ago');
-      const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--disks', 'vdb', '--json']);
+      const r = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--disks', 'vdb', '--json']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.json.disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vdb`]);
       expect(r.json.warnings).toEqual([expect.stringContaining(`removed ${guest.images.disk2}.blockrep-overlay.qcow2`)]);
     });
 
     it('kill -9 after the snapshot, a leftover commit job on one disk: backup refuses, recover puts the domain right', async () => {
-      const run = startCli(['backup', '--domain', guest.name, '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'snapshot-taken' });
+      const run = startCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'snapshot-taken' });
       await run.waitForStderr('test hold at snapshot-taken');
       run.child.kill('SIGKILL');
       expect((await run.exit).code).toBe(137);
@@ -96,7 +96,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       // libvirt changed the persistent definition too: a reboot would come up on the overlays.
       expect(layers.persistent.map((l) => l[1])).toEqual([`${guest.images.disk1}.blockrep-overlay.qcow2`, `${guest.images.disk2}.blockrep-overlay.qcow2`]);
 
-      const refused = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+      const refused = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json']);
       expect(refused.code).toBe(10);
       expect(refused.json).toMatchObject({ ok: false, code: 'RECOVERY_NEEDED', message: expect.stringContaining(`blockrep recover --domain ${guest.name}`) });
 
@@ -119,7 +119,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
     });
 
     it('kill -9 while the first disk commits and the second is still on its overlay, then recover', async () => {
-      const run = startCli(['backup', '--domain', guest.name, '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'disk-scanned' });
+      const run = startCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'disk-scanned' });
       await run.waitForStderr('test hold at disk-scanned');
       run.child.kill('SIGKILL');
       expect((await run.exit).code).toBe(137);
@@ -133,7 +133,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       const r0 = await openRepository(repo);
       const lock = await r0.lockDisk(`${guest.name}/vda`, 'backup');
       try {
-        const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+        const r = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json']);
         expect(r.code, r.stderr).toBe(5);
         expect(r.json).toMatchObject({ ok: false, code: 'REPO_LOCKED', failures: [{ disk: `${guest.name}/vda`, code: 'REPO_LOCKED' }] });
         expect(r.json.disks.map((d: { disk: string }) => d.disk)).toEqual([`${guest.name}/vdb`]);
@@ -143,7 +143,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
     });
 
     it('SIGINT after the snapshot: the overlays are committed back, nothing published (exit 130)', async () => {
-      const run = startCli(['backup', '--domain', guest.name, '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'snapshot-taken' });
+      const run = startCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json'], { BLOCKREP_TEST_HOLD: 'snapshot-taken' });
       await run.waitForStderr('test hold at snapshot-taken');
       expect((await guest.overlayFiles()).length).toBe(2);
       run.child.kill('SIGINT');
@@ -154,7 +154,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
 
     it('blockrep run: a job configuration with a domain entry, checked with --dry-run, then backed up', async () => {
       const config = join(dir, 'blockrep.yaml');
-      await writeFile(config, `repository: {url: ${repo}}\nvms:\n  - domain: ${guest.name}\n    connect: qemu:///system\n    disks: [vda]\n    quiesce: require\n`);
+      await writeFile(config, `repository: {url: ${repo}}\nvms:\n  - domain: ${guest.name}\n    connect: qemu:///system\n    disks: [vda]\n    method: snapshot\n    quiesce: require\n`);
       const dry = await runCli(['run', '--config', config, '--dry-run', '--json']);
       expect(dry.code, dry.stdout + dry.stderr).toBe(0);
       expect(dry.json.vms[0].checks.map((c: { check: string; status: string }) => [c.check, c.status])).toEqual([
@@ -171,10 +171,10 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
     it('a paused domain: a crash-consistent backup with a warning (its agent cannot answer); --require-quiesce refuses', async () => {
       await virshOk(['suspend', guest.name]);
       try {
-        const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+        const r = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json']);
         expect(r.code, r.stderr).toBe(0);
         expect(r.json).toMatchObject({ ok: true, quiesced: false, warnings: [expect.stringContaining('paused')] });
-        const strict = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--require-quiesce', '--json']);
+        const strict = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--require-quiesce', '--json']);
         expect(strict.code).toBe(8);
         expect(strict.json).toMatchObject({ ok: false, code: 'AGENT_UNAVAILABLE' });
       } finally {
@@ -184,7 +184,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
 
     it('a guest left frozen: backup refuses (RECOVERY_NEEDED), recover thaws it', async () => {
       await virshOk(['domfsfreeze', guest.name]);
-      const refused = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+      const refused = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json']);
       expect(refused.code).toBe(10);
       expect(refused.json).toMatchObject({ ok: false, code: 'RECOVERY_NEEDED', message: expect.stringContaining('frozen') });
       // The failed snapshot left no overlay, and the guest is still frozen (blockrep did not thaw what it did not freeze).
@@ -200,7 +200,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       const copy = join(guest.dir, 'copy.raw');
       await virshOk(['blockcopy', guest.name, 'vdb', copy, '--transient-job']);
       try {
-        const r = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--json']);
+        const r = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--repo', repo, '--json']);
         expect(r.code).toBe(5);
         expect(r.json).toMatchObject({ ok: false, code: 'BLOCK_JOB_ACTIVE', details: { disk: 'vdb' } });
         expect(await guest.overlayFiles()).toEqual([]);
@@ -209,10 +209,10 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
       }
     });
 
-    it('usage: --method backup-api is not there yet; --qmp and --domain together are refused', async () => {
-      const api = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--method', 'backup-api', '--json']);
+    it('usage: an unknown --method; --qmp and --domain together are refused', async () => {
+      const api = await runCli(['backup', '--domain', guest.name, '--repo', repo, '--method', 'copy', '--json']);
       expect(api.code).toBe(2);
-      expect(api.json).toMatchObject({ ok: false, code: 'USAGE', message: expect.stringContaining('not available yet') });
+      expect(api.json).toMatchObject({ ok: false, code: 'USAGE', message: expect.stringContaining('--method must be one of snapshot, backup-api, auto') });
       const both = await runCli(['backup', '--domain', guest.name, '--qmp', join(dir, 'x.sock'), '--repo', repo, '--json']);
       expect(both.code).toBe(2);
     });
@@ -224,7 +224,7 @@ describe.skipIf(skipLibvirtTests)('libvirt domain, method snapshot', () => {
     expect(none.json).toMatchObject({ ok: false, code: 'DOMAIN_NOT_FOUND', message: expect.stringContaining(`no-such-${suffix}`) });
     const rec = await runCli(['recover', '--domain', `no-such-${suffix}`, '--json']);
     expect(rec.code).toBe(3);
-    const down = await runCli(['backup', '--domain', guest.name, '--connect', `qemu:///system?socket=${join(dir, 'no-libvirt.sock')}`, '--repo', repo, '--json']);
+    const down = await runCli(['backup', '--domain', guest.name, '--method', 'snapshot', '--connect', `qemu:///system?socket=${join(dir, 'no-libvirt.sock')}`, '--repo', repo, '--json']);
     expect(down.code).toBe(8);
     expect(down.json).toMatchObject({ ok: false, code: 'LIBVIRT_UNAVAILABLE', message: expect.stringContaining('--connect') });
   });

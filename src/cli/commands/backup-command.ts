@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { backupImage, type DiskBackupReport, backupDomain, DOMAIN_BACKUP_METHODS, type DomainBackupMethod, type DomainBackupReport, type DomainPhase, backupVm, type LivePhase, type VmBackupReport } from '../../app/index.js';
+import { backupImage, type DiskBackupReport, backupDomain, backupRunningDomains, DOMAIN_BACKUP_METHODS, type DomainBackupMethod, type DomainBackupReport, type DomainPhase, backupVm, type LivePhase, type VmBackupReport } from '../../app/index.js';
 import type { ImageFormat } from '../../image/index.js';
 import { openRepository } from '../../repository/index.js';
 import { BlockrepError, toBlockrepError, assertDiskId, defaultDiskIdForImage, parseSize } from '../../shared/index.js';
@@ -26,6 +26,7 @@ interface BackupOptions extends RepositoryCliOptions {
   domain?: string;
   connect?: string;
   method?: string;
+  allRunning?: boolean;
 }
 
 export function registerBackup(program: Command): void {
@@ -42,8 +43,13 @@ export function registerBackup(program: Command): void {
     .option('--no-compress', 'store chunks uncompressed')
     .option('--json', 'print one JSON object as the report')
     .option('--domain <name>', 'live VM: the name of a running libvirt domain; its disks are <domain>/<target> (vda, …)')
-    .option('--connect <uri>', 'live VM: libvirt URI for --domain (default: libvirt\'s default, qemu:///system for root)')
-    .option('--method <method>', 'live VM: how to back up a libvirt domain: snapshot (external snapshot, then block commit) or auto (snapshot for now); backup-api is planned', 'auto')
+    .option('--all-running', 'live VMs: every running domain of the libvirt connection, one after the other, each as --domain would')
+    .option('--connect <uri>', 'live VM: libvirt URI for --domain and --all-running (default: libvirt\'s default, qemu:///system for root)')
+    .option(
+      '--method <method>',
+      'live VM: how to back up a libvirt domain: backup-api (libvirt\'s pull-mode backup, changed blocks through checkpoints of qcow2 disks, no overlay; libvirt 7.6+), snapshot (external snapshot, then block commit), or auto (backup-api when libvirt has it and a chosen disk is qcow2, else snapshot)',
+      'auto',
+    )
     .option('--qmp <socket>', "live VM: the unix socket of the running VM's QEMU monitor (QMP), for a VM libvirt does not manage")
     .option('--qga <socket>', 'live VM: the unix socket of its guest agent (default: found through QMP)')
     .option('--vm <name>', "live VM: its name in disk ids, <vm>/<drive or device id> (default: the domain's name, or QEMU's -name)")
@@ -54,6 +60,10 @@ export function registerBackup(program: Command): void {
     .action(async (images: string[], opts: BackupOptions) => {
       await runCommand(Boolean(opts.json), async (ctx) => {
         if (opts.domain !== undefined && opts.qmp !== undefined) throw new BlockrepError('USAGE', 'give either --domain (a libvirt domain) or --qmp (a QEMU VM libvirt does not manage), not both');
+        if (opts.allRunning) {
+          if (opts.domain !== undefined || opts.qmp !== undefined) throw new BlockrepError('USAGE', 'give --all-running or --domain or --qmp, one of them');
+          return backupLibvirtDomain(images, opts, ctx);
+        }
         if (opts.domain !== undefined) return backupLibvirtDomain(images, opts, ctx);
         if (opts.connect !== undefined || opts.method !== 'auto') throw new BlockrepError('USAGE', '--connect and --method need --domain');
         if (opts.qmp !== undefined) return backupLiveVm(images, opts, ctx);
@@ -179,7 +189,7 @@ async function backupLiveVm(images: string[], opts: BackupOptions, ctx: CommandC
 }
 
 /** Phases a test can hold a libvirt run at (BLOCKREP_TEST_HOLD=phase). */
-const DOMAIN_HOLD_PHASES: readonly DomainPhase[] = ['snapshot-taken', 'disk-scanned'];
+const DOMAIN_HOLD_PHASES: readonly DomainPhase[] = ['snapshot-taken', 'backup-begun', 'disk-scanned'];
 
 async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: CommandContext): Promise<CommandResult> {
   if (images.length > 0) throw new BlockrepError('USAGE', 'give either images or --domain, not both');
@@ -193,58 +203,92 @@ async function backupLibvirtDomain(images: string[], opts: BackupOptions, ctx: C
   const disks = opts.disks === undefined ? undefined : opts.disks.split(',').map((d) => d.trim()).filter(Boolean);
   const hold = process.env.BLOCKREP_TEST_HOLD as DomainPhase | undefined;
   if (hold !== undefined && !DOMAIN_HOLD_PHASES.includes(hold)) throw new BlockrepError('USAGE', `BLOCKREP_TEST_HOLD must be one of ${DOMAIN_HOLD_PHASES.join(', ')} with --domain`);
+  if (opts.allRunning && (opts.vm !== undefined || disks !== undefined)) throw new BlockrepError('USAGE', '--vm and --disks name one domain; with --all-running every domain is backed up whole under its own name');
   const repo = await openRepository(opts.repo, repositoryOptionsFrom(opts, { create: true }));
+  const request = {
+    ...(opts.connect !== undefined ? { connect: opts.connect } : {}),
+    method: method as DomainBackupMethod,
+    ...(blockSize !== undefined ? { blockSize } : {}),
+    quiesce: (!opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto') as 'off' | 'require' | 'auto',
+    ...(opts.fullScan ? { fullScan: true } : {}),
+  };
+  const options = {
+    signal: ctx.signal,
+    onProgress: ctx.onProgress,
+    compress: opts.compress,
+    ...(workers !== undefined ? { workers } : {}),
+    onWarning: (m: string) => {
+      process.stderr.write(`blockrep: warning: ${m}\n`);
+    },
+    ...(hold !== undefined ? { onPhase: holdAt<DomainPhase>(hold, ctx.signal) } : {}),
+  };
+  if (opts.allRunning) {
+    const all = await backupRunningDomains(repo, request, options);
+    const failed = all.domains.find((d) => !d.ok);
+    return {
+      exitCode: failed && !failed.ok ? exitCodeFor(failed.code) : EXIT_OK,
+      json: {
+        ok: failed === undefined,
+        durationMs: all.durationMs,
+        ...(failed && !failed.ok ? { code: failed.code, message: `${failed.domain}: ${failed.message}` } : {}),
+        domains: all.domains.map((d) => (d.ok ? domainJson(d.report) : { ok: false, domain: d.domain, code: d.code, message: d.message, ...(d.report ? { report: domainJson(d.report) } : {}) })),
+      },
+      text:
+        all.domains.length === 0
+          ? 'no running domain'
+          : all.domains.map((d) => (d.ok ? domainBackupText(d.report) : `domain ${d.domain}: FAILED ${d.code}: ${d.message}`)).join('\n\n'),
+    };
+  }
   const report = await backupDomain(
     repo,
     {
+      ...request,
       domain: opts.domain!,
       ...(opts.vm !== undefined ? { vmName: opts.vm } : {}),
-      ...(opts.connect !== undefined ? { connect: opts.connect } : {}),
-      method: method as DomainBackupMethod,
       ...(disks ? { disks } : {}),
-      ...(blockSize !== undefined ? { blockSize } : {}),
-      quiesce: !opts.quiesce ? 'off' : opts.requireQuiesce ? 'require' : 'auto',
-      ...(opts.fullScan ? { fullScan: true } : {}),
     },
-    {
-      signal: ctx.signal,
-      onProgress: ctx.onProgress,
-      compress: opts.compress,
-      ...(workers !== undefined ? { workers } : {}),
-      onWarning: (m) => {
-        process.stderr.write(`blockrep: warning: ${m}\n`);
-      },
-      ...(hold !== undefined ? { onPhase: holdAt<DomainPhase>(hold, ctx.signal) } : {}),
-    },
+    options,
   );
   const first = report.failures[0];
   return {
     exitCode: first ? exitCodeFor(first.code) : EXIT_OK,
-    json: {
-      ok: report.failures.length === 0,
-      durationMs: report.durationMs,
-      method: report.method,
-      domain: report.domain,
-      vm: report.vm,
-      quiesced: report.quiesced,
-      snapshot: report.snapshot,
-      ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
-      ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
-      ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
-      disks: report.disks,
-    },
+    json: domainJson(report),
     text: domainBackupText(report),
+  };
+}
+
+function domainJson(report: DomainBackupReport): Record<string, unknown> {
+  const first = report.failures[0];
+  return {
+    ok: report.failures.length === 0,
+    durationMs: report.durationMs,
+    method: report.method,
+    methodReason: report.methodReason,
+    domain: report.domain,
+    vm: report.vm,
+    quiesced: report.quiesced,
+    ...(report.snapshot ? { snapshot: report.snapshot } : {}),
+    ...(report.frozenMs !== undefined ? { frozenMs: report.frozenMs } : {}),
+    ...(report.backupJob ? { backupJob: report.backupJob } : {}),
+    ...(report.checkpoints ? { checkpoints: report.checkpoints } : {}),
+    ...(first ? { code: first.code, message: first.message, failures: report.failures } : {}),
+    ...(report.warnings.length > 0 ? { warnings: report.warnings } : {}),
+    ...(report.skippedDisks.length > 0 ? { skippedDisks: report.skippedDisks } : {}),
+    disks: report.disks,
   };
 }
 
 function domainBackupText(r: DomainBackupReport): string {
   const lines = [backupText(r.disks, r.failures, r.durationMs)];
-  lines.push(
-    r.quiesced
-      ? `domain ${r.domain}: quiesced snapshot (method snapshot; the snapshot call took ${r.snapshot.snapshotMs} ms, the guest was frozen within it)`
-      : `domain ${r.domain}: not quiesced (crash-consistent snapshot, method snapshot)`,
-  );
-  for (const d of r.disks) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
+  lines.push(`domain ${r.domain}: method ${r.method} (${r.methodReason})`);
+  if (r.method === 'snapshot') {
+    lines.push(r.quiesced ? `  quiesced snapshot: the snapshot call took ${r.snapshot?.snapshotMs ?? 0} ms, the guest was frozen within it` : '  not quiesced (crash-consistent snapshot)');
+    for (const d of r.disks) if ('overlayMs' in d) lines.push(`  ${d.disk}: on its overlay for ${(d.overlayMs / 1000).toFixed(1)} s`);
+  } else {
+    lines.push(r.quiesced && r.frozenMs !== undefined ? `  guest frozen for ${r.frozenMs} ms around backup-begin (${r.backupJob?.beginMs ?? 0} ms)` : '  not quiesced (crash-consistent backup job)');
+    for (const d of r.disks) lines.push(`  ${d.disk}: ${d.scan === 'bitmap' ? 'changed blocks from the checkpoint' : `read in full (${d.scanReason ?? 'full'})`}`);
+    if (r.checkpoints?.created !== undefined) lines.push(`  checkpoint ${r.checkpoints.created}${r.checkpoints.deleted.length > 0 ? `; deleted ${r.checkpoints.deleted.join(', ')}` : ''}`);
+  }
   return lines.join('\n');
 }
 

@@ -17,7 +17,7 @@ export function registerRecover(program: Command): void {
     .command('recover')
     .description(
       'put a running VM right after a blockrep run was interrupted or killed: thaw a guest left frozen, ' +
-        'end a leftover blockrep block job, commit any blockrep overlay back into its base, delete leftover overlay files (does nothing when all is well)',
+        'end a leftover blockrep block job or backup job, commit any blockrep overlay back into its base, delete leftover overlay files and work folders (does nothing when all is well; never deletes a checkpoint)',
     )
     .option('--domain <name>', 'a libvirt domain')
     .option('--connect <uri>', 'libvirt URI for --domain (default: libvirt\'s default)')
@@ -74,9 +74,9 @@ function recoverDomainText(r: RecoverDomainReport): string {
   const lines: string[] = [];
   if (r.agent === 'unavailable') lines.push('guest agent: not reachable; the freeze state was not checked');
   else lines.push((r.thawedFilesystems ?? 0) > 0 ? `guest: was frozen, ${r.thawedFilesystems} filesystem(s) thawed` : 'guest: not frozen');
-  for (const j of r.jobs) lines.push(`disk ${j.disk}: block job (${j.type}) on a blockrep overlay aborted`);
+  for (const j of r.jobs) lines.push(j.type === 'Backup' ? `disk ${j.disk}: blockrep's backup job ended (domjobabort)` : `disk ${j.disk}: block job (${j.type}) on a blockrep overlay aborted`);
   for (const c of r.committed) lines.push(`disk ${c.disk}: overlay ${c.overlay} committed back into ${c.base}; the disk runs on its own image again`);
-  for (const f of r.removedFiles) lines.push(`removed leftover overlay file ${f}`);
+  for (const f of r.removedFiles) lines.push(`removed ${f}, left by an earlier run (an overlay, or the work folder of a backup job)`);
   const nothing = (r.thawedFilesystems ?? 0) === 0 && r.jobs.length === 0 && r.committed.length === 0 && r.removedFiles.length === 0;
   if (r.warnings.length > 0) lines.push(`recovered what could be recovered; ${r.warnings.length} warning(s) above say what was left alone`);
   else lines.push(nothing ? `nothing to recover: domain ${r.domain} runs on its own images` : `recovered: domain ${r.domain} runs on its own images`);

@@ -3,6 +3,7 @@ import { chmod, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
+import { backupWorkDir } from '../../../src/libvirt/domain-backup-job.js';
 import { domainLockPath } from '../../../src/libvirt/domain-lock.js';
 import { parseDomainXml } from '../../../src/libvirt/domain-xml.js';
 import { exists, sleep } from '../../live/support/test-guest.js';
@@ -61,17 +62,36 @@ export interface LibvirtDaemons {
   started: Array<{ name: string; pidFile: string }>;
 }
 
+/**
+ * Test files share one libvirtd (they may run at the same time): each registers itself in
+ * USERS, and the daemons the tests started are stopped by the last file to leave.
+ */
+const USERS = '/run/blockrep-test-libvirtd';
+const STARTED = join(USERS, 'started.json');
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Starts virtlogd and libvirtd when they are not running; waits until `virsh version` answers. */
 export async function ensureLibvirtd(): Promise<LibvirtDaemons> {
-  const started: LibvirtDaemons['started'] = [];
+  await mkdir(USERS, { recursive: true });
+  await writeFile(join(USERS, `user-${process.pid}`), '');
+  const started: LibvirtDaemons['started'] = JSON.parse(await readFile(STARTED, 'utf8').catch(() => '[]')) as LibvirtDaemons['started'];
   for (const [name, pidFile] of [
     ['virtlogd', '/run/virtlogd.pid'],
     ['libvirtd', '/run/libvirtd.pid'],
   ] as const) {
     if (await pidAlive(pidFile)) continue;
     await run(name, ['-d']);
-    started.push({ name, pidFile });
+    if (!started.some((d) => d.name === name)) started.push({ name, pidFile });
   }
+  await writeFile(STARTED, JSON.stringify(started));
   const deadline = Date.now() + 90_000;
   for (;;) {
     const r = await virsh(['version'], 30_000);
@@ -81,8 +101,13 @@ export async function ensureLibvirtd(): Promise<LibvirtDaemons> {
   }
 }
 
-export async function stopLibvirtd(daemons: LibvirtDaemons | undefined): Promise<void> {
-  for (const d of [...(daemons?.started ?? [])].reverse()) {
+export async function stopLibvirtd(_daemons: LibvirtDaemons | undefined): Promise<void> {
+  await rm(join(USERS, `user-${process.pid}`), { force: true });
+  const others = (await readdir(USERS).catch(() => [] as string[])).filter((n) => n.startsWith('user-') && processAlive(Number(n.slice(5))));
+  if (others.length > 0) return;
+  const started = JSON.parse(await readFile(STARTED, 'utf8').catch(() => '[]')) as LibvirtDaemons['started'];
+  await rm(STARTED, { force: true });
+  for (const d of [...started].reverse()) {
     const pid = Number((await readFile(d.pidFile, 'utf8').catch(() => '0')).trim());
     if (pid > 0) {
       try {
@@ -200,7 +225,19 @@ export class LibvirtGuest {
       const out = await virshOk(['blockjob', this.name, t, '--info', '--raw']);
       if (out.trim() !== '') jobs.push(`${t}: ${out.trim()}`);
     }
+    // A domain job (a pull-mode backup) is not a block job of a disk.
+    const job = /^Job type:\s*(\S+)/m.exec(await virshOk(['domjobinfo', this.name]))?.[1];
+    if (job !== 'None') jobs.push(`domain job: ${job}`);
     return jobs;
+  }
+
+  /** blockrep's work folder of backup jobs on this domain (NBD socket, scratch files): gone after every run. */
+  async workDirExists(): Promise<boolean> {
+    return exists(await backupWorkDir(undefined, this.name));
+  }
+
+  async checkpoints(): Promise<string[]> {
+    return (await virshOk(['checkpoint-list', this.name, '--name'])).split('\n').map((l) => l.trim()).filter(Boolean).sort();
   }
 
   async overlayFiles(): Promise<string[]> {
@@ -216,9 +253,10 @@ export class LibvirtGuest {
       overlayFiles: await this.overlayFiles(),
       jobs: await this.blockJobs(),
       lock: await exists(await domainLockPath(undefined, this.name)),
+      workDir: await this.workDirExists(),
       freeze: await this.freezeStatus(),
     };
-    expect(state).toEqual({ layers: this.original, overlayFiles: [], jobs: [], lock: false, freeze: 'thawed' });
+    expect(state).toEqual({ layers: this.original, overlayFiles: [], jobs: [], lock: false, workDir: false, freeze: 'thawed' });
     expect(this.original).toEqual({
       live: [
         ['vda', this.images.disk1, 'qcow2', `${this.images.base1}:raw`],
@@ -234,7 +272,7 @@ export class LibvirtGuest {
   /** Stops and undefines the domain; never throws. */
   async remove(): Promise<void> {
     await virsh(['destroy', this.name]);
-    await virsh(['undefine', this.name]);
+    await virsh(['undefine', this.name, '--checkpoints-metadata']);
   }
 }
 
