@@ -127,7 +127,11 @@ export class ChunkUploader {
     // Hashed when encoded: unpacked without a second SHA-256, and not kept (memory).
     const hashes = patchable.map((m) => ({ baseId: m.baseId!, hashes: sliceHashes(unpackChunk(m.chunk.blob, m.chunk.id), this.sliceBytes) }));
     const [present, plans] = await Promise.all([
-      this.repo.hasChunks(items.map((m) => m.chunk.id)),
+      // A stored copy of another size may be one a crash cut short: it is sent again.
+      this.repo.hasChunks(
+        items.map((m) => m.chunk.id),
+        { blobBytes: items.map((m) => m.chunk.blob.byteLength) },
+      ),
       patchable.length > 0 ? this.repo.planChunkPatches(this.sliceBytes, hashes) : Promise.resolve([]),
     ]);
     const planOf = new Map(patchable.map((m, i) => [m, plans[i]]));

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { OpenRepositoryOptions } from '../repository/index.js';
-import { BlockrepError, parseSize } from '../shared/index.js';
+import { BlockrepError, parseSize, parseSyncLevel } from '../shared/index.js';
 
 /** The options every command that reaches a repository takes, in one place. */
 export interface RepositoryCliOptions {
@@ -9,6 +9,8 @@ export interface RepositoryCliOptions {
   cacert?: string;
   bwlimit?: string;
   s3Endpoint?: string;
+  /** `backup --sync-level` (the command that stores chunks): for a directory only. */
+  syncLevel?: string;
 }
 
 export function addRepositoryOptions(cmd: Command, repoHelp = 'repository: a directory, http(s)://HOST:PORT of a blockrep serve, or s3://BUCKET[/PREFIX]'): Command {
@@ -26,8 +28,10 @@ export function repositoryOptionsFrom(opts: RepositoryCliOptions, extra: { creat
     bwlimit = parseSize(opts.bwlimit, '--bwlimit rate');
     if (bwlimit < 1024) throw new BlockrepError('USAGE', `--bwlimit ${opts.bwlimit} is below 1K bytes per second`);
   }
+  const syncLevel = opts.syncLevel === undefined ? undefined : parseSyncLevel(opts.syncLevel);
   return {
     ...extra,
+    ...(syncLevel !== undefined ? { syncLevel } : {}),
     ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
     ...(opts.cacert !== undefined ? { cacert: opts.cacert } : {}),
     ...(opts.s3Endpoint !== undefined ? { s3Endpoint: opts.s3Endpoint } : {}),

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { type Backend, LocalBackend, RateLimitedBackend } from '../backend/index.js';
-import { RateLimiter, BlockrepError } from '../shared/index.js';
+import { RateLimiter, BlockrepError, type SyncLevel } from '../shared/index.js';
 import { Repository } from './repository.js';
 
 export interface OpenRepositoryOptions {
@@ -14,6 +14,11 @@ export interface OpenRepositoryOptions {
   bwlimit?: number;
   /** For s3:// repositories: the endpoint of a non-AWS server (else AWS_ENDPOINT_URL(_S3), else AWS). */
   s3Endpoint?: string;
+  /**
+   * For a directory: how new chunks are made durable before a version is published
+   * (shared/sync-level.ts; default `filesystem`). A server or S3 decides that on its side.
+   */
+  syncLevel?: SyncLevel;
 }
 
 function limited(backend: Backend, bwlimit: number | undefined): Backend {
@@ -26,6 +31,9 @@ export async function openRepository(location: string, options: OpenRepositoryOp
   // An empty path would resolve to the working directory and make a repository there.
   if (location.trim() === '') throw new BlockrepError('USAGE', '--repo needs a repository: a directory or an http(s):// URL, not an empty string');
   if (options.s3Endpoint !== undefined && !/^s3:\/\//i.test(location)) throw new BlockrepError('USAGE', '--s3-endpoint applies to s3:// repositories only');
+  if (options.syncLevel !== undefined && /^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {
+    throw new BlockrepError('USAGE', '--sync-level applies to a repository in a directory; a blockrep serve takes its own (serve --sync-level), and S3 makes every object durable when it answers');
+  }
   if (/^s3:\/\//i.test(location)) {
     if (options.tokenFile !== undefined || options.cacert !== undefined) {
       throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories; an s3:// repository takes its credentials from the AWS chain (AWS_ACCESS_KEY_ID…, AWS_PROFILE)');
@@ -65,7 +73,8 @@ export async function openRepository(location: string, options: OpenRepositoryOp
   if (options.tokenFile !== undefined || options.cacert !== undefined) {
     throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories only');
   }
-  return Repository.open(limited(new LocalBackend(resolve(location)), options.bwlimit), options.create ? { create: true } : {});
+  const backend = new LocalBackend(resolve(location), options.syncLevel !== undefined ? { syncLevel: options.syncLevel } : {});
+  return Repository.open(limited(backend, options.bwlimit), options.create ? { create: true } : {});
 }
 
 /** `--s3-endpoint`, else the AWS SDK's own variables; checked here so a typo is a usage error. */
