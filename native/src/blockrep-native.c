@@ -154,6 +154,31 @@ static napi_value js_syncfs(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/*
+ * release(arrayBuffer) -> true when detached: frees the memory of an ArrayBuffer nobody needs
+ * any more now, instead of when V8 next collects (it counts memory outside its heap only
+ * loosely, so a backup's dead chunk blobs pile up). Every view on it reads as empty afterwards:
+ * the caller must own the whole buffer.
+ */
+static napi_value js_release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool is_ab = false, detached = false;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_is_arraybuffer(env, argv[0], &is_ab) != napi_ok || !is_ab) {
+    napi_throw_type_error(env, NULL, "release(arrayBuffer) takes an ArrayBuffer");
+    return NULL;
+  }
+  if (napi_is_detached_arraybuffer(env, argv[0], &detached) == napi_ok && !detached) {
+    detached = napi_detach_arraybuffer(env, argv[0]) == napi_ok;
+  } else {
+    detached = false;
+  }
+  napi_get_boolean(env, detached, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn, value;
   napi_create_function(env, "seek", NAPI_AUTO_LENGTH, js_seek, NULL, &fn);
@@ -166,5 +191,7 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "SEEK_HOLE", value);
   napi_create_function(env, "syncfs", NAPI_AUTO_LENGTH, js_syncfs, NULL, &fn);
   napi_set_named_property(env, exports, "syncfs", fn);
+  napi_create_function(env, "release", NAPI_AUTO_LENGTH, js_release, NULL, &fn);
+  napi_set_named_property(env, exports, "release", fn);
   return exports;
 }

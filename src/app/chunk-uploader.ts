@@ -1,4 +1,5 @@
 import { unpackChunk, type EncodedChunk, DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../chunk/index.js';
+import { releaseBuffer } from '../backend/index.js';
 import type { Repository } from '../repository/index.js';
 import { isBlockrepError, type TaskPool } from '../shared/index.js';
 
@@ -149,6 +150,7 @@ export class ChunkUploader {
           const answer = answers[i]!;
           if (answer.present) {
             this.totals.reusedChunks++;
+            releaseBuffer(m.chunk.blob);
             continue;
           }
           await this.pool.submit(() => this.upload(m, answer.plan));
@@ -165,7 +167,16 @@ export class ChunkUploader {
     }
   }
 
+  /**
+   * Stores one chunk, then frees its blob at once (releaseBuffer): the uploader holds the only
+   * use of it (the scan hands each blob over once), and V8 would keep it as garbage for a while.
+   */
   private async upload(m: Pending, plan: Buffer | undefined): Promise<void> {
+    await this.store(m, plan);
+    releaseBuffer(m.chunk.blob);
+  }
+
+  private async store(m: Pending, plan: Buffer | undefined): Promise<void> {
     if (plan && m.baseId) {
       const patch = encodePatch(unpackChunk(m.chunk.blob, m.chunk.id), this.sliceBytes, m.baseId, plan);
       if (patch.length < m.chunk.blob.length) {

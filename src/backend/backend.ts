@@ -66,7 +66,8 @@ export interface Backend {
   /**
    * Stores an object atomically and durably (with deferSync: durably once flush() resolves):
    * readers see the old object or none until it is complete, never a partial one. Returns the
-   * number of bytes stored.
+   * number of bytes stored. Keeps no reference to `data` once it resolves: the chunk uploader
+   * frees a chunk's blob then (releaseBuffer).
    */
   write(key: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteOptions): Promise<number>;
   /**

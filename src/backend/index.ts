@@ -8,3 +8,4 @@
 export { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from './backend.js';
 export { LocalBackend, type LocalBackendOptions } from './local/local-backend.js';
 export { RateLimitedBackend } from './rate-limited-backend.js';
+export { releaseBuffer } from './release-buffer.js';
