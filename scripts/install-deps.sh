@@ -62,9 +62,11 @@ if [ "${BLOCKREP_SKIP_DB_TESTS:-}" != 1 ]; then
   command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 fi
 if [ "$mode" = --test ]; then
-  # The scan tests check hashes against xxhsum; the TLS tests make a certificate with openssl.
+  # The scan tests check hashes against xxhsum; the TLS tests make a certificate with openssl;
+  # the durability tests watch a backup's system calls with strace.
   command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v strace >/dev/null 2>&1 || need+=(strace)
 fi
 if [ "$mode" = --bench ]; then
   command -v xxhsum >/dev/null 2>&1 || need+=(xxhash)

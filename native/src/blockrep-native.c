@@ -1,13 +1,17 @@
 /*
- * blockrep's only native code: lseek(2), which Node does not expose.
+ * blockrep's only native code: two system calls Node does not expose.
  *
- * The image readers need SEEK_DATA / SEEK_HOLE to find the holes of sparse raw files without
- * reading them, and SEEK_END to learn the size of a block device (fstat reports 0 there).
+ * lseek(2): the image readers need SEEK_DATA / SEEK_HOLE to find the holes of sparse raw files
+ * without reading them, and SEEK_END to learn the size of a block device (fstat reports 0 there).
+ * syncfs(2): a local repository writes chunks without an fsync each and makes them durable with
+ * one syncfs of its file system before it publishes the manifest that refers to them.
  * Everything else stays in JavaScript. Node-API only, so one build serves every Node >= 20,
  * and the module is context-aware so worker threads may load it too.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,6 +30,10 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall) {
     case EOVERFLOW: name = "EOVERFLOW"; break;
     case ESPIPE: name = "ESPIPE"; break;
     case ENXIO: name = "ENXIO"; break;
+    case EIO: name = "EIO"; break;
+    case ENOSPC: name = "ENOSPC"; break;
+    case EDQUOT: name = "EDQUOT"; break;
+    case EROFS: name = "EROFS"; break;
     default: break;
   }
   char text[160];
@@ -78,6 +86,99 @@ static napi_value js_seek(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* One syncfs(fd) on a thread of libuv's pool: it may take seconds, the event loop goes on. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  int err;
+} syncfs_job;
+
+static void syncfs_execute(napi_env env, void *data) {
+  (void)env;
+  syncfs_job *job = data;
+  job->err = syncfs(job->fd) == 0 ? 0 : errno;
+}
+
+static void syncfs_complete(napi_env env, napi_status status, void *data) {
+  syncfs_job *job = data;
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (status == napi_ok && job->err == 0) {
+    napi_resolve_deferred(env, job->deferred, undefined);
+  } else {
+    /* throw_errno builds the error and throws it; take it back as the rejection. */
+    napi_value error;
+    bool pending = false;
+    throw_errno(env, status == napi_ok ? job->err : EIO, "syncfs");
+    napi_is_exception_pending(env, &pending);
+    if (pending && napi_get_and_clear_last_exception(env, &error) == napi_ok) {
+      napi_reject_deferred(env, job->deferred, error);
+    } else {
+      napi_reject_deferred(env, job->deferred, undefined);
+    }
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+/*
+ * syncfs(fd) -> Promise<void>: writes back everything dirty on the file system that holds fd
+ * (data, inodes, folder entries) and waits for it; rejects with a Node-style `code` (EIO: a
+ * write-back failed since fd was opened, Linux >= 5.8; ...).
+ */
+static napi_value js_syncfs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "syncfs(fd) takes a file descriptor");
+    return NULL;
+  }
+  syncfs_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "syncfs: out of memory");
+    return NULL;
+  }
+  job->fd = fd;
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "blockrep:syncfs", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    free(job);
+    napi_throw_error(env, NULL, "syncfs: cannot queue the work");
+    return NULL;
+  }
+  return promise;
+}
+
+/*
+ * release(arrayBuffer) -> true when detached: frees the memory of an ArrayBuffer nobody needs
+ * any more now, instead of when V8 next collects (it counts memory outside its heap only
+ * loosely, so a backup's dead chunk blobs pile up). Every view on it reads as empty afterwards:
+ * the caller must own the whole buffer.
+ */
+static napi_value js_release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool is_ab = false, detached = false;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_is_arraybuffer(env, argv[0], &is_ab) != napi_ok || !is_ab) {
+    napi_throw_type_error(env, NULL, "release(arrayBuffer) takes an ArrayBuffer");
+    return NULL;
+  }
+  if (napi_is_detached_arraybuffer(env, argv[0], &detached) == napi_ok && !detached) {
+    detached = napi_detach_arraybuffer(env, argv[0]) == napi_ok;
+  } else {
+    detached = false;
+  }
+  napi_get_boolean(env, detached, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn, value;
   napi_create_function(env, "seek", NAPI_AUTO_LENGTH, js_seek, NULL, &fn);
@@ -88,5 +189,9 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "SEEK_DATA", value);
   napi_create_int32(env, SEEK_HOLE, &value);
   napi_set_named_property(env, exports, "SEEK_HOLE", value);
+  napi_create_function(env, "syncfs", NAPI_AUTO_LENGTH, js_syncfs, NULL, &fn);
+  napi_set_named_property(env, exports, "syncfs", fn);
+  napi_create_function(env, "release", NAPI_AUTO_LENGTH, js_release, NULL, &fn);
+  napi_set_named_property(env, exports, "release", fn);
   return exports;
 }

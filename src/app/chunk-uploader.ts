@@ -1,4 +1,5 @@
 import { unpackChunk, type EncodedChunk, DEFAULT_SLICE_BYTES, encodePatch, sliceHashes } from '../chunk/index.js';
+import { releaseBuffer } from '../backend/index.js';
 import type { Repository } from '../repository/index.js';
 import { isBlockrepError, type TaskPool } from '../shared/index.js';
 
@@ -127,7 +128,11 @@ export class ChunkUploader {
     // Hashed when encoded: unpacked without a second SHA-256, and not kept (memory).
     const hashes = patchable.map((m) => ({ baseId: m.baseId!, hashes: sliceHashes(unpackChunk(m.chunk.blob, m.chunk.id), this.sliceBytes) }));
     const [present, plans] = await Promise.all([
-      this.repo.hasChunks(items.map((m) => m.chunk.id)),
+      // A stored copy of another size may be one a crash cut short: it is sent again.
+      this.repo.hasChunks(
+        items.map((m) => m.chunk.id),
+        { blobBytes: items.map((m) => m.chunk.blob.byteLength) },
+      ),
       patchable.length > 0 ? this.repo.planChunkPatches(this.sliceBytes, hashes) : Promise.resolve([]),
     ]);
     const planOf = new Map(patchable.map((m, i) => [m, plans[i]]));
@@ -145,6 +150,7 @@ export class ChunkUploader {
           const answer = answers[i]!;
           if (answer.present) {
             this.totals.reusedChunks++;
+            releaseBuffer(m.chunk.blob);
             continue;
           }
           await this.pool.submit(() => this.upload(m, answer.plan));
@@ -161,7 +167,16 @@ export class ChunkUploader {
     }
   }
 
+  /**
+   * Stores one chunk, then frees its blob at once (releaseBuffer): the uploader holds the only
+   * use of it (the scan hands each blob over once), and V8 would keep it as garbage for a while.
+   */
   private async upload(m: Pending, plan: Buffer | undefined): Promise<void> {
+    await this.store(m, plan);
+    releaseBuffer(m.chunk.blob);
+  }
+
+  private async store(m: Pending, plan: Buffer | undefined): Promise<void> {
     if (plan && m.baseId) {
       const patch = encodePatch(unpackChunk(m.chunk.blob, m.chunk.id), this.sliceBytes, m.baseId, plan);
       if (patch.length < m.chunk.blob.length) {

@@ -42,7 +42,9 @@ export interface WriteOptions {
   exclusive?: boolean;
   /**
    * The caller calls flush() before relying on durability (a batch of chunk writes before a
-   * manifest is published), so the backend may defer directory syncs until then.
+   * manifest is published), so the backend may defer syncing until then: a local folder's
+   * directory syncs, and at sync level `filesystem` the file's own fsync (one syncfs at the
+   * flush covers them all). The object is atomic either way: whole under its name, or absent.
    */
   deferSync?: boolean;
 }
@@ -62,8 +64,10 @@ export interface Backend {
   /** The whole object, or `length` bytes from `offset`. A missing object throws code 'NOT_FOUND'. */
   read(key: string, offset?: number, length?: number): Promise<Buffer>;
   /**
-   * Stores an object atomically and durably: readers see the old object or none until it is
-   * complete on stable storage, never a partial one. Returns the number of bytes stored.
+   * Stores an object atomically and durably (with deferSync: durably once flush() resolves):
+   * readers see the old object or none until it is complete, never a partial one. Returns the
+   * number of bytes stored. Keeps no reference to `data` once it resolves: the chunk uploader
+   * frees a chunk's blob then (releaseBuffer).
    */
   write(key: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteOptions): Promise<number>;
   /**

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { OpenRepositoryOptions } from '../repository/index.js';
-import { BlockrepError, parseSize, readSmallFile, wrapSystemError } from '../shared/index.js';
+import { BlockrepError, parseSize, parseSyncLevel, readSmallFile, wrapSystemError } from '../shared/index.js';
 import { canPrompt, promptPassphrase } from './passphrase-prompt.js';
 
 /** The options every command that reaches a repository takes, in one place. */
@@ -11,6 +11,8 @@ export interface RepositoryCliOptions {
   bwlimit?: string;
   s3Endpoint?: string;
   passwordFile?: string;
+  /** `backup --sync-level` (the command that stores chunks): for a directory only. */
+  syncLevel?: string;
 }
 
 const MAX_PASSPHRASE_FILE_BYTES = 4096;
@@ -85,9 +87,11 @@ export function repositoryOptionsFrom(opts: RepositoryCliOptions, extra: { creat
     bwlimit = parseSize(opts.bwlimit, '--bwlimit rate');
     if (bwlimit < 1024) throw new BlockrepError('USAGE', `--bwlimit ${opts.bwlimit} is below 1K bytes per second`);
   }
+  const syncLevel = opts.syncLevel === undefined ? undefined : parseSyncLevel(opts.syncLevel);
   return {
     ...rest,
     ...(withoutKey ? {} : { passphrase: passphraseSource(opts, `passphrase for ${opts.repo}: `) }),
+    ...(syncLevel !== undefined ? { syncLevel } : {}),
     ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
     ...(opts.cacert !== undefined ? { cacert: opts.cacert } : {}),
     ...(opts.s3Endpoint !== undefined ? { s3Endpoint: opts.s3Endpoint } : {}),

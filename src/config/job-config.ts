@@ -2,7 +2,7 @@ import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import type { ImageFormat } from '../image/index.js';
-import { BlockrepError, readSmallFile, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize, parseDuration } from '../shared/index.js';
+import { BlockrepError, readSmallFile, systemErrorCode, defaultDiskIdForImage, diskIdProblem, vmNameProblem, parseSize, checkBlockSize, parseDuration, SYNC_LEVELS, type SyncLevel } from '../shared/index.js';
 import { readTokenFile } from '../protocol/index.js';
 import { describeValue, didYouMean, formatConfigPath, formatIssue, locate, type ConfigIssue, type ConfigPath } from './config-issues.js';
 import { isEmptyPolicy, retentionPolicySchema, type RetentionPolicy } from '../repository/index.js';
@@ -29,6 +29,8 @@ export interface JobRepository {
   s3Endpoint?: string;
   /** Bytes per second for the whole run (one limit shared by every VM: they share the link). */
   bwlimit?: number;
+  /** A directory: how new chunks become durable before a publish (shared/sync-level.ts). */
+  syncLevel?: SyncLevel;
 }
 
 interface VmJobBase {
@@ -131,6 +133,7 @@ const HINTS: Record<string, { expected: string; example: string }> = {
   tokenFile: { expected: 'the path of a file holding the access token', example: 'tokenFile: /etc/blockrep/token' },
   passwordFile: { expected: "the path of a file whose first line is an encrypted repository's passphrase", example: 'passwordFile: /etc/blockrep/passphrase' },
   cacert: { expected: 'the path of a PEM CA certificate', example: 'cacert: /etc/blockrep/ca.pem' },
+  syncLevel: { expected: `${SYNC_LEVELS.join(' or ')}`, example: 'syncLevel: file' },
   defaults: { expected: 'a mapping of settings for every VM', example: 'defaults: {blockSize: 256K, bwlimit: 20M}' },
   parallel: { expected: `a whole number of VMs backed up at once, 1 to ${MAX_PARALLEL}`, example: 'parallel: 2' },
   vms: { expected: 'a list of VMs', example: 'vms: [{name: web01, qmp: /run/qemu/web01.qmp}]' },
@@ -275,6 +278,7 @@ const jobConfigSchema = z.strictObject({
     passwordFile: pathField.optional(),
     cacert: pathField.optional(),
     s3: z.strictObject({ endpoint: z.url({ protocol: /^https?$/ }) }).optional(),
+    syncLevel: z.enum(SYNC_LEVELS).optional(),
   }),
   defaults: z
     .strictObject({
@@ -299,7 +303,7 @@ function knownKeysAt(path: ConfigPath): string[] {
   const p = path.filter((s) => typeof s === 'string');
   const last = p[p.length - 1];
   if (p.length === 0) return Object.keys(jobConfigSchema.shape);
-  if (last === 'repository') return ['url', 'tokenFile', 'cacert', 'passwordFile', 's3'];
+  if (last === 'repository') return ['url', 'tokenFile', 'cacert', 'passwordFile', 's3', 'syncLevel'];
   if (last === 's3') return ['endpoint'];
   if (last === 'defaults') return ['blockSize', 'bwlimit', 'compress', 'quiesce', 'hooks', 'fullScan', 'fullScanEvery', 'retention'];
   if (last === 'hooks') return ['beforeFreeze', 'afterThaw', 'timeout', 'onFailure'];
@@ -423,6 +427,9 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
     problem(['repository', 'url'], `repository URLs are http://, https:// or s3://, not ${raw.repository.url.split('://')[0]}:// — write e.g. url: https://backup.example:8417, s3://bucket/prefix or a directory`);
   }
   if (raw.repository.s3 !== undefined && !s3) problem(['repository', 's3'], 's3 settings are for s3:// repositories only; remove them, or make url s3://BUCKET[/PREFIX]');
+  if (raw.repository.syncLevel !== undefined && (remote || s3)) {
+    problem(['repository', 'syncLevel'], 'syncLevel is for a repository in a directory; a blockrep serve takes its own (serve --sync-level), and S3 makes every object durable when it answers');
+  }
   if (s3 && !/^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[A-Za-z0-9._/-]*)?$/.test(raw.repository.url)) {
     problem(['repository', 'url'], `${raw.repository.url} is not s3://BUCKET[/PREFIX] (bucket: lower-case letters, digits, dots and hyphens)`);
   }
@@ -510,6 +517,7 @@ function normalise(raw: RawJobConfig, base: string, file: string, where: (path: 
     repository: {
       location: remote || s3 ? raw.repository.url : resolve(base, raw.repository.url),
       ...(raw.repository.s3 !== undefined ? { s3Endpoint: raw.repository.s3.endpoint } : {}),
+      ...(raw.repository.syncLevel !== undefined ? { syncLevel: raw.repository.syncLevel } : {}),
       ...(raw.repository.tokenFile !== undefined ? { tokenFile: resolve(base, raw.repository.tokenFile) } : {}),
       ...(raw.repository.cacert !== undefined ? { cacert: resolve(base, raw.repository.cacert) } : {}),
       ...(raw.repository.passwordFile !== undefined ? { passwordFile: resolve(base, raw.repository.passwordFile) } : {}),

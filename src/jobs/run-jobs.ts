@@ -84,6 +84,7 @@ export async function runJobs(config: JobConfig, options: RunJobsOptions = {}): 
     ...(config.repository.s3Endpoint !== undefined ? { s3Endpoint: config.repository.s3Endpoint } : {}),
     ...(config.repository.bwlimit !== undefined ? { bwlimit: config.repository.bwlimit } : {}),
     ...(options.passphrase ? { passphrase: options.passphrase } : {}),
+    ...(config.repository.syncLevel !== undefined ? { syncLevel: config.repository.syncLevel } : {}),
   };
   try {
     // One repository for the whole run: one connection pool and one bandwidth limit shared by

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { type Backend, LocalBackend, RateLimitedBackend } from '../backend/index.js';
-import { RateLimiter, BlockrepError } from '../shared/index.js';
+import { RateLimiter, BlockrepError, type SyncLevel } from '../shared/index.js';
 import { unlockWithPassphrase } from './repository-key-store.js';
 import { Repository } from './repository.js';
 
@@ -20,6 +20,11 @@ export interface OpenRepositoryOptions {
    * encrypted). Without it an encrypted repository opens locked: listing only (KEY_REQUIRED).
    */
   passphrase?: () => Promise<string>;
+  /**
+   * For a directory: how new chunks are made durable before a version is published
+   * (shared/sync-level.ts; default `filesystem`). A server or S3 decides that on its side.
+   */
+  syncLevel?: SyncLevel;
 }
 
 /** Unlocks an encrypted repository with the passphrase the options name, if any. */
@@ -50,6 +55,9 @@ export async function openBackend(location: string, options: OpenRepositoryOptio
   // An empty path would resolve to the working directory and make a repository there.
   if (location.trim() === '') throw new BlockrepError('USAGE', '--repo needs a repository: a directory or an http(s):// URL, not an empty string');
   if (options.s3Endpoint !== undefined && !/^s3:\/\//i.test(location)) throw new BlockrepError('USAGE', '--s3-endpoint applies to s3:// repositories only');
+  if (options.syncLevel !== undefined && /^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {
+    throw new BlockrepError('USAGE', '--sync-level applies to a repository in a directory; a blockrep serve takes its own (serve --sync-level), and S3 makes every object durable when it answers');
+  }
   if (/^s3:\/\//i.test(location)) {
     if (options.tokenFile !== undefined || options.cacert !== undefined) {
       throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories; an s3:// repository takes its credentials from the AWS chain (AWS_ACCESS_KEY_ID…, AWS_PROFILE)');
@@ -74,7 +82,7 @@ export async function openBackend(location: string, options: OpenRepositoryOptio
   if (options.tokenFile !== undefined || options.cacert !== undefined) {
     throw new BlockrepError('USAGE', '--token-file and --cacert apply to http(s):// repositories only');
   }
-  return limited(new LocalBackend(resolve(location)), options.bwlimit);
+  return limited(new LocalBackend(resolve(location), options.syncLevel !== undefined ? { syncLevel: options.syncLevel } : {}), options.bwlimit);
 }
 
 async function openRepositoryLocked(location: string, options: OpenRepositoryOptions): Promise<Repository> {

@@ -163,13 +163,20 @@ export class Repository {
    * query: the caller will refer to the chunks found, so by default they are touched (their
    * modification time set to now) and a garbage collection running meanwhile keeps them even
    * if no published version uses them yet (collect-garbage.ts).
+   *
+   * With `blobBytes` (the size of the blob the caller would store for each id), a chunk stored
+   * with another size counts as missing, so the caller stores it anew (Proxmox Backup Server
+   * does the same). Chunks are written without an fsync each and synced before a publish
+   * (shared/sync-level.ts): a crash before that sync can leave one under its name cut short
+   * or empty, and no version may come to refer to it.
    */
-  async hasChunks(ids: string[], options: { touch?: boolean } = {}): Promise<boolean[]> {
+  async hasChunks(ids: string[], options: { touch?: boolean; blobBytes?: number[] } = {}): Promise<boolean[]> {
     const sizes = await this.backend.sizes(
       ids.map((id) => Repository.chunkKey(id)),
       { touch: options.touch ?? true },
     );
-    return sizes.map((size) => size !== undefined);
+    const expected = options.blobBytes;
+    return sizes.map((size, i) => size !== undefined && (expected === undefined || size === expected[i]));
   }
 
   /**

@@ -5,7 +5,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { LocalBackend } from '../backend/index.js';
 import { Repository } from '../repository/index.js';
-import { BlockrepError, wrapSystemError, isLoopback, urlFor, type ListenAddress } from '../shared/index.js';
+import { BlockrepError, wrapSystemError, isLoopback, urlFor, type ListenAddress, type SyncLevel } from '../shared/index.js';
 import { createRequestHandler } from './repository-server.js';
 import { serverLimitsFromEnv, type ServerLimits } from './server-limits.js';
 import { TokenStore } from './token-store.js';
@@ -23,6 +23,11 @@ export interface ServeOptions {
   log: (line: string) => void;
   /** Per-client limits; by default those of server-limits.ts, overridden by BLOCKREP_SERVE_* variables. */
   limits?: ServerLimits;
+  /**
+   * How uploaded chunks become durable before a version that refers to them is stored
+   * (shared/sync-level.ts; default `filesystem`: one syncfs of the root's file system).
+   */
+  syncLevel?: SyncLevel;
 }
 
 export interface RunningServer {
@@ -49,7 +54,7 @@ export async function startRepositoryServer(options: ServeOptions): Promise<Runn
   const root = resolve(options.root);
   // Whatever else is in the folder, the server reads and writes only regular files and folders
   // under it: a symbolic link planted inside must not lead it elsewhere.
-  const backend = new LocalBackend(root, { noFollow: true });
+  const backend = new LocalBackend(root, { noFollow: true, ...(options.syncLevel !== undefined ? { syncLevel: options.syncLevel } : {}) });
   const repo = await Repository.open(backend, { create: true });
   const spoolDir = join(root, SPOOL_DIR);
   try {

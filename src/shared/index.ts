@@ -13,6 +13,7 @@ export { currentHolder, holderIsGone, lockHolderSchema, type LockHolder } from '
 export { RateLimiter, throttle } from './rate-limiter.js';
 export { readSmallFile } from './read-small-file.js';
 export { formatBytes, parseSize } from './size.js';
+export { DEFAULT_SYNC_LEVEL, parseSyncLevel, SYNC_LEVELS, type SyncLevel } from './sync-level.js';
 export { TaskPool } from './task-pool.js';
 export { assertVersionId, isVersionId, newVersionId, versionIdTime } from './version-id.js';
 export { writeFileDurably } from './write-file-durably.js';

@@ -81,6 +81,8 @@ describe('ChunkUploader', () => {
     const already = encodeChunk(randomBytes(BLOCK));
     await repo.putChunk(already);
     calls.length = 0;
+    // The uploader frees each blob once it is stored: what each must hold, kept aside.
+    const contents = new Map([...blocks.map((b) => b.chunk), ...whole].map((c) => [c.id, Buffer.from(decodeChunk(c.blob, c.id))]));
 
     const t = totals();
     const pool = new TaskPool(POOL);
@@ -94,8 +96,10 @@ describe('ChunkUploader', () => {
     expect(t).toMatchObject({ newChunks: 170, patchedChunks: 150, reusedChunks: 1 });
     // Every chunk is there, and each patched one was rebuilt into exactly the new block.
     for (const c of [...blocks.map((b) => b.chunk), ...whole]) {
-      expect((await repo.getChunk(c.id)).equals(decodeChunk(c.blob, c.id))).toBe(true);
+      expect((await repo.getChunk(c.id)).equals(contents.get(c.id)!)).toBe(true);
+      expect(c.blob.byteLength).toBe(0); // freed (releaseBuffer) once stored
     }
+    expect(already.blob.byteLength).toBe(0); // and once found stored
 
     // The questions about the second batch went out before the first batch's uploads had all
     // started (one batch at a time would ask only after handing out all of them).

@@ -178,6 +178,15 @@ describe('job configuration mistakes', () => {
     expect(c.vms[1]).toMatchObject({ kind: 'image', compress: false, blockSize: 64 << 10, retention: { keepLast: 2 }, images: [{ path: image, diskId: 'arch/root', format: 'qcow2' }] });
     expect(c.vms[0]!.where('qmp')).toBe(`${file}:12:10 vms[0].qmp`);
   });
+
+  it('repository.syncLevel: file or filesystem for a directory; refused for a server or S3, and a wrong value names the choices', async () => {
+    const ok = await loadJobConfig(await configFile(`${repoLine('r')}  syncLevel: file\nvms:\n  - name: a\n    qmp: /x\n`));
+    expect(ok.repository).toMatchObject({ syncLevel: 'file' });
+    const remote = await mistake('repository:\n  url: https://backup.example:8417\n  syncLevel: file\nvms:\n  - name: a\n    qmp: /x\n');
+    expect(remote.message).toContain('repository.syncLevel: syncLevel is for a repository in a directory');
+    const wrong = await mistake(`${repoLine('r')}  syncLevel: none\nvms:\n  - name: a\n    qmp: /x\n`);
+    expect(wrong.message).toContain('filesystem or file');
+  });
 });
 
 describe('the shipped example and the systemd units', () => {

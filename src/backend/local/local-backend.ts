@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { constants, type Dirent } from 'node:fs';
-import { chmod, link, lstat, lutimes, mkdir, open, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { chmod, link, lstat, lutimes, mkdir, open, readdir, rename, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, sep } from 'node:path';
-import { BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
+import { BlockrepError, DEFAULT_SYNC_LEVEL, systemErrorCode, wrapSystemError, type SyncLevel } from '../../shared/index.js';
 import { contentTag, type Backend, type BackendObject, type ConditionalRemoval, type SizesOptions, type TempSweep, type WriteOptions } from '../backend.js';
+import { loadSyncfs, type SyncFileSystem } from './native-syncfs.js';
 
 const KEY = /^[A-Za-z0-9._%-]+(\/[A-Za-z0-9._%-]+)*$/;
 const TEMP_PREFIX = '.tmp-';
@@ -27,11 +28,24 @@ export interface LocalBackendOptions {
    * followed, read or written through. `blockrep serve` sets it; the root itself may be a link.
    */
   noFollow?: boolean;
+  /**
+   * How deferred writes (chunks) become durable by the next flush (shared/sync-level.ts):
+   * `filesystem` (default) one syncfs of the root's file system, `file` an fsync per file.
+   */
+  syncLevel?: SyncLevel;
+  /**
+   * The syncfs to call with a descriptor of the root (default: the native addon's; null: none,
+   * so every file is fsynced). Tests pass one that records when it runs.
+   */
+  syncFileSystem?: SyncFileSystem | null;
 }
 
 /**
  * A repository in a local directory. Durable write (restic's recipe): temp file in the target
- * folder → write → fsync → rename (or link, for exclusive writes) → fsync the folder.
+ * folder → write → fsync → rename (or link, for exclusive writes) → fsync the folder. A deferred
+ * write (a chunk) at sync level `filesystem` skips its fsync and the folder's: the next flush
+ * makes it durable with one syncfs of the root's file system (PBS's default), which covers the
+ * data and the folder entries of every file renamed before it started.
  */
 export class LocalBackend implements Backend {
   readonly location: string;
@@ -44,11 +58,28 @@ export class LocalBackend implements Backend {
   private flushChain: Promise<void> = Promise.resolve();
 
   private readonly noFollow: boolean;
+  /** The syncfs deferred writes rely on, or null: they are fsynced one by one. */
+  private readonly syncfs: SyncFileSystem | null;
+  /** Files renamed into place without an fsync since the last flush began. */
+  private unsynced = 0;
+  /**
+   * A descriptor of the root, opened before the first write that skips its fsync and kept
+   * until close(): syncfs reports a write-back error that happened since its descriptor was
+   * opened, so it must predate the writes it vouches for.
+   */
+  private rootHandle: Promise<FileHandle> | undefined;
 
   constructor(root: string, options: LocalBackendOptions = {}) {
     this.root = root;
     this.location = root;
     this.noFollow = options.noFollow ?? false;
+    const level = options.syncLevel ?? DEFAULT_SYNC_LEVEL;
+    this.syncfs = level === 'filesystem' ? (options.syncFileSystem === undefined ? loadSyncfs() : options.syncFileSystem) : null;
+  }
+
+  /** How deferred writes are made durable, as configured and as available here. */
+  get effectiveSyncLevel(): SyncLevel {
+    return this.syncfs === null ? 'file' : 'filesystem';
   }
 
   /** With noFollow: every folder between the root and `key` that exists is a real folder. */
@@ -197,9 +228,12 @@ export class LocalBackend implements Backend {
     const dir = dirname(target);
     const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
     let written = 0;
+    // A chunk waits for the flush's syncfs; anything else (manifests, locks, config) is synced now.
+    const skipFsync = options.deferSync === true && this.syncfs !== null;
     try {
       await this.checkFolders(key);
       await this.ensureDir(dir);
+      if (skipFsync) await this.openRoot();
       const fh = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE);
       try {
         await fh.chmod(FILE_MODE); // open's mode is masked by the umask
@@ -208,7 +242,7 @@ export class LocalBackend implements Backend {
         } else {
           for await (const piece of data) written += await writeAll(fh, piece, written);
         }
-        await fh.sync();
+        if (!skipFsync) await fh.sync();
       } finally {
         await fh.close();
       }
@@ -223,6 +257,7 @@ export class LocalBackend implements Backend {
       } else {
         await rename(temp, target);
       }
+      if (skipFsync) this.unsynced++;
     } catch (err) {
       await unlink(temp).catch(() => undefined);
       throw wrapSystemError(err, `writing ${key} to ${this.location}`);
@@ -245,13 +280,33 @@ export class LocalBackend implements Backend {
 
   private async syncPending(): Promise<void> {
     const dirs = [...this.dirsToSync];
+    const unsynced = this.unsynced;
     this.dirsToSync.clear();
+    this.unsynced = 0;
     try {
-      for (const dir of dirs) await syncDir(dir);
+      if (unsynced > 0 && this.syncfs !== null) {
+        // Every file counted here was renamed before this call: its data and its folder entry
+        // (and those of the folders listed) are durable when syncfs returns.
+        await this.syncfs((await this.openRoot()).fd);
+      } else {
+        for (const dir of dirs) await syncDir(dir);
+      }
     } catch (err) {
       for (const dir of dirs) this.dirsToSync.add(dir);
+      this.unsynced += unsynced;
       throw wrapSystemError(err, `syncing ${this.location}`);
     }
+  }
+
+  private openRoot(): Promise<FileHandle> {
+    if (this.rootHandle === undefined) {
+      const opening = open(this.root, constants.O_RDONLY | constants.O_DIRECTORY);
+      this.rootHandle = opening;
+      opening.catch(() => {
+        if (this.rootHandle === opening) this.rootHandle = undefined; // the next write tries again
+      });
+    }
+    return this.rootHandle;
   }
 
   async *list(prefix: string): AsyncIterable<BackendObject> {
@@ -384,7 +439,13 @@ export class LocalBackend implements Backend {
   }
 
   async close(): Promise<void> {
-    await this.flush();
+    try {
+      await this.flush();
+    } finally {
+      const handle = this.rootHandle;
+      this.rootHandle = undefined;
+      if (handle !== undefined) await handle.then((h) => h.close()).catch(() => undefined);
+    }
   }
 
   private async ensureDir(dir: string): Promise<void> {

@@ -41,6 +41,7 @@ export function registerBackup(program: Command): void {
     .option('--format <format>', 'image format, raw or qcow2 (default: detected; give it for raw images a guest could write a qcow2 header into)')
     .option('--workers <n>', 'scan threads (default: up to 2)')
     .option('--no-compress', 'store chunks uncompressed')
+    .option('--sync-level <level>', 'directory repository: how new chunks become durable before the version is published: filesystem (one syncfs of its file system, the default) or file (an fsync per chunk)')
     .option('--json', 'print one JSON object as the report')
     .option('--domain <name>', 'live VM: the name of a running libvirt domain; its disks are <domain>/<target> (vda, …)')
     .option('--all-running', 'live VMs: every running domain of the libvirt connection, one after the other, each as --domain would')

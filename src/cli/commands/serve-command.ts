@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { DEFAULT_LISTEN, isLoopback, parseListenAddress, BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
+import { DEFAULT_LISTEN, isLoopback, parseListenAddress, parseSyncLevel, BlockrepError, systemErrorCode, wrapSystemError } from '../../shared/index.js';
 import { runCommand } from '../command-context.js';
 import { EXIT_OK } from '../exit-codes.js';
 
@@ -11,6 +11,7 @@ interface ServeOptions {
   tlsCert?: string;
   tlsKey?: string;
   insecureNoAuth?: boolean;
+  syncLevel?: string;
 }
 
 export function registerServe(program: Command): void {
@@ -23,9 +24,11 @@ export function registerServe(program: Command): void {
     .option('--tls-cert <file>', 'serve HTTPS with this certificate (PEM; with --tls-key)')
     .option('--tls-key <file>', 'private key (PEM) of --tls-cert')
     .option('--insecure-no-auth', 'allow a non-loopback --listen without --tokens (anyone who reaches it has every right)')
+    .option('--sync-level <level>', 'how uploaded chunks become durable before a version is stored: filesystem (one syncfs of the root\'s file system, the default) or file (an fsync per chunk)')
     .action(async (opts: ServeOptions) => {
       await runCommand(false, async (ctx) => {
         const listen = parseListenAddress(opts.listen);
+        const syncLevel = opts.syncLevel === undefined ? undefined : parseSyncLevel(opts.syncLevel);
         if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined)) throw new BlockrepError('USAGE', '--tls-cert and --tls-key go together');
         const tls = opts.tlsCert !== undefined && opts.tlsKey !== undefined ? { cert: await readPem(opts.tlsCert, '--tls-cert'), key: await readPem(opts.tlsKey, '--tls-key') } : undefined;
         // The server's code (and TLS) is loaded only when serving: every other command starts faster.
@@ -35,6 +38,7 @@ export function registerServe(program: Command): void {
           listen,
           ...(opts.tokens !== undefined ? { tokensFile: opts.tokens } : {}),
           ...(opts.insecureNoAuth ? { insecureNoAuth: true } : {}),
+          ...(syncLevel !== undefined ? { syncLevel } : {}),
           ...(tls ? { tls } : {}),
           log: (line) => process.stderr.write(`${line}\n`),
         });
