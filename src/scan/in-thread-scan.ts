@@ -3,7 +3,7 @@ import type { ImageReader } from '../image/index.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import type { ScanGeometry } from './scan-geometry.js';
 import type { ScanTuning } from './scan-tuning.js';
-import type { SegmentPlanner } from './segment-planner.js';
+import type { PlannedSegment, SegmentPlanner } from './segment-planner.js';
 import { arenaBytesFor, SegmentScanner } from './segment-scanner.js';
 import { Xxh64Wasm } from './xxh64-wasm.js';
 
@@ -16,7 +16,7 @@ export interface InThreadScanOptions {
   zeroHash: bigint;
   lastZeroHash: bigint;
   planner: SegmentPlanner;
-  parentTask: (seq: number, startBlock: number, count: number) => Promise<SegmentTask>;
+  parentTask: (segment: PlannedSegment) => Promise<SegmentTask>;
   signal: AbortSignal | undefined;
   tuning: ScanTuning;
 }
@@ -44,8 +44,7 @@ export async function* inThreadScan(o: InThreadScanOptions): AsyncGenerator<Scan
   const { planner } = o;
   async function* tasks(): AsyncGenerator<SegmentTask> {
     while (!planner.done) {
-      const { seq, startBlock, count } = planner.next();
-      yield await o.parentTask(seq, startBlock, count);
+      yield await o.parentTask(planner.next());
     }
   }
   for await (const { seq: _seq, ...batch } of scanner.run(tasks())) {

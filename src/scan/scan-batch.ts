@@ -27,6 +27,11 @@ export interface SegmentTask {
   count: number;
   /** Exactly `count` hashes in a buffer of their own: it is transferred to the worker. */
   parent: BigUint64Array | undefined;
+  /**
+   * A tracked scan: 1 = a block not to read (clean: it keeps the parent's hash, unchanged).
+   * Requires `parent`. Lets one segment span many small dirty ranges and the gaps between.
+   */
+  skip?: Uint8Array | undefined;
 }
 
 /** A scanned segment; `seq` lets the main thread put results from several workers in order. */

@@ -7,7 +7,7 @@ import { LocalSegmentScanner } from './local-segment-scanner.js';
 import type { ScanBatch, SegmentTask } from './scan-batch.js';
 import { ScanGeometry } from './scan-geometry.js';
 import { resolveScanTuning, type ScanTuning } from './scan-tuning.js';
-import { SegmentPlanner, type BlockRange } from './segment-planner.js';
+import { SegmentPlanner, type BlockRange, type PlannedSegment } from './segment-planner.js';
 import { workerPoolScan } from './worker-pool-scan.js';
 import { zeroBlockHash } from './zero-block-hash.js';
 
@@ -83,15 +83,18 @@ export async function* scanImageTuned(opts: ScanOptions, overrides?: Partial<Sca
       zeroBlockHash(geometry.blockSize),
       zeroBlockHash(geometry.lastBlockLength),
     ]);
-    const parentTask = async (seq: number, startBlock: number, count: number): Promise<SegmentTask> => {
-      if (opts.parentHashes === undefined) return { seq, startBlock, count, parent: undefined };
+    const parentTask = async ({ seq, startBlock, count, skip }: PlannedSegment): Promise<SegmentTask> => {
+      if (opts.parentHashes === undefined) {
+        if (skip) throw new BlockrepError('INTERNAL', 'a tracked scan needs the parent hashes');
+        return { seq, startBlock, count, parent: undefined };
+      }
       const parent = await opts.parentHashes(startBlock, count);
       if (!(parent instanceof BigUint64Array) || parent.length !== count) {
         throw new BlockrepError('INTERNAL', `parentHashes(${startBlock}, ${count}) returned ${describe(parent)}, not ${count} hashes`);
       }
       // A copy of just this range: a view would drag its whole buffer through the structured
       // clone to the worker (a large image's entire parent manifest, for every segment).
-      return { seq, startBlock, count, parent: parent.slice() };
+      return { seq, startBlock, count, parent: parent.slice(), ...(skip ? { skip } : {}) };
     };
     const common = {
       geometry,

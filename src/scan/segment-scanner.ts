@@ -31,6 +31,8 @@ interface Unit {
   first: number;
   count: number;
   knownZero: boolean;
+  /** Blocks not to read (a tracked scan's clean blocks): they keep the parent's hashes. */
+  skip: boolean;
   lastOfTask: boolean;
   /** Arena slot the unit is read into; -1 for known-zero units. */
   slot: number;
@@ -126,8 +128,8 @@ export class SegmentScanner {
   private async load(units: AsyncGenerator<Omit<Unit, 'slot'>>, slot: number): Promise<Unit | undefined> {
     const next = await units.next();
     if (next.done) return undefined;
-    const unit: Unit = { ...next.value, slot: next.value.knownZero ? -1 : slot };
-    if (!unit.knownZero) {
+    const unit: Unit = { ...next.value, slot: next.value.knownZero || next.value.skip ? -1 : slot };
+    if (unit.slot >= 0) {
       const { geometry, hasher, reader } = this.o;
       const startBlock = unit.task.startBlock + unit.first;
       const offset = geometry.blockOffset(startBlock);
@@ -150,12 +152,14 @@ export class SegmentScanner {
       const start = geometry.blockOffset(task.startBlock);
       const end = Math.min(geometry.blockOffset(task.startBlock + task.count), geometry.virtualSize);
       const zeroKnown = zeroBlocks(await reader.extents(start, end - start), start, end, geometry.blockSize, task.count);
+      // Each block is one of: skipped (2), known zero (1), to read (0).
+      const kind = (b: number): number => (task.skip?.[b] === 1 ? 2 : zeroKnown[b] === 1 ? 1 : 0);
       for (let first = 0; first < task.count; ) {
-        const knownZero = zeroKnown[first] === 1;
-        const limit = knownZero ? task.count : Math.min(task.count, first + this.unitBlocks);
+        const k = kind(first);
+        const limit = k !== 0 ? task.count : Math.min(task.count, first + this.unitBlocks);
         let last = first + 1;
-        while (last < limit && (zeroKnown[last] === 1) === knownZero) last++;
-        yield { task, first, count: last - first, knownZero, lastOfTask: last === task.count };
+        while (last < limit && kind(last) === k) last++;
+        yield { task, first, count: last - first, knownZero: k === 1, skip: k === 2, lastOfTask: last === task.count };
         first = last;
       }
     }
@@ -173,6 +177,13 @@ export class SegmentScanner {
       let zero: boolean;
       let offset = 0;
       let length = 0;
+      if (unit.skip) {
+        // Not read: the tracker says it is as the parent has it.
+        hash = parent![i]!;
+        result.hashes[i] = hash;
+        if (hash === expectZero) result.zero[i] = 1;
+        continue;
+      }
       if (unit.knownZero) {
         hash = expectZero;
         zero = true;

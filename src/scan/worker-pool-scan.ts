@@ -7,7 +7,7 @@ import type { ScanGeometry } from './scan-geometry.js';
 import type { LocalSegmentScanner } from './local-segment-scanner.js';
 import type { FromScanWorker, ScanWorkerInit, ToScanWorker } from './scan-protocol.js';
 import type { ScanTuning } from './scan-tuning.js';
-import type { SegmentPlanner } from './segment-planner.js';
+import type { PlannedSegment, SegmentPlanner } from './segment-planner.js';
 import { scanWorkerUrl } from './worker-url.js';
 
 export interface WorkerPoolScanOptions {
@@ -20,7 +20,7 @@ export interface WorkerPoolScanOptions {
   zeroHash: bigint;
   lastZeroHash: bigint;
   planner: SegmentPlanner;
-  parentTask: (seq: number, startBlock: number, count: number) => Promise<SegmentTask>;
+  parentTask: (segment: PlannedSegment) => Promise<SegmentTask>;
   /** Scans segments on the main thread until the first worker is ready; closed after. */
   local: LocalSegmentScanner | undefined;
   signal: AbortSignal | undefined;
@@ -148,8 +148,7 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
       while (!planner.done && nextSeq - nextYield < maxInFlight) {
         const state = leastLoaded(states, tuning.segmentsPerWorker);
         if (state === undefined) break;
-        const { seq, startBlock, count } = planner.next();
-        const task = await o.parentTask(seq, startBlock, count);
+        const task = await o.parentTask(planner.next());
         if (failure !== undefined) throw failure;
         state.assigned++;
         const message: ToScanWorker = { type: 'segment', task };
@@ -169,9 +168,9 @@ export async function* workerPoolScan(o: WorkerPoolScanOptions): AsyncGenerator<
       if (local !== undefined) {
         if (!states.some((s) => s.ready) && !planner.done && nextSeq - nextYield < maxInFlight) {
           // No worker has started yet: scan the next segment here meanwhile.
-          const { seq, startBlock, count } = planner.next();
+          const segment = planner.next();
           nextSeq++;
-          results.set(seq, await local.scan(await o.parentTask(seq, startBlock, count)));
+          results.set(segment.seq, await local.scan(await o.parentTask(segment)));
           continue;
         }
         const done = local;

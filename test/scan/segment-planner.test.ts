@@ -54,4 +54,31 @@ describe('SegmentPlanner', () => {
     const planner = new SegmentPlanner(big, tuning, false);
     expect(planner.next().count).toBe(1);
   });
+
+  it('ranges: reads exactly the blocks of the ranges, spanning small gaps in one segment and no more than a segment reads', () => {
+    const big = new ScanGeometry(20000 * MiB, MiB);
+    const ranges = [{ start: 3, count: 2 }, { start: 10, count: 1 }, { start: 12, count: 30 }, { start: 9000, count: 1 }, { start: 19990, count: 10 }];
+    const planner = new SegmentPlanner(big, tuning, true, ranges);
+    const read: number[] = [];
+    const segments = [];
+    while (!planner.done) {
+      const s = planner.next();
+      segments.push(s);
+      let inSegment = 0;
+      for (let b = 0; b < s.count; b++) {
+        if (s.skip?.[b] === 1) continue;
+        read.push(s.startBlock + b);
+        inSegment++;
+      }
+      expect(inSegment).toBeLessThanOrEqual(16);
+      expect(s.count).toBeLessThanOrEqual(4096);
+      expect(s.skip === undefined || s.skip[0] === 0).toBe(true);
+    }
+    const expected = ranges.flatMap((r) => Array.from({ length: r.count }, (_, i) => r.start + i));
+    expect(read).toEqual(expected);
+    // The first segment spans the first ranges and the gaps between them.
+    expect(segments[0]).toMatchObject({ startBlock: 3 });
+    expect(segments[0]!.count).toBeGreaterThan(8);
+    expect(segments.length).toBeLessThan(8);
+  });
 });
