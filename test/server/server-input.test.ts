@@ -212,9 +212,9 @@ describe('keys', () => {
     });
   });
 
-  it('refuses to write or delete blockrep.json (405), serves it read-only', async () => {
+  it('refuses to delete blockrep.json (405) or to write it other than to make the repository encrypted (400), serves it read-only', async () => {
     await storesNothing(async () => {
-      expectRefused(await req('PUT', '/v1/objects/blockrep.json', { body: '{}' }), 405, 'METHOD_NOT_ALLOWED');
+      expectRefused(await req('PUT', '/v1/objects/blockrep.json', { body: '{}' }), 400, 'BAD_REQUEST');
       expectRefused(await req('DELETE', '/v1/objects/blockrep.json'), 405, 'METHOD_NOT_ALLOWED');
       expect((await req('GET', '/v1/objects/blockrep.json')).json.format).toBe('blockrep-repository');
       expect((await req('GET', '/v1/config')).json.format).toBe('blockrep-repository');
