@@ -14,7 +14,6 @@ import {
   prepareBackupWorkDir,
   readBackupJob,
   readCheckpoint,
-  readDirtyExtents,
   removeBackupWorkDir,
   type BackupJobDisk,
   type CheckpointInfo,
@@ -26,6 +25,7 @@ import { BlockrepError, isBlockrepError, toBlockrepError } from '../shared/index
 import type { DiskBackupReport } from './backup-image.js';
 import { backupFrozenBase, type VmBackupFailure } from './backup-frozen-base.js';
 import { DEFAULT_FULL_SCAN_EVERY_MS, decideScan, latestVersionFacts, type LatestVersionFacts, type ScanDecision } from './scan-plan.js';
+import { readDirtyExtents } from '../nbd/index.js';
 
 /**
  * Method `backup-api` of a libvirt domain: libvirt's pull-mode backup. Freeze (when asked and
@@ -160,7 +160,7 @@ export async function backupDomainThroughApi(repo: Repository, ctx: ApiBackupCon
       let dirty: Array<{ offset: number; length: number }> | undefined;
       if (p.decision.scan === 'bitmap') {
         try {
-          dirty = await readDirtyExtents(socket, exportName, exp?.bitmap ?? `backup-${p.disk.target}`);
+          dirty = await readDirtyExtents({ kind: 'unix', path: socket }, exportName, exp?.bitmap ?? `backup-${p.disk.target}`);
         } catch (err) {
           const e = toBlockrepError(err);
           failures.push({ disk: p.diskId, path: p.disk.source ?? p.disk.target, code: e.code, message: `the dirty extents of ${p.disk.target} could not be read: ${e.message}` });

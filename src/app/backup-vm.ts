@@ -3,7 +3,7 @@ import { listBlockExports, listDirtyBitmaps, nbdSocketFor, EXPORT_ID_PREFIX, com
 import type { Repository } from '../repository/index.js';
 import { BlockrepError, isBlockrepError, type ErrorCode, assertDiskId, vmNameProblem, checkBlockSize } from '../shared/index.js';
 import { DEFAULT_BLOCK_SIZE, type BackupImageOptions, type DiskBackupReport, type TrackedRead } from './backup-image.js';
-import { finishBitmapChain, planBitmapChain, readDirtyExtents, trackedReadOf, type BitmapChainPlan, type ChainOutcome } from './qmp-bitmap-chain.js';
+import { finishBitmapChain, planBitmapChain, readChainDirtyExtents, trackedReadOf, type BitmapChainPlan, type ChainOutcome } from './qmp-bitmap-chain.js';
 import { DEFAULT_FULL_SCAN_EVERY_MS, type DirtyExtent, type ScanDecision } from './scan-plan.js';
 import { backupFrozenBase, collectCommits, type LiveDiskReport, type VmBackupFailure } from './backup-frozen-base.js';
 
@@ -306,7 +306,7 @@ async function trackedReadFor(qmp: QmpClient, plan: BitmapChainPlan, t: OverlayT
     nextExists = present.has(plan.next);
     if (decision.scan === 'bitmap') {
       if (plan.copy === undefined || !present.has(plan.copy)) throw new Error(`its read copy ${plan.copy ?? ''} is not there after the snapshot`);
-      dirty = await readDirtyExtents(qmp, plan, nbdSocketFor(qmpSocket), async () => options.onPhase?.('bitmap-exported', t.label));
+      dirty = await readChainDirtyExtents(qmp, plan, nbdSocketFor(qmpSocket), async () => options.onPhase?.('bitmap-exported', t.label));
     }
   } catch (err) {
     if (decision.scan === 'bitmap') decision = { scan: 'full', reason: 'bitmap-unusable' };

@@ -14,7 +14,7 @@ import {
   type DirtyBitmap,
   type QmpClient,
 } from '../hypervisor/index.js';
-import { NbdClient } from '../nbd/index.js';
+import { readDirtyExtents } from '../nbd/index.js';
 import type { Repository } from '../repository/index.js';
 import type { TrackedRead } from './backup-image.js';
 import { decideScan, latestVersionFacts, type DirtyExtent, type LatestVersionFacts, type ScanDecision, type ScanPolicy, type TrackerState } from './scan-plan.js';
@@ -128,26 +128,13 @@ function referenceProblem(ref: DirtyBitmap, blockSize: number): TrackerState['pr
  * extents (merged runs, ascending) and removes the export again: always, before anything else
  * happens to the base (its commit). `onExported` runs while the export exists (tests hold there).
  */
-export async function readDirtyExtents(qmp: QmpClient, plan: BitmapChainPlan, socketPath: string, onExported?: () => void | Promise<void>): Promise<DirtyExtent[]> {
+export async function readChainDirtyExtents(qmp: QmpClient, plan: BitmapChainPlan, socketPath: string, onExported?: () => void | Promise<void>): Promise<DirtyExtent[]> {
   if (plan.copy === undefined) throw new Error('no read copy to export');
   const name = `b${plan.chain}`;
   const exp = await startNbdExport(qmp, { socketPath, node: plan.node, name, bitmaps: [plan.copy] });
   try {
     await onExported?.();
-    const context = `qemu:dirty-bitmap:${plan.copy}`;
-    const client = await NbdClient.connect({ address: { kind: 'unix', path: socketPath }, exportName: name, metaContexts: [context] });
-    try {
-      const out: DirtyExtent[] = [];
-      for await (const e of client.extents(context, 0, client.info.exportBytes)) {
-        if ((e.flags & 1) === 0) continue;
-        const last = out[out.length - 1];
-        if (last && last.offset + last.length === e.offset) last.length += e.length;
-        else out.push({ offset: e.offset, length: e.length });
-      }
-      return out;
-    } finally {
-      await client.close();
-    }
+    return await readDirtyExtents({ kind: 'unix', path: socketPath }, name, plan.copy);
   } finally {
     await exp.close();
   }

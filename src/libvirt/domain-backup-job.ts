@@ -1,14 +1,13 @@
 import { createHash } from 'node:crypto';
 import { chmod, chown, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { XMLParser } from 'fast-xml-parser';
 import { z } from 'zod';
-import { NbdClient } from '../nbd/index.js';
 import { BlockrepError, isBlockrepError } from '../shared/index.js';
 import { xmlAttr } from './domain-checkpoints.js';
 import { blockrepStateDir } from './domain-lock.js';
 import type { LibvirtDomain } from './libvirt-domain.js';
 import { virshError } from './virsh.js';
+import { xmlReader } from './libvirt-xml.js';
 
 /**
  * libvirt's pull-mode backup as blockrep drives it: a work folder of blockrep's (the NBD socket
@@ -142,27 +141,10 @@ const backupSchema = z.object({
   }),
 });
 
-const parser = new XMLParser({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  isArray: (_name, jpath) => String(jpath) === 'domainbackup.disks.disk',
-});
+const readBackupXml = xmlReader(backupSchema, ['domainbackup.disks.disk']);
 
 export function parseBackupXml(xml: string, what = 'the backup job definition'): BackupJobView {
-  let tree: unknown;
-  try {
-    tree = parser.parse(xml);
-  } catch (err) {
-    throw new BlockrepError('LIBVIRT_ERROR', `${what} is not XML libvirt would write: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-  }
-  const parsed = backupSchema.safeParse(tree);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new BlockrepError('LIBVIRT_ERROR', `${what} does not have the shape blockrep expects: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`);
-  }
-  const b = parsed.data.domainbackup;
+  const b = readBackupXml(xml, what).domainbackup;
   const disks = b.disks === undefined || b.disks === '' ? [] : b.disks.disk;
   return {
     socket: b.server?.['@_socket'],
@@ -213,20 +195,3 @@ export async function endBackupJob(domain: LibvirtDomain, timeoutMs = 60_000): P
   }
 }
 
-/** The dirty extents of an export (`qemu:dirty-bitmap:<bitmap>`), ascending and merged. */
-export async function readDirtyExtents(socket: string, exportName: string, bitmap: string): Promise<Array<{ offset: number; length: number }>> {
-  const context = `qemu:dirty-bitmap:${bitmap}`;
-  const client = await NbdClient.connect({ address: { kind: 'unix', path: socket }, exportName, metaContexts: [context] });
-  try {
-    const out: Array<{ offset: number; length: number }> = [];
-    for await (const e of client.extents(context, 0, client.info.exportBytes)) {
-      if ((e.flags & 1) === 0) continue;
-      const last = out[out.length - 1];
-      if (last && last.offset + last.length === e.offset) last.length += e.length;
-      else out.push({ offset: e.offset, length: e.length });
-    }
-    return out;
-  } finally {
-    await client.close();
-  }
-}

@@ -1,8 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { XMLParser } from 'fast-xml-parser';
 import { z } from 'zod';
-import { BlockrepError } from '../shared/index.js';
 import type { LibvirtDomain } from './libvirt-domain.js';
+import { xmlReader } from './libvirt-xml.js';
 
 /**
  * libvirt checkpoints as blockrep uses them for changed-block tracking: names that say they are
@@ -56,27 +55,10 @@ const checkpointSchema = z.object({
   }),
 });
 
-const parser = new XMLParser({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  isArray: (_name, jpath) => String(jpath) === 'domaincheckpoint.disks.disk',
-});
+const readCheckpointXml = xmlReader(checkpointSchema, ['domaincheckpoint.disks.disk']);
 
 export function parseCheckpointXml(xml: string, what = 'a checkpoint definition'): CheckpointInfo {
-  let tree: unknown;
-  try {
-    tree = parser.parse(xml);
-  } catch (err) {
-    throw new BlockrepError('LIBVIRT_ERROR', `${what} is not XML libvirt would write: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-  }
-  const parsed = checkpointSchema.safeParse(tree);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new BlockrepError('LIBVIRT_ERROR', `${what} does not have the shape blockrep expects: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`);
-  }
-  const c = parsed.data.domaincheckpoint;
+  const c = readCheckpointXml(xml, what).domaincheckpoint;
   const disks = c.disks === undefined || c.disks === '' ? [] : c.disks.disk;
   return { name: c.name, bitmapDisks: disks.filter((d) => (d['@_checkpoint'] ?? 'bitmap') === 'bitmap').map((d) => d['@_name']) };
 }

@@ -1,6 +1,6 @@
-import { XMLParser } from 'fast-xml-parser';
 import { z } from 'zod';
 import { BlockrepError } from '../shared/index.js';
+import { xmlReader } from './libvirt-xml.js';
 
 /**
  * The parts of a libvirt domain definition (`virsh dumpxml`, live or `--inactive`) blockrep
@@ -104,15 +104,7 @@ const domainSchema = z.object({
   }),
 });
 
-const ARRAYS = new Set(['domain.devices.disk', 'domain.devices.channel']);
-const parser = new XMLParser({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  // Names and paths stay strings ("123" is a valid domain name).
-  parseTagValue: false,
-  parseAttributeValue: false,
-  isArray: (_name, jpath) => ARRAYS.has(String(jpath)),
-});
+const readDomainXml = xmlReader(domainSchema, ['domain.devices.disk', 'domain.devices.channel']);
 
 /** A chain deeper than this is not a definition libvirt wrote. */
 const MAX_CHAIN = 256;
@@ -123,18 +115,7 @@ function pathOf(source: z.infer<typeof sourceSchema> | '' | undefined): string |
 }
 
 export function parseDomainXml(xml: string, what = 'the domain definition'): DomainDefinition {
-  let tree: unknown;
-  try {
-    tree = parser.parse(xml);
-  } catch (err) {
-    throw new BlockrepError('LIBVIRT_ERROR', `${what} is not XML libvirt would write: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-  }
-  const parsed = domainSchema.safeParse(tree);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new BlockrepError('LIBVIRT_ERROR', `${what} does not have the shape blockrep expects: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`);
-  }
-  const domain = parsed.data.domain;
+  const domain = readDomainXml(xml, what).domain;
   const devices = domain.devices === '' || domain.devices === undefined ? { disk: [], channel: [] } : domain.devices;
   const disks: DomainDisk[] = devices.disk.map((d) => {
     const chain: BackingLayer[] = [];

@@ -18,7 +18,6 @@ export {
   parseBackupXml,
   prepareBackupWorkDir,
   readBackupJob,
-  readDirtyExtents,
   removeBackupWorkDir,
   type BackupJobDisk,
   type BackupJobView,

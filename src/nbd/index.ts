@@ -13,6 +13,7 @@
  * Offers: NbdClient (connect, listMetaContexts, read, blockStatus, extents, close), the
  * addresses (parseNbdAddress), the protocol's constants and wire codecs.
  */
+export { readDirtyExtents } from './dirty-extents.js';
 export { NBD_DEFAULT_PORT, formatNbdAddress, parseNbdAddress, type NbdAddress, type ParsedNbdAddress } from './nbd-address.js';
 export {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
