@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rm, stat } from 'node:fs/promises';
+import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { MANIFEST_ENVELOPE_HEADER_BYTES, manifestEnvelopeProblem } from '../crypto/index.js';
 import { dirname, join } from 'node:path';
 import { LocalBackend, type Backend } from '../backend/index.js';
@@ -99,15 +99,19 @@ async function receiveSealedManifest(store: Backend, spoolPath: string, ref: { k
   }
 }
 
-/** Writes the body to `path`, refusing it past `limit` bytes (or short of what was declared). */
-async function spoolRaw(ctx: RequestContext, path: string, limit: number, where: string): Promise<void> {
-  let fh;
+/** A new spool file of the server's own, readable by it only. */
+async function createSpoolFile(path: string): Promise<FileHandle> {
   try {
     await mkdir(dirname(path), { recursive: true });
-    fh = await open(path, 'wx', 0o600);
+    return await open(path, 'wx', 0o600);
   } catch (err) {
     throw wrapSystemError(err, 'creating an upload spool file');
   }
+}
+
+/** Writes the body to `path`, refusing it past `limit` bytes (or short of what was declared). */
+async function spoolRaw(ctx: RequestContext, path: string, limit: number, where: string): Promise<void> {
+  const fh = await createSpoolFile(path);
   try {
     let written = 0;
     for await (const piece of requestPieces(ctx)) {
@@ -148,13 +152,7 @@ async function composeFromDelta(store: Backend, ref: { key: string; diskId: stri
 
 /** Writes the body to `path`, refusing it as soon as it runs past what its header allows. */
 async function spool(ctx: RequestContext, path: string, declared: number | undefined, where: string): Promise<void> {
-  let fh;
-  try {
-    await mkdir(dirname(path), { recursive: true });
-    fh = await open(path, 'wx', 0o600);
-  } catch (err) {
-    throw wrapSystemError(err, 'creating an upload spool file');
-  }
+  const fh = await createSpoolFile(path);
   try {
     let expected: number | undefined;
     let head = Buffer.alloc(0);
