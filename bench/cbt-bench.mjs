@@ -3,18 +3,18 @@
 // bitmaps see it. Each round: a bitmap-driven live backup, then a --full-scan live backup of the
 // same state. Reports bytes read vs the dirty data rounded to blocks, and the wall-time ratio.
 // Usage: npm run bench:cbt [-- --size 16G --rounds 3]
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { pathToFileURL } from 'node:url';
+import { median, parseSizeArg, sh, startPausedQemu } from './lib/paused-qemu.mjs';
 import { GiB, KiB, MiB, arg, blockrep, makeImage, repoRoot, rng } from './lib/workload.mjs';
 
 // Loaded at run time from the build (npm run bench:cbt builds it first).
 const { QmpClient } = await import(pathToFileURL(join(repoRoot, 'dist/hypervisor/qmp-client.js')).href);
 
-const size = parseSize(arg('--size', '16G'));
+const size = parseSizeArg(arg('--size', '16G'));
 const rounds = Number(arg('--rounds', '3'));
 const blockSize = 256 * KiB;
 const dir = mkdtempSync(join(tmpdir(), 'blockrep-cbt-bench-'));
@@ -24,26 +24,15 @@ const repo = join(dir, 'repo');
 // The full-scan runs go into a second repository with the same history, so that both runs of a
 // round find and store the same change (the same work but for how the blocks are found).
 const fullRepo = join(dir, 'repo-full');
-const qmpSocket = join(dir, 'qmp.sock');
 
-function parseSize(s) {
-  const m = /^(\d+)([KMG]?)$/i.exec(s);
-  return Number(m[1]) * { '': 1, K: KiB, M: MiB, G: GiB }[m[2].toUpperCase()];
-}
-function sh(cmd, args) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 let t = Date.now();
 makeImage(raw, size);
 sh('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, disk]);
 rmSync(raw);
 const fillSeconds = (Date.now() - t) / 1000;
-sh('qemu-system-x86_64', ['-S', '-name', 'benchvm', '-machine', 'q35,accel=tcg', '-m', '64', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmpSocket},server=on,wait=off`, '-drive', `id=d0,file=${disk},format=qcow2,if=none`, '-device', 'virtio-blk-pci,drive=d0,id=vd0', '-pidfile', join(dir, 'pid'), '-daemonize']);
-const pid = Number(readFileSync(join(dir, 'pid'), 'utf8'));
+const vm = startPausedQemu({ dir, disk, name: 'benchvm' });
+const qmpSocket = vm.qmpSocket;
 const backup = (extra = [], into = repo) => blockrep(['backup', '--qmp', qmpSocket, '--repo', into, '--no-quiesce', '--block-size', '256K', ...extra]);
 
 /** 1 % of the disk: half scattered 4–64 KiB writes, half 1–8 MiB extents. Returns the dirty blocks. */
@@ -114,9 +103,6 @@ try {
   writeFileSync(join(repoRoot, 'bench/results/cbt.md'), md);
   console.log(md);
 } finally {
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {}
-  await new Promise((r) => setTimeout(r, 500));
+  await vm.stop();
   rmSync(dir, { recursive: true, force: true });
 }

@@ -5,37 +5,27 @@
 // (target ≤ 60 s) and the repository's growth against the changed data (target ≤ 1.5×), and how
 // much of that growth is the manifest (40 bytes per block of the disk, written every night).
 // Usage: npm run bench:cbt-thin [-- --size 1T --change 1G --rounds 3]
-import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
+import { median, parseSizeArg, sh, startPausedQemu } from './lib/paused-qemu.mjs';
 import { GiB, KiB, MiB, arg, blockrep, repoRoot } from './lib/workload.mjs';
 
 // Loaded at run time from the build (npm run bench:cbt-thin builds it first).
 const { QmpClient } = await import(pathToFileURL(join(repoRoot, 'dist/hypervisor/qmp-client.js')).href);
 
 const TiB = 1024 * GiB;
-const size = parseSize(arg('--size', '1T'));
-const change = parseSize(arg('--change', '1G'));
+const size = parseSizeArg(arg('--size', '1T'));
+const change = parseSizeArg(arg('--change', '1G'));
 const rounds = Number(arg('--rounds', '3'));
 const WRITE = 16 * MiB;
 const dir = mkdtempSync(join(tmpdir(), 'blockrep-cbt-thin-'));
 const disk = join(dir, 'disk.qcow2');
 const repo = join(dir, 'repo');
-const qmpSocket = join(dir, 'qmp.sock');
 
-function parseSize(s) {
-  const m = /^(\d+)([KMGT]?)$/i.exec(s);
-  return Number(m[1]) * { '': 1, K: KiB, M: MiB, G: GiB, T: TiB }[m[2].toUpperCase()];
-}
-function sh(cmd, args) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
 function bytesUnder(path) {
   let n = 0;
   for (const e of readdirSync(path, { withFileTypes: true })) {
@@ -44,7 +34,6 @@ function bytesUnder(path) {
   }
   return n;
 }
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** `change` bytes of fresh random data in 16 MiB writes spread evenly over the disk. */
 async function writeChange(round) {
@@ -67,8 +56,8 @@ async function writeChange(round) {
 }
 
 sh('qemu-img', ['create', '-q', '-f', 'qcow2', disk, String(size)]);
-sh('qemu-system-x86_64', ['-S', '-name', 'thinvm', '-machine', 'q35,accel=tcg', '-m', '64', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmpSocket},server=on,wait=off`, '-drive', `id=d0,file=${disk},format=qcow2,if=none`, '-device', 'virtio-blk-pci,drive=d0,id=vd0', '-pidfile', join(dir, 'pid'), '-daemonize']);
-const pid = Number(readFileSync(join(dir, 'pid'), 'utf8'));
+const vm = startPausedQemu({ dir, disk, name: 'thinvm' });
+const qmpSocket = vm.qmpSocket;
 const backup = () => blockrep(['backup', '--qmp', qmpSocket, '--repo', repo, '--no-quiesce', '--block-size', '256K']);
 
 const rows = [];
@@ -110,9 +99,6 @@ try {
   writeFileSync(join(repoRoot, 'bench/results/cbt-thin.md'), md);
   console.log(md);
 } finally {
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {}
-  await new Promise((r) => setTimeout(r, 500));
+  await vm.stop();
   rmSync(dir, { recursive: true, force: true });
 }
